@@ -1,0 +1,117 @@
+"""The one copy routine: every push, pull, export, import and mirror goes through `copy`.
+
+Order of publication: blobs (only those the destination lacks, verified as they
+arrive), then the manifest, then the ref, so a reader never sees a ref whose
+blobs are missing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from registry import digest as digestmod
+from registry import oci
+from registry.errors import CockerError
+from registry.progress import Progress
+from registry.reference import Reference
+from registry.repository import ANY, RefRecord, Repository
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class CopyResult:
+    ref: str
+    digest: str
+    blobs_sent: int = 0
+    bytes_sent: int = 0
+    blobs_skipped: int = 0
+    published: bool = True
+    skipped_blobs: list[str] = field(default_factory=list)
+
+
+def copy_blob(src: Repository, dst: Repository, digest: str, size: int | None,
+              progress: Progress | None = None) -> int:
+    """Stream one blob, resuming where a previous attempt stopped; returns bytes sent."""
+    w = dst.upload(digest, size)
+    sent = 0
+    try:
+        if size is not None and w.offset >= size:
+            w.commit()
+            return 0
+        bar = progress.bar(digestmod.short(digest), size, initial=w.offset) if progress else None
+        with contextlib.closing(src.open_blob(digest, w.offset)) as r:
+            while chunk := r.read(CHUNK):
+                w.write(chunk)
+                sent += len(chunk)
+                if bar:
+                    bar.update(len(chunk))
+        w.commit()
+        if bar:
+            bar.close()
+        return sent
+    except BaseException:
+        w.abort()
+        raise
+
+
+def _descriptors(src: Repository, manifest_digest: str) -> list[tuple[str, int | None]]:
+    """Every blob below a manifest (through indexes), children before parents."""
+    m = oci.parse_manifest(src.read_blob(manifest_digest))
+    out: list[tuple[str, int | None]] = []
+    if oci.is_index(m):
+        for d in m["manifests"]:
+            out += _descriptors(src, d["digest"])
+            out.append((d["digest"], d["size"]))
+    else:
+        out.append((m["config"]["digest"], m["config"]["size"]))
+        out += [(d["digest"], d["size"]) for d in m["layers"]]
+    return out
+
+
+def copy(ref: Reference | RefRecord, src: Repository, dst: Repository, *,
+         dest_ref: Reference | None = None, force: bool = True, jobs: int = 4,
+         progress: Progress | None = None, on_blob: Callable[[str], None] | None = None
+         ) -> CopyResult:
+    """Copy one image version from `src` to `dst` (as `dest_ref` when given).
+
+    `force=False` refuses to move an existing destination ref to a different digest.
+    """
+    rec = ref if isinstance(ref, RefRecord) else src.resolve(ref)
+    target = dest_ref or Reference(rec.name, rec.version)
+    blobs = _descriptors(src, rec.digest)
+    sizes = dict(blobs)
+    missing = dst.missing_blobs([d for d, _ in blobs])
+    result = CopyResult(f"{target.name}:{target.version}", rec.digest)
+    result.blobs_skipped = len(sizes) - len(missing)
+    if progress and missing:
+        progress.total(f"{target.name}:{target.version}",
+                       sum(int(sizes[d] or 0) for d in missing))
+    if missing:
+        with cf.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(missing)))) as pool:
+            futs = {pool.submit(copy_blob, src, dst, d, sizes[d], progress): d for d in missing}
+            for fut in cf.as_completed(futs):
+                result.bytes_sent += fut.result()
+                result.blobs_sent += 1
+                if on_blob:
+                    on_blob(futs[fut])
+    if not dst.has_blob(rec.digest):
+        dst.put_blob_bytes(rec.digest, src.read_blob(rec.digest))
+        result.blobs_sent += 1
+    current = dst.get_ref(target.name, target.version)
+    if current == rec.digest:
+        result.published = False
+        return result
+    if current is not None and not force:
+        raise CockerError(f"{target} already exists in {dst.describe()} with digest "
+                          f"{digestmod.short(current)}; use --force to replace it")
+    dst.put_ref(target.name, target.version, rec.digest, expect=current if not force else ANY)
+    return result
+
+
+def copy_many(refs: Iterable[Reference | RefRecord], src: Repository, dst: Repository,
+              **kw) -> list[CopyResult]:
+    return [copy(r, src, dst, **kw) for r in refs]

@@ -1,0 +1,85 @@
+"""Durable file writes and advisory locks: tmp -> fsync -> rename, and flock with a timeout."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from typing import Iterator
+
+from registry.errors import CockerError, LockBusy
+
+LOCK_TIMEOUT = float(os.environ.get("COCKER_LOCK_TIMEOUT", "60"))
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so readers see the old or the new content, never a mix."""
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".tmp.{os.path.basename(path)}.{os.getpid()}.{time.monotonic_ns()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise disk_error(e, path) from e
+    fsync_dir(d)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def disk_error(e: OSError, path: str) -> CockerError:
+    if e.errno == errno.ENOSPC:
+        return CockerError(f"no space left on device while writing {path}")
+    if e.errno == errno.EDQUOT:
+        return CockerError(f"disk quota exceeded while writing {path}")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CockerError(f"cannot write {path}: {e.strerror}")
+    return CockerError(f"{path}: {e.strerror or e}")
+
+
+@contextlib.contextmanager
+def flock(path: str, *, shared: bool = False, timeout: float | None = None,
+          what: str = "the store") -> Iterator[int]:
+    """Hold an flock on `path` (created if missing); LockBusy after `timeout` seconds."""
+    timeout = LOCK_TIMEOUT if timeout is None else timeout
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    deadline = time.monotonic() + timeout
+    try:
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, op | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockBusy(f"{what} is locked by another cocker process ({path}); "
+                                   "try again when it has finished") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        yield fd
+    finally:
+        os.close(fd)

@@ -1,0 +1,135 @@
+"""Images as users see them: a resolved ref with its manifest and config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry import digest as digestmod
+from registry import oci
+from registry import reference as refmod
+from registry.errors import CorruptImage, NotFound
+from registry.reference import Reference
+from registry.repository import ANY, RefRecord, Repository
+
+
+@dataclass
+class Image:
+    name: str
+    version: str
+    digest: str
+    manifest: dict
+    config: dict
+    manifest_size: int = 0
+    config_digest: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ref(self) -> Reference:
+        return Reference(self.name, self.version)
+
+    @property
+    def layers(self) -> list[dict]:
+        return list(self.manifest.get("layers", []))
+
+    @property
+    def diff_ids(self) -> list[str]:
+        return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
+
+    @property
+    def size(self) -> int:
+        return (self.manifest_size + int(self.manifest["config"]["size"])
+                + sum(int(layer["size"]) for layer in self.layers))
+
+    @property
+    def created(self) -> str:
+        return str(self.config.get("created") or "")
+
+    @property
+    def runtime_config(self) -> dict:
+        return dict(self.config.get("config") or {})
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "reference": f"{self.name}:{self.version}",
+            "digest": self.digest,
+            "layers": [layer["digest"] for layer in self.layers],
+            "diff_ids": self.diff_ids,
+            "size": self.size,
+            "created": self.created,
+        }
+
+    def inspect(self) -> dict[str, Any]:
+        out = self.summary()
+        out.update({
+            "config_digest": self.config_digest,
+            "architecture": self.config.get("architecture"),
+            "os": self.config.get("os"),
+            "author": self.config.get("author"),
+            "config": self.runtime_config,
+            "history": self.config.get("history", []),
+            "layer_descriptors": self.layers,
+            "annotations": self.manifest.get("annotations", {}),
+        })
+        return out
+
+
+def load_record(repo: Repository, rec: RefRecord) -> Image:
+    raw = repo.read_blob(rec.digest)
+    manifest = oci.parse_manifest(raw)
+    if oci.is_index(manifest):
+        manifest, raw = _pick_platform(repo, manifest)
+    cdesc = manifest["config"]
+    config = oci.parse_json(repo.read_blob(cdesc["digest"]), "image config")
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(manifest["layers"]):
+        raise CorruptImage(f"{rec}: config rootfs.diff_ids does not match the manifest's layers")
+    for d in diff_ids:
+        digestmod.validate(d)
+    return Image(rec.name, rec.version, rec.digest, manifest, config, len(raw), cdesc["digest"])
+
+
+def _pick_platform(repo: Repository, index: dict) -> tuple[dict, bytes]:
+    arch = oci.go_arch()
+    candidates = [d for d in index["manifests"]
+                  if d.get("mediaType") in oci.MANIFEST_TYPES + (None,)]
+    for d in candidates:
+        p = d.get("platform") or {}
+        if p.get("architecture") in (arch, None) and p.get("os", "linux") == "linux":
+            raw = repo.read_blob(d["digest"])
+            return oci.parse_manifest(raw), raw
+    raise NotFound(f"image index has no manifest for linux/{arch}")
+
+
+def load(repo: Repository, ref: Reference | str) -> Image:
+    if isinstance(ref, str):
+        ref = refmod.parse(ref)
+    return load_record(repo, repo.resolve(ref))
+
+
+def list_images(repo: Repository, name: str | None = None) -> list[Image]:
+    out = []
+    for rec in repo.list_refs(name):
+        try:
+            out.append(load_record(repo, rec))
+        except (NotFound, CorruptImage):
+            continue
+    out.sort(key=lambda i: (i.name, refmod.version_key(i.version), i.version))
+    return out
+
+
+def publish(repo: Repository, name: str, version: str, config: dict, layers: list[dict], *,
+            force: bool = False, annotations: dict | None = None) -> Image:
+    """Write config and manifest blobs (layers must already be in `repo`), then the ref."""
+    config_bytes = oci.canonical_json(config)
+    repo.put_blob_bytes(digestmod.of_bytes(config_bytes), config_bytes)
+    manifest = oci.new_manifest(config_bytes, layers, annotations)
+    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    mdigest = digestmod.of_bytes(manifest_bytes)
+    repo.put_blob_bytes(mdigest, manifest_bytes)
+    repo.put_ref(name, version, mdigest, expect=ANY if force else None)
+    return Image(name, version, mdigest, manifest, config, len(manifest_bytes),
+                 manifest["config"]["digest"])

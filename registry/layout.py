@@ -1,0 +1,391 @@
+"""A repository on a local directory: an OCI image layout plus one ref file per name:version.
+
+    oci-layout                 {"imageLayoutVersion": "1.0.0"}
+    index.json                 rewritten on every ref change, so the directory stays a valid layout
+    blobs/sha256/<hex>         immutable, written tmp -> fsync -> rename
+    refs/<name>/@<version>     the manifest digest (the '@' keeps a version apart from a sub-name)
+    tmp/                       uploads in progress (resumable) and packer output
+    .lock                      flock taken for ref changes and gc
+
+The same code serves the local store, `file://` repos and the server's storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from typing import BinaryIO, Iterator
+
+from registry import digest as digestmod
+from registry import oci
+from registry import reference as refmod
+from registry.errors import CockerError, Conflict, CorruptImage, DigestMismatch, NotFound
+from registry.fsutil import atomic_write, disk_error, flock, fsync_dir
+from registry.repository import ANY, BlobWriter, RefRecord, Repository
+
+LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
+VERSION_PREFIX = "@"
+GC_GRACE = 3600.0
+
+
+def is_layout(root: str) -> bool:
+    return os.path.isfile(os.path.join(root, "oci-layout")) and os.path.isdir(
+        os.path.join(root, "blobs"))
+
+
+class LayoutRepo(Repository):
+    def __init__(self, root: str, *, create: bool = False, url: str | None = None) -> None:
+        self.root = os.path.abspath(root)
+        self.url = url or self.root
+        if not is_layout(self.root):
+            if not create:
+                raise NotFound(f"{self.root} is not a cocker/OCI repository (no oci-layout)")
+            self._init_layout()
+        for sub in ("refs", "tmp/uploads", "blobs/sha256"):
+            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+
+    # layout --------------------------------------------------------------------------
+    def _init_layout(self) -> None:
+        try:
+            os.makedirs(os.path.join(self.root, "blobs", "sha256"), exist_ok=True)
+            os.makedirs(os.path.join(self.root, "refs"), exist_ok=True)
+            index = os.path.join(self.root, "index.json")
+            if not os.path.exists(index):
+                atomic_write(index, oci.canonical_json(
+                    {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": []}))
+            atomic_write(os.path.join(self.root, "oci-layout"), json.dumps(LAYOUT_VERSION).encode())
+        except OSError as e:
+            raise disk_error(e, self.root) from e
+
+    def lock(self, shared: bool = False, timeout: float | None = None):
+        return flock(os.path.join(self.root, ".lock"), shared=shared, timeout=timeout,
+                     what=f"repository {self.url}")
+
+    def blob_path(self, digest: str) -> str:
+        return os.path.join(self.root, "blobs", "sha256", digestmod.hex_of(digest))
+
+    def ref_path(self, name: str, version: str) -> str:
+        refmod.validate_name(name)
+        refmod.validate_version(version)
+        return os.path.join(self.root, "refs", *name.split("/"), VERSION_PREFIX + version)
+
+    @property
+    def tmp_dir(self) -> str:
+        return os.path.join(self.root, "tmp")
+
+    # refs ----------------------------------------------------------------------------
+    def list_refs(self, name: str | None = None) -> list[RefRecord]:
+        base = os.path.join(self.root, "refs")
+        if name is not None:
+            refmod.validate_name(name)
+            top = os.path.join(base, *name.split("/"))
+        else:
+            top = base
+        out: list[RefRecord] = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, base)
+            if rel == ".":
+                continue
+            n = rel.replace(os.sep, "/")
+            if name is not None and n != name:
+                continue  # a sub-name such as team/app under team
+            for fn in sorted(filenames):
+                if not fn.startswith(VERSION_PREFIX):
+                    continue
+                rec = self._read_ref_file(os.path.join(dirpath, fn), n, fn[1:])
+                if rec:
+                    out.append(rec)
+        return out
+
+    def _read_ref_file(self, path: str, name: str, version: str) -> RefRecord | None:
+        try:
+            with open(path, "rb") as f:
+                d = f.read(200).decode().strip()
+            mtime = os.stat(path).st_mtime
+        except (OSError, UnicodeDecodeError):
+            return None
+        if not (digestmod.is_valid(d) and refmod.NAME_RE.match(name)
+                and refmod.VERSION_RE.match(version)):
+            return None
+        return RefRecord(name, version, d, mtime)
+
+    def get_ref(self, name: str, version: str) -> str | None:
+        rec = self._read_ref_file(self.ref_path(name, version), name, version)
+        return rec.digest if rec else None
+
+    def put_ref(self, name: str, version: str, digest: str, expect: object = ANY) -> None:
+        digestmod.validate(digest)
+        path = self.ref_path(name, version)
+        with self.lock():
+            self._check_expect(name, version, expect)
+            self._check_complete(digest)
+            atomic_write(path, (digest + "\n").encode())
+            self._write_index()
+
+    def delete_ref(self, name: str, version: str, expect: object = ANY) -> None:
+        path = self.ref_path(name, version)
+        with self.lock():
+            current = self._check_expect(name, version, expect)
+            if current is None:
+                raise NotFound(f"{name}:{version} not found in {self.describe()}")
+            os.unlink(path)
+            # Drop now-empty name directories so listings stay clean.
+            d = os.path.dirname(path)
+            refs = os.path.join(self.root, "refs")
+            while d != refs:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
+                d = os.path.dirname(d)
+            self._write_index()
+
+    def _check_expect(self, name: str, version: str, expect: object) -> str | None:
+        current = self.get_ref(name, version)
+        if expect is not ANY and current != expect:
+            if expect is None:
+                raise Conflict(f"{name}:{version} already exists in {self.describe()}")
+            raise Conflict(f"{name}:{version} changed in {self.describe()} "
+                           f"(now {digestmod.short(current) if current else 'absent'})")
+        return current
+
+    def _check_complete(self, digest: str) -> None:
+        """A ref may only point at a manifest whose blobs are all present."""
+        if not self.has_blob(digest):
+            raise NotFound(f"manifest {digestmod.short(digest)} is not in {self.describe()}")
+        m = oci.parse_manifest(self.read_blob(digest))
+        missing = self.missing_blobs(oci.referenced_blobs(m))
+        if missing:
+            raise NotFound(f"manifest {digestmod.short(digest)} names "
+                           f"{len(missing)} missing blob(s), e.g. {missing[0]}")
+
+    def _write_index(self) -> None:
+        manifests = []
+        for rec in self.list_refs():
+            try:
+                size = os.path.getsize(self.blob_path(rec.digest))
+                with open(self.blob_path(rec.digest), "rb") as f:
+                    mt = oci.manifest_media_type(f.read())
+            except (OSError, CorruptImage):
+                continue
+            manifests.append(oci.descriptor(mt, rec.digest, size,
+                                            {oci.REF_NAME: f"{rec.name}:{rec.version}"}))
+        index = {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": manifests}
+        atomic_write(os.path.join(self.root, "index.json"),
+                     json.dumps(index, indent=1, sort_keys=True).encode())
+
+    # blobs ---------------------------------------------------------------------------
+    def blob_size(self, digest: str) -> int | None:
+        try:
+            return os.stat(self.blob_path(digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def open_blob(self, digest: str, offset: int = 0) -> BinaryIO:
+        try:
+            f = open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} not found in {self.describe()}") from None
+        if offset:
+            f.seek(offset)
+        return f
+
+    def upload(self, digest: str, size: int | None = None) -> BlobWriter:
+        return _LayoutUpload(self, digestmod.validate(digest), size)
+
+    def new_tmp_path(self, hint: str = "blob") -> str:
+        return os.path.join(self.tmp_dir, f"{hint}.{os.getpid()}.{time.monotonic_ns()}")
+
+    def ingest(self, tmp_path: str, digest: str) -> None:
+        """Move a file already written (and digested) in tmp_dir into place as a blob."""
+        dest = self.blob_path(digest)
+        try:
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            if os.path.exists(dest):
+                os.unlink(tmp_path)
+                return
+            os.rename(tmp_path, dest)
+            fsync_dir(os.path.dirname(dest))
+        except OSError as e:
+            raise disk_error(e, dest) from e
+
+    def all_blobs(self) -> list[str]:
+        d = os.path.join(self.root, "blobs", "sha256")
+        return ["sha256:" + h for h in sorted(os.listdir(d)) if len(h) == 64]
+
+    # maintenance ---------------------------------------------------------------------
+    def reachable(self, roots: list[str]) -> set[str]:
+        """Every blob reachable from the given manifest digests (through indexes too)."""
+        seen: set[str] = set()
+        stack = list(roots)
+        while stack:
+            d = stack.pop()
+            if d in seen or not self.has_blob(d):
+                continue
+            seen.add(d)
+            try:
+                m = oci.parse_manifest(self.read_blob(d))
+            except CockerError:
+                continue  # a config or layer, not a manifest
+            for child in oci.referenced_blobs(m):
+                if oci.is_index(m):
+                    stack.append(child)
+                else:
+                    seen.add(child)
+        return seen
+
+    def gc(self, extra_roots: list[str] | None = None, grace: float = GC_GRACE,
+           dry_run: bool = False) -> tuple[int, int]:
+        """Remove blobs no ref reaches; spare those younger than `grace` seconds, which a
+        push in flight may have just uploaded before publishing its ref."""
+        removed = freed = 0
+        now = time.time()
+        with self.lock():
+            keep = self.reachable([r.digest for r in self.list_refs()] + list(extra_roots or []))
+            for d in self.all_blobs():
+                if d in keep:
+                    continue
+                p = self.blob_path(d)
+                try:
+                    st = os.stat(p)
+                except FileNotFoundError:
+                    continue
+                if now - st.st_mtime < grace:
+                    continue
+                if not dry_run:
+                    os.unlink(p)
+                removed += 1
+                freed += st.st_size
+            for p in self._stale_tmp(now, grace):
+                if not dry_run:
+                    with contextlib.suppress(OSError):
+                        os.unlink(p)
+        return removed, freed
+
+    def _stale_tmp(self, now: float, grace: float) -> Iterator[str]:
+        import fcntl
+        for dirpath, _, files in os.walk(self.tmp_dir):
+            for fn in files:
+                p = os.path.join(dirpath, fn)
+                try:
+                    if now - os.stat(p).st_mtime < grace:
+                        continue
+                    fd = os.open(p, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # an upload is writing it right now
+                finally:
+                    os.close(fd)
+                yield p
+
+    def fsck(self) -> list[str]:
+        """Problems found: blobs whose content does not match their name, dangling refs."""
+        problems = []
+        for d in self.all_blobs():
+            got, _ = digestmod.of_file(self.blob_path(d))
+            if got != d:
+                problems.append(f"blob {d} is corrupt (content hashes to {got})")
+        for rec in self.list_refs():
+            try:
+                self._check_complete(rec.digest)
+            except CockerError as e:
+                problems.append(f"ref {rec}: {e}")
+        return problems
+
+
+class _LayoutUpload(BlobWriter):
+    """Writes into tmp/uploads/<hex>.partial under an flock, so a cut-off upload can resume
+    and two writers of one blob never interleave."""
+
+    def __init__(self, repo: LayoutRepo, digest: str, size: int | None) -> None:
+        import fcntl
+        self.repo, self.digest, self.size = repo, digest, size
+        self.dest = repo.blob_path(digest)
+        self.partial = os.path.join(repo.tmp_dir, "uploads", digestmod.hex_of(digest) + ".partial")
+        self._h = hashlib.sha256()
+        self.done = False
+        self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    raise Conflict(f"blob {digestmod.short(digest)} is being uploaded by another client")
+                time.sleep(0.05)
+        if os.path.exists(self.dest) or not os.path.exists(self.partial):
+            # Someone finished it while we waited (or renamed the partial we opened).
+            self.done = True
+            self.offset = self.size if self.size is not None else (self.repo.blob_size(digest) or 0)
+            return
+        have = os.fstat(self.fd).st_size
+        if size is not None and have > size:
+            os.ftruncate(self.fd, 0)
+            have = 0
+        # Re-hash what a previous attempt left, so the final check covers every byte.
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        left = have
+        while left:
+            chunk = os.read(self.fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            self._h.update(chunk)
+            left -= len(chunk)
+        self.offset = have - left
+        os.lseek(self.fd, self.offset, os.SEEK_SET)
+        self.count = self.offset
+
+    def write(self, data: bytes) -> None:
+        if self.done:
+            return
+        self._h.update(data)
+        self.count += len(data)
+        if self.size is not None and self.count > self.size:
+            raise CorruptImage(f"blob {digestmod.short(self.digest)} is larger than its stated size")
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError as e:
+            raise disk_error(e, self.partial) from e
+
+    def commit(self) -> None:
+        if self.done:
+            self._close()
+            return
+        got = "sha256:" + self._h.hexdigest()
+        try:
+            if got != self.digest or (self.size is not None and self.count != self.size):
+                # Bad bytes must not survive to poison a resume.
+                os.ftruncate(self.fd, 0)
+                raise DigestMismatch(
+                    f"blob {digestmod.short(self.digest)}: received content hashes to "
+                    f"{digestmod.short(got)} ({self.count} bytes)")
+            os.fsync(self.fd)
+            os.rename(self.partial, self.dest)
+            fsync_dir(os.path.dirname(self.dest))
+            self.done = True
+        except OSError as e:
+            raise disk_error(e, self.dest) from e
+        finally:
+            self._close()
+
+    def abort(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,149 @@
+"""OCI (and Docker schema 2) media types, manifests, configs and descriptors."""
+
+from __future__ import annotations
+
+import json
+import platform
+from typing import Any
+
+from registry import digest as digestmod
+from registry.errors import CorruptImage
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+CONFIG = "application/vnd.oci.image.config.v1+json"
+LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+MANIFEST_TYPES = (MANIFEST, DOCKER_MANIFEST)
+INDEX_TYPES = (INDEX, DOCKER_LIST)
+REF_NAME = "org.opencontainers.image.ref.name"
+
+COMPRESSION_OF = {
+    LAYER_TAR: "none",
+    LAYER_GZIP: "gzip",
+    LAYER_ZSTD: "zstd",
+    DOCKER_LAYER_GZIP: "gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
+}
+LAYER_TYPE_FOR = {"none": LAYER_TAR, "gzip": LAYER_GZIP, "zstd": LAYER_ZSTD}
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Stable bytes for an object, so equal content gives an equal digest."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def descriptor(media_type: str, data_or_digest: bytes | str, size: int | None = None,
+               annotations: dict | None = None) -> dict:
+    if isinstance(data_or_digest, bytes):
+        d, size = digestmod.of_bytes(data_or_digest), len(data_or_digest)
+    else:
+        d = digestmod.validate(data_or_digest)
+    out: dict[str, Any] = {"mediaType": media_type, "digest": d, "size": int(size or 0)}
+    if annotations:
+        out["annotations"] = annotations
+    return out
+
+
+def go_arch() -> str:
+    m = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
+            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(m, m)
+
+
+def parse_json(data: bytes, what: str) -> dict:
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptImage(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise CorruptImage(f"{what} is not a JSON object")
+    return obj
+
+
+def check_descriptor(desc: Any, what: str) -> dict:
+    if not isinstance(desc, dict) or not isinstance(desc.get("mediaType", ""), str):
+        raise CorruptImage(f"{what}: malformed descriptor")
+    if not digestmod.is_valid(desc.get("digest")):
+        raise CorruptImage(f"{what}: invalid digest {desc.get('digest')!r}")
+    size = desc.get("size")
+    if not isinstance(size, int) or size < 0:
+        raise CorruptImage(f"{what}: invalid size {size!r}")
+    return desc
+
+
+def parse_manifest(data: bytes) -> dict:
+    """A validated image manifest or index (the kinds a ref may point at)."""
+    m = parse_json(data, "manifest")
+    mt = m.get("mediaType")
+    if mt in INDEX_TYPES or (mt is None and "manifests" in m):
+        if not isinstance(m.get("manifests"), list):
+            raise CorruptImage("image index has no manifests list")
+        for i, d in enumerate(m["manifests"]):
+            check_descriptor(d, f"index entry {i}")
+        return m
+    if mt not in (None,) + MANIFEST_TYPES:
+        raise CorruptImage(f"unsupported manifest media type {mt!r}")
+    check_descriptor(m.get("config"), "manifest config")
+    layers = m.get("layers")
+    if not isinstance(layers, list):
+        raise CorruptImage("manifest has no layers list")
+    for i, d in enumerate(layers):
+        check_descriptor(d, f"manifest layer {i}")
+    return m
+
+
+def is_index(m: dict) -> bool:
+    return "manifests" in m and "layers" not in m
+
+
+def referenced_blobs(m: dict) -> list[str]:
+    """Digests a manifest or index needs to be complete (one level deep)."""
+    if is_index(m):
+        return [d["digest"] for d in m["manifests"]]
+    return [m["config"]["digest"]] + [d["digest"] for d in m["layers"]]
+
+
+def manifest_media_type(data: bytes) -> str:
+    m = parse_json(data, "manifest")
+    mt = m.get("mediaType")
+    if mt:
+        return mt
+    return INDEX if "manifests" in m else MANIFEST
+
+
+def new_config(diff_ids: list[str], *, created: str | None = None, base: dict | None = None,
+               history: list[dict] | None = None) -> dict:
+    """An OCI image config, keeping `base`'s runtime settings and history when given."""
+    cfg: dict[str, Any] = {
+        "architecture": (base or {}).get("architecture") or go_arch(),
+        "os": (base or {}).get("os") or "linux",
+        "config": dict((base or {}).get("config") or {}),
+        "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
+        "history": list(history if history is not None else (base or {}).get("history") or []),
+    }
+    if created:
+        cfg["created"] = created
+    if base and base.get("author"):
+        cfg["author"] = base["author"]
+    return cfg
+
+
+def new_manifest(config_bytes: bytes, layers: list[dict], annotations: dict | None = None) -> dict:
+    m: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "config": descriptor(CONFIG, config_bytes),
+        "layers": layers,
+    }
+    if annotations:
+        m["annotations"] = annotations
+    return m

@@ -1,0 +1,152 @@
+"""The one interface every repository implements, local or remote.
+
+The copy routine (`registry.copy`) speaks only this interface, so push, pull,
+export, import and mirror are the same code whatever the transport.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable
+
+from registry import digest as digestmod
+from registry import reference as refmod
+from registry.errors import NotFound
+from registry.reference import Reference
+
+ANY = object()  # put_ref/delete_ref without a compare-and-swap precondition
+
+
+@dataclass(frozen=True)
+class RefRecord:
+    name: str
+    version: str
+    digest: str
+    mtime: float = 0.0
+
+    @property
+    def ref(self) -> Reference:
+        return Reference(self.name, self.version)
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class BlobWriter(abc.ABC):
+    """An upload in progress. `offset` bytes are already there (a resumed upload)."""
+
+    offset: int = 0
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Verify the digest and make the blob visible; raises DigestMismatch."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Stop; what was written may be kept for a later resume."""
+
+    def __enter__(self) -> "BlobWriter":
+        return self
+
+    def __exit__(self, et, ev, tb) -> None:
+        if et is not None:
+            self.abort()
+
+
+class Repository(abc.ABC):
+    """A place that holds blobs and `name:version -> manifest digest` refs."""
+
+    url: str = ""
+
+    # refs --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def list_refs(self, name: str | None = None) -> list[RefRecord]: ...
+
+    @abc.abstractmethod
+    def get_ref(self, name: str, version: str) -> str | None: ...
+
+    @abc.abstractmethod
+    def put_ref(self, name: str, version: str, digest: str, expect: object = ANY) -> None:
+        """Point name:version at `digest`.
+
+        `expect` is the digest the ref must hold now (None: must not exist), or ANY.
+        Refuses (NotFound) when the manifest or a blob it names is missing.
+        """
+
+    @abc.abstractmethod
+    def delete_ref(self, name: str, version: str, expect: object = ANY) -> None: ...
+
+    def resolve(self, ref: Reference) -> RefRecord:
+        """The exact record for `ref`; a bare name gives the newest version."""
+        if ref.digest:
+            if not self.has_blob(ref.digest):
+                raise NotFound(f"{ref} not found in {self.describe()}")
+            return RefRecord(ref.name, ref.digest, ref.digest)
+        if ref.version is not None:
+            d = self.get_ref(ref.name, ref.version)
+            if d is None:
+                raise NotFound(f"{ref} not found in {self.describe()}")
+            return RefRecord(ref.name, ref.version, d)
+        records = self.list_refs(ref.name)
+        if not records:
+            raise NotFound(f"image {ref.name} not found in {self.describe()}")
+        newest = refmod.newest(r.version for r in records)
+        return next(r for r in records if r.version == newest)
+
+    # blobs -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def blob_size(self, digest: str) -> int | None:
+        """Size of a complete blob, or None when absent."""
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_size(digest) is not None
+
+    def missing_blobs(self, digests: Iterable[str]) -> list[str]:
+        return [d for d in dict.fromkeys(digests) if not self.has_blob(d)]
+
+    @abc.abstractmethod
+    def open_blob(self, digest: str, offset: int = 0) -> BinaryIO: ...
+
+    def read_blob(self, digest: str, limit: int = 16 << 20) -> bytes:
+        """A small blob (manifest, config) in memory, verified."""
+        with self.open_blob(digest) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise NotFound(f"blob {digestmod.short(digest)} is larger than {limit} bytes")
+        v = digestmod.Verifier(digest)
+        v.update(data)
+        v.check()
+        return data
+
+    @abc.abstractmethod
+    def upload(self, digest: str, size: int | None = None) -> BlobWriter: ...
+
+    def put_blob_bytes(self, digest: str, data: bytes) -> None:
+        if self.has_blob(digest):
+            return
+        w = self.upload(digest, len(data))
+        try:
+            if w.offset:
+                data = data[w.offset:]
+            w.write(data)
+            w.commit()
+        except BaseException:
+            w.abort()
+            raise
+
+    # misc --------------------------------------------------------------------------
+    def describe(self) -> str:
+        return self.url or "repository"
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Repository":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,83 @@
+"""Fixtures shared by every test: a private store, a busybox rootfs, the CLI as a subprocess.
+
+Area-specific fixtures (sshd, servers, networks) live in tests/support/ modules that the
+tests import explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+BUSYBOX = shutil.which("busybox")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> str:
+    """A fresh COCKER_HOME for this test, also exported to subprocesses."""
+    h = str(tmp_path / "home")
+    monkeypatch.setenv("COCKER_HOME", h)
+    monkeypatch.setenv("COCKER_QUIET", "1")
+    return h
+
+
+@pytest.fixture
+def store(home):
+    from registry.store import Store
+    return Store(home)
+
+
+def make_busybox_rootfs(dest: str) -> str:
+    """A minimal rootfs: busybox-static and its applet links, /etc basics."""
+    if not BUSYBOX:
+        pytest.skip("busybox-static is not installed")
+    for d in ("bin", "sbin", "etc", "root", "tmp", "proc", "sys", "dev", "usr/bin", "var/www"):
+        os.makedirs(os.path.join(dest, d), exist_ok=True)
+    shutil.copy2(BUSYBOX, os.path.join(dest, "bin", "busybox"))
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for a in applets:
+        p = os.path.join(dest, "bin", a)
+        if not os.path.lexists(p):
+            os.symlink("busybox", p)
+    with open(os.path.join(dest, "etc", "passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+    with open(os.path.join(dest, "etc", "group"), "w") as f:
+        f.write("root:x:0:\nnogroup:x:65534:\n")
+    os.chmod(os.path.join(dest, "tmp"), 0o1777)
+    return dest
+
+
+@pytest.fixture
+def busybox_rootfs(tmp_path) -> str:
+    return make_busybox_rootfs(str(tmp_path / "rootfs"))
+
+
+def run_cocker(*args: str, check: bool = True, input: str | None = None, timeout: float = 120,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (what users run), capturing text output."""
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.run([sys.executable, "-m", "cocker.main", *args], capture_output=True,
+                       text=True, input=input, timeout=timeout, env=e)
+    if check and p.returncode != 0:
+        raise AssertionError(f"cocker {' '.join(args)} exited {p.returncode}\n"
+                             f"stdout: {p.stdout}\nstderr: {p.stderr}")
+    return p
+
+
+@pytest.fixture
+def cocker():
+    return run_cocker
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="needs root")
+        for item in items:
+            if "root" in item.keywords:
+                item.add_marker(skip)
