@@ -1,0 +1,52 @@
+"""`srepo-server`: one repository storage, three doors (stdio, SSH, HTTP), plus gc.
+
+Door implementations live in their own modules; this file only parses options.
+    --stdio                    srepo_server.stdio.serve_stdio(root, access)      (smart protocol)
+    --ssh HOST:PORT            srepo_server.ssh_door.serve(root, addr, host_key, authorized_keys, ...)
+    --http HOST:PORT           srepo_server.http_door.serve(root, addr, ...)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", type=click.Path(file_okay=False), help="Repository directory.")
+@click.option("--stdio", is_flag=True, help="Speak the smart protocol on stdin/stdout "
+              "(what `ssh host srepo-server --stdio --root PATH` runs).")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, stdio: bool) -> None:
+    """cocker's native repository server."""
+    ctx.ensure_object(dict)
+    ctx.obj["root"] = root
+    if ctx.invoked_subcommand is None:
+        if stdio:
+            if not root:
+                raise click.UsageError("--stdio needs --root PATH")
+            from srepo_server.stdio import serve_stdio
+            serve_stdio(root)
+            return
+        click.echo(ctx.get_help())
+
+
+def main(argv: list[str] | None = None) -> None:
+    from registry.errors import CockerError
+    try:
+        cli.main(args=argv, prog_name="srepo-server", standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except CockerError as e:
+        click.echo(f"srepo-server: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
