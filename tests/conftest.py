@@ -35,21 +35,8 @@ def make_busybox_rootfs(dest: str) -> str:
     """A minimal rootfs: busybox-static and its applet links, /etc basics."""
     if not BUSYBOX:
         pytest.skip("busybox-static is not installed")
-    for d in ("bin", "sbin", "etc", "root", "tmp", "proc", "sys", "dev", "usr/bin", "var/www"):
-        os.makedirs(os.path.join(dest, d), exist_ok=True)
-    shutil.copy2(BUSYBOX, os.path.join(dest, "bin", "busybox"))
-    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
-                             check=True).stdout.split()
-    for a in applets:
-        p = os.path.join(dest, "bin", a)
-        if not os.path.lexists(p):
-            os.symlink("busybox", p)
-    with open(os.path.join(dest, "etc", "passwd"), "w") as f:
-        f.write("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
-    with open(os.path.join(dest, "etc", "group"), "w") as f:
-        f.write("root:x:0:\nnogroup:x:65534:\n")
-    os.chmod(os.path.join(dest, "tmp"), 0o1777)
-    return dest
+    from builder.testimage import make_busybox_rootfs as make
+    return make(dest)
 
 
 @pytest.fixture

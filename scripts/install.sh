@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install cocker and everything its features and tests use, as root on Debian.
+# Idempotent: a second run installs only what is missing and refreshes the package link.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${COCKER_VENV:-/opt/cocker}"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install.sh: run as root (it installs Debian packages)" >&2
+    exit 1
+fi
+
+# Runtime: overlay/namespaces need nothing extra; iptables for NAT and port mappings; nginx for services;
+# busybox-static for the demo image. Peers and test doubles-free interop: skopeo, docker-registry, umoci,
+# runc, buildah, OpenSSH.
+pkgs=(python3 python3-venv python3-pip busybox-static iptables nginx-light zstd ca-certificates
+      openssh-client openssh-server skopeo docker-registry umoci runc buildah uidmap)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install.sh: installing ${missing[*]}" >&2
+    apt-get update -qq
+    # policy-rc.d keeps the packages' own services (nginx, registry, sshd) from starting:
+    # cocker and the tests start their own instances on loopback.
+    DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+# Editable, so the checkout is the code; re-pointed when the checkout moves (a fresh CI clone).
+marker="$venv/.cocker-source"
+if [ "$(cat "$marker" 2>/dev/null)" != "$here" ] || ! "$venv/bin/python" -c "import paramiko, pyroute2, tqdm, click, zstandard, pytest, pytest_timeout" 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]" 2> >(grep -v "^WARNING: Location" >&2)
+    echo "$here" > "$marker"
+fi
+ln -sf "$venv/bin/cocker" /usr/local/bin/cocker
+ln -sf "$venv/bin/srepo-server" /usr/local/bin/srepo-server
+echo "install.sh: cocker $("$venv/bin/cocker" --version | awk '{print $NF}') ready ($venv)" >&2
