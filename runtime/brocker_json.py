@@ -1,0 +1,271 @@
+"""brocker's JSON files, read strictly, extended with cocker's fields.
+
+brocker's service file:   {"name": "mydetails", "bridge-ip": "10.0.1.1"}
+brocker's container file: {"service-name": "mydetails", "command": "/usr/bin/java -jar /app/demo.war",
+                           "copy-file": true, "file": "/home/u/demo.war"}
+
+cocker adds `image`, `replicas`, `publish`, `port` (and a few container options). Every field has
+one type; a wrong type or an unknown field is an error that names it (brocker ignored both).
+Commands are split like a shell would (shlex), not on every space as brocker did, or given as a
+JSON list. brocker had no images: a container without `image` takes its service's image; one with
+neither is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry.errors import NotFound, UsageError
+from runtime.service_state import ServiceSpec, validate_name, validate_port
+
+_STR = (str,)
+
+# field -> (types accepted, description for errors)
+SERVICE_FIELDS: dict[str, tuple[tuple, str]] = {
+    "name": (_STR, "a string"),
+    "bridge-ip": (_STR, "a string (an IPv4 address)"),
+    "image": (_STR, "a string (an image reference)"),
+    "replicas": ((int,), "a whole number"),
+    "publish": ((str, list), "a string or a list of strings"),
+    "port": ((int,), "a port number"),
+    "subnet": (_STR, "a string (CIDR)"),
+    "command": ((str, list), "a string or a list of strings"),
+    "env": ((list, dict), "a list of KEY=VALUE strings or an object"),
+    "restart": (_STR, "a string"),
+}
+
+CONTAINER_FIELDS: dict[str, tuple[tuple, str]] = {
+    "name": (_STR, "a string"),
+    "service-name": (_STR, "a string"),
+    "command": ((str, list), "a string or a list of strings"),
+    "copy-file": ((bool,), "true or false"),
+    "file": (_STR, "a string (a path)"),
+    "image": (_STR, "a string (an image reference)"),
+    "publish": ((str, list), "a string or a list of strings"),
+    "port": ((int,), "a port number"),
+    "env": ((list, dict), "a list of KEY=VALUE strings or an object"),
+    "hostname": (_STR, "a string"),
+}
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise NotFound(f"no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    except ValueError as e:
+        raise UsageError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_fields(data: dict, fields: dict[str, tuple[tuple, str]], what: str) -> None:
+    """Unknown fields and wrong types are errors that name the field."""
+    for key, value in data.items():
+        if key not in fields:
+            raise UsageError(f"{what}: unknown field {key!r} (known: {', '.join(sorted(fields))})")
+        types, desc = fields[key]
+        # bool is an int in Python; JSON true is not a replica count
+        if isinstance(value, bool) and bool not in types:
+            ok = False
+        else:
+            ok = isinstance(value, types)
+        if ok and isinstance(value, list):
+            ok = all(isinstance(v, str) for v in value)
+        if ok and isinstance(value, dict):
+            ok = all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                     for v in value.values())
+        if not ok:
+            raise UsageError(f"{what}: field {key!r} must be {desc}, not {_json_type(value)}")
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return f"a number ({v})"
+    if isinstance(v, str):
+        return f"a string ({v!r})"
+    if isinstance(v, list):
+        return "a list" if all(isinstance(x, str) for x in v) else "a list with non-strings"
+    return "an object"
+
+
+def _command(v: str | list | None) -> list[str] | None:
+    if v is None:
+        return None
+    if isinstance(v, list):
+        return list(v) or None
+    try:
+        return shlex.split(v) or None
+    except ValueError as e:
+        raise UsageError(f"command {v!r}: {e}") from None
+
+
+def _env(v: list | dict | None) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, dict):
+        return [f"{k}={val}" for k, val in v.items()]
+    for item in v:
+        if "=" not in item:
+            raise UsageError(f"env entry {item!r} is not KEY=VALUE")
+    return list(v)
+
+
+def _publish(v: str | list | None) -> list[str]:
+    if v is None:
+        return []
+    return [v] if isinstance(v, str) else list(v)
+
+
+def bridge_subnet(bridge_ip: str) -> str:
+    """brocker's `bridge-ip` (the bridge's own address) -> the /24 it heads."""
+    try:
+        iface = ipaddress.ip_interface(bridge_ip if "/" in bridge_ip else bridge_ip + "/24")
+    except ValueError:
+        raise UsageError(f"bridge-ip {bridge_ip!r} is not an IPv4 address") from None
+    if iface.version != 4:
+        raise UsageError(f"bridge-ip {bridge_ip!r} is not an IPv4 address")
+    net = iface.network
+    if iface.ip != net.network_address + 1:
+        raise UsageError(f"bridge-ip {bridge_ip}: cocker gives the bridge the first address of "
+                         f"its subnet; use {net.network_address + 1} (or `subnet`)")
+    return str(net)
+
+
+def service_spec(data: dict, what: str = "service JSON") -> ServiceSpec:
+    check_fields(data, SERVICE_FIELDS, what)
+    if "name" not in data:
+        raise UsageError(f"{what}: missing field 'name'")
+    if "bridge-ip" in data and "subnet" in data:
+        raise UsageError(f"{what}: give 'bridge-ip' or 'subnet', not both")
+    subnet = data.get("subnet")
+    if "bridge-ip" in data:
+        subnet = bridge_subnet(data["bridge-ip"])
+    image = data.get("image")
+    replicas = data.get("replicas", 1 if image else 0)
+    spec = ServiceSpec(
+        name=validate_name(data["name"]), image=image, replicas=replicas,
+        port=validate_port(data["port"], "port") if "port" in data else ServiceSpec.port,
+        publish=_publish(data.get("publish")), subnet=subnet,
+        command=_command(data.get("command")), env=_env(data.get("env")),
+        restart=data.get("restart", "always"))
+    return spec.validate()
+
+
+def service_spec_from_file(path: str) -> ServiceSpec:
+    return service_spec(read_json(path), what=path)
+
+
+def brocker_name(command: list[str] | None) -> str:
+    """brocker's naming: the first 8 hex digits of sha1(start time + command)."""
+    seed = f"{time.time_ns()}{' '.join(command or [])}{os.getpid()}".encode()
+    return hashlib.sha1(seed).hexdigest()[:8]
+
+
+@dataclass
+class BrockerContainer:
+    spec: Any                      # runtime.containers.ContainerSpec
+    service: str | None            # the service it joins
+    port: int | None               # the port it serves on (default: the service's)
+    copies: list[str] = field(default_factory=list)   # files to copy into its /app
+
+
+def container_spec(data: dict, *, store=None, what: str = "container JSON",
+                   default_image: str | None = None) -> BrockerContainer:
+    """brocker's container JSON -> a ContainerSpec and what goes with it.
+
+    A `file` appears inside the container as /app/<basename>: with `copy-file` true a private
+    copy is made (store.home/containers/<name>/app/, brocker's /container/<name>) and the
+    directory is mounted on /app; otherwise the file is bind-mounted read-only.
+    """
+    from runtime.containers import ContainerSpec
+
+    check_fields(data, CONTAINER_FIELDS, what)
+    service = data.get("service-name")
+    if service is not None:
+        validate_name(service)
+        if not data.get("image") and default_image is None and store is not None:
+            default_image = _service_image(store, service)
+    image = data.get("image") or default_image
+    if not image:
+        raise UsageError(f"{what}: no 'image' (brocker had none: name the image version to run, "
+                         "or join a service that has one via 'service-name')")
+    command = _command(data.get("command"))
+    name = data.get("name") or brocker_name(command)
+    port = validate_port(data["port"], "port") if "port" in data else None
+    volumes: list[str] = []
+    copies: list[str] = []
+    if data.get("copy-file") and "file" not in data:
+        raise UsageError(f"{what}: 'copy-file' is true but there is no 'file'")
+    if "file" in data:
+        src = os.path.abspath(os.path.expanduser(data["file"]))
+        if not os.path.isfile(src):
+            raise NotFound(f"{what}: file {data['file']!r} does not exist")
+        if data.get("copy-file"):
+            if store is None:
+                store = _default_store()
+            volumes.append(f"{app_dir(store, name)}:/app")
+            copies.append(src)
+        else:
+            volumes.append(f"{src}:/app/{os.path.basename(src)}:ro")
+    spec = ContainerSpec(image=image, name=name, command=command, env=_env(data.get("env")),
+                         ports=_publish(data.get("publish")), volumes=volumes,
+                         hostname=data.get("hostname"))
+    return BrockerContainer(spec, service, port, copies)
+
+
+def _default_store():
+    from registry.store import Store
+    return Store()
+
+
+def app_dir(store, name: str) -> str:
+    """brocker's /container/<name>: the container's private directory, seen as /app."""
+    return os.path.join(store.containers_dir, name, "app")
+
+
+def stage_files(store, name: str, copies: list[str]) -> None:
+    """Make the private copies (copy-file) in the container's /app directory."""
+    if not copies:
+        return
+    appdir = app_dir(store, name)
+    os.makedirs(appdir, exist_ok=True)
+    for src in copies:
+        shutil.copy2(src, os.path.join(appdir, os.path.basename(src)))
+
+
+def container_spec_from_file(path: str, store=None):
+    """`cocker container run -f FILE.json`: (ContainerSpec, service name or None).
+
+    The private copy of `file` (copy-file) is made here, so the spec is ready for create().
+    """
+    if store is None:
+        store = _default_store()
+    bc = container_spec(read_json(path), store=store, what=path)
+    stage_files(store, bc.spec.name, bc.copies)
+    return bc.spec, bc.service
+
+
+def _service_image(store, service: str) -> str | None:
+    """A container file naming a service but no image runs the service's image."""
+    from runtime import service_state
+    try:
+        return service_state.load(store, service)["spec"].get("image")
+    except (NotFound, UsageError):
+        return None

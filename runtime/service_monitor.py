@@ -1,0 +1,186 @@
+"""A service's monitor: `python -m runtime.service_monitor --home HOME NAME`.
+
+One small detached process per service (started by `cocker service create`, and again by any
+service command or the daemon if it is gone). It holds `monitor.lock` for its whole life, so
+there is never more than one, and writes its pid next to it.
+
+Every POLL seconds it looks at the replicas' states. A replica in rotation that is no longer
+running leaves nginx's upstream at once (graceful reload); then, per the restart policy, it is
+started again (with a growing delay if it keeps dying), waited for until it answers on its
+port, and put back into rotation. The monitor exits when its service is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import signal
+import sys
+import time
+
+from registry.errors import CockerError, LockBusy, NotFound
+from registry.store import Store
+from runtime import service_state as st
+
+POLL = 0.2
+LOCK_WAIT = 0.5
+MAX_BACKOFF = 10.0
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%Y-%m-%dT%H:%M:%S"), msg, file=sys.stderr, flush=True)
+
+
+class Monitor:
+    def __init__(self, store: Store, name: str) -> None:
+        self.store = store
+        self.name = name
+        self.next_try: dict[str, float] = {}     # replica -> when it may be restarted
+        self.failures: dict[str, int] = {}       # replica -> quick deaths in a row
+        self.started: dict[str, float] = {}
+
+    def run(self) -> None:
+        while st.exists(self.store, self.name):
+            _reap()
+            try:
+                self.tick()
+            except LockBusy:
+                pass                       # a service command is at work; look again soon
+            except CockerError as e:
+                log(f"error: {e}")
+            time.sleep(POLL)
+        log("service removed; monitor exits")
+
+    def tick(self) -> None:
+        from runtime.services import container_state
+        rec = st.load(self.store, self.name)
+        if rec.get("state") != "running":
+            return
+        for r in rec["replicas"]:
+            state, code, _ip = container_state(self.store, r["name"])
+            if state == "running":
+                continue
+            if r.get("active"):
+                self.out_of_rotation(r["name"], state, code)
+            if self.should_restart(rec, state, code) and time.monotonic() >= self.next_try.get(r["name"], 0):
+                self.restart(r["name"])
+
+    def should_restart(self, rec: dict, state: str, code: int | None) -> bool:
+        policy = rec["spec"].get("restart", "always")
+        if state == "missing":
+            return False
+        if policy == "always":
+            return True
+        if policy == "on-failure":
+            return code != 0
+        return False
+
+    def out_of_rotation(self, cname: str, state: str, code: int | None) -> None:
+        from runtime.services import apply_rotation
+        with st.service_lock(self.store, self.name, timeout=LOCK_WAIT):
+            rec = st.load(self.store, self.name)
+            changed = False
+            for r in rec["replicas"]:
+                if r["name"] == cname and r.get("active"):
+                    r["active"] = False
+                    changed = True
+            if changed:
+                apply_rotation(self.store, rec)
+                st.save(self.store, rec)
+                log(f"replica {cname} {state} (exit code {code}): out of rotation")
+
+    def restart(self, cname: str) -> None:
+        from runtime import containers
+        from runtime.services import apply_rotation, wait_ready
+        now = time.monotonic()
+        # a replica that dies soon after a restart waits longer before the next one
+        if now - self.started.get(cname, 0) < 10:
+            self.failures[cname] = self.failures.get(cname, 0) + 1
+        else:
+            self.failures[cname] = 0
+        delay = min(MAX_BACKOFF, 0.25 * (2 ** self.failures[cname])) if self.failures[cname] else 0
+        self.next_try[cname] = now + delay
+        self.started[cname] = now
+        with st.service_lock(self.store, self.name, timeout=LOCK_WAIT):
+            rec = st.load(self.store, self.name)
+            r = next((r for r in rec["replicas"] if r["name"] == cname), None)
+            if r is None:
+                return
+            try:
+                with _quiet_stop():
+                    containers.stop(self.store, cname, timeout=1)
+                containers.start(self.store, cname)
+            except CockerError as e:
+                log(f"replica {cname}: restart failed: {e}")
+                return
+            port = r["port"]
+        try:
+            ip = wait_ready(self.store, cname, port)
+        except CockerError as e:
+            log(f"replica {cname}: restarted but not serving: {e}")
+            return
+        with st.service_lock(self.store, self.name, timeout=30):
+            rec = st.load(self.store, self.name)
+            for r in rec["replicas"]:
+                if r["name"] == cname:
+                    r["ip"], r["active"] = ip, True
+                    r["restarts"] = r.get("restarts", 0) + 1
+                    apply_rotation(self.store, rec)
+                    st.save(self.store, rec)
+                    log(f"replica {cname} restarted: back in rotation at {ip}")
+
+
+class _quiet_stop:
+    """Stopping a container that already died may complain; its leftovers are what we want gone."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et, ev, tb) -> bool:
+        return et is not None and issubclass(et, (CockerError, OSError))
+
+
+def _reap() -> None:
+    # containers started from here may be our children until they detach
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="cocker-service-monitor")
+    ap.add_argument("--home", required=True)
+    ap.add_argument("name")
+    a = ap.parse_args(argv)
+    store = Store(a.home)
+    try:
+        lock, pidfile = _paths(store, a.name)
+    except CockerError as e:
+        log(str(e))
+        return 2
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0                                  # another monitor is on duty
+    with open(pidfile, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    log(f"monitoring service {a.name} (pid {os.getpid()})")
+    try:
+        Monitor(store, a.name).run()
+    except NotFound:
+        pass
+    return 0
+
+
+def _paths(store: Store, name: str) -> tuple[str, str]:
+    from runtime.services import monitor_paths
+    return monitor_paths(store, name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

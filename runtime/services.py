@@ -1,0 +1,581 @@
+"""Services: N replicas of one image version behind a real nginx, on a bridge of their own.
+
+A service is made of, in creation order:
+  1. a named network (bridge + private subnet) of its own        network.create_network
+  2. a network namespace for nginx, connected to that network    network.new_netns / connect
+  3. nginx (the host's binary) running in that namespace         runtime.nginx
+  4. the published host ports, mapped to nginx's port 80        network.publish
+  5. the replicas: containers labelled {"service": NAME}        containers.create / start
+  6. a monitor process that takes dead replicas out of nginx's rotation at once and restarts
+     them per the restart policy                                runtime.service_monitor
+Creation is all-or-nothing: what was made is undone, last first, when a step fails. Removal
+undoes everything in reverse order and tolerates any part being gone already.
+
+The record (runtime.service_state) is the only state; every change is made under the
+service's lock, so a command, the daemon and the monitor never trip over each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+from registry.errors import AlreadyExists, CockerError, Conflict, LockBusy, NotFound, UsageError
+from runtime import service_state as st
+from runtime.nginx import Nginx, nginx_binary
+from runtime.service_state import ServiceSpec
+
+READY_TIMEOUT = float(os.environ.get("COCKER_SERVICE_READY_TIMEOUT", "30"))
+NGINX_PORT = 80
+
+
+# ---- names of the things a service owns ------------------------------------------------
+
+def network_name(name: str) -> str:
+    return f"svc-{name}"
+
+
+def netns_name(name: str) -> str:
+    return f"cocker-svc-{name}"
+
+
+def nginx_owner(name: str) -> str:
+    """The owner name nginx's endpoint and port mappings are recorded under."""
+    return f"svc-{name}-nginx"
+
+
+def nginx_for(store, rec: dict) -> Nginx:
+    return Nginx(os.path.join(st.service_dir(store, rec["name"]), "nginx"),
+                 rec.get("nginx", {}).get("netns_path"))
+
+
+# ---- checks made before anything is created ---------------------------------------------
+
+def parse_publish(spec: ServiceSpec) -> list[tuple[str, int]]:
+    """--publish [HOSTIP:]PORT[:CTRPORT] -> [(host ip, host port)]; CTRPORT sets spec.port."""
+    out: list[tuple[str, int]] = []
+    ctr_ports: set[int] = set()
+    for p in spec.publish:
+        if not isinstance(p, str):
+            raise UsageError(f"invalid publish {p!r}")
+        text = p.removesuffix("/tcp")
+        if "/" in text:
+            raise UsageError(f"invalid publish {p!r}: services publish TCP only")
+        parts = text.split(":")
+        host_ip = "0.0.0.0"
+        if len(parts) == 3:
+            host_ip, parts = parts[0], parts[1:]
+        elif len(parts) not in (1, 2):
+            raise UsageError(f"invalid publish {p!r}: expected [HOSTIP:]PORT:CTRPORT")
+        try:
+            ipaddress.IPv4Address(host_ip)
+            nums = [int(x) for x in parts]
+        except ValueError:
+            raise UsageError(f"invalid publish {p!r}: expected [HOSTIP:]PORT:CTRPORT") from None
+        host_port = st.validate_port(nums[0], f"published port in {p!r}")
+        if len(nums) == 2:
+            ctr_ports.add(st.validate_port(nums[1], f"container port in {p!r}"))
+        out.append((host_ip, host_port))
+    if len(ctr_ports) > 1:
+        raise UsageError("all published ports of a service must go to the same replica port")
+    if ctr_ports:
+        spec.port = ctr_ports.pop()
+    return out
+
+
+def check_port_free(host_ip: str, port: int) -> None:
+    """A port some process already listens on is refused before anything is made."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host_ip, port))
+        except OSError as e:
+            raise Conflict(f"port {host_ip}:{port} is already in use ({e.strerror})") from None
+
+
+def resolve_image(store, ref: str) -> tuple[str, str]:
+    """An image reference -> (exact name:version, manifest digest). Every replica runs that
+    version, whatever is published later under the same name."""
+    from registry import image as imagemod
+    try:
+        img = imagemod.load(store, ref)
+    except NotFound:
+        raise NotFound(f"image {ref} does not exist in the local store") from None
+    return f"{img.name}:{img.version}", img.digest
+
+
+# ---- replicas ---------------------------------------------------------------------------
+
+def _container_spec(rec: dict, cname: str):
+    from runtime.containers import ContainerSpec
+    s = rec["spec"]
+    return ContainerSpec(
+        image=rec["image_ref"], name=cname, command=s.get("command"),
+        entrypoint=s.get("entrypoint"), hostname=cname, net=rec["network"],
+        env=list(s.get("env") or []), volumes=list(s.get("volumes") or []),
+        workdir=s.get("workdir"), cpus=s.get("cpus"), cpu_quota=s.get("cpu_quota"),
+        memory=s.get("memory"), pids_limit=s.get("pids_limit"),
+        labels={"service": rec["name"]},
+        # the service's monitor restarts replicas itself, after taking them out of nginx
+        restart="no")
+
+
+def _new_replica_name(rec: dict) -> str:
+    rec["seq"] = rec.get("seq", 0) + 1
+    return f"{rec['name']}-{rec['seq']}"
+
+
+def container_state(store, cname: str) -> tuple[str, int | None, str | None]:
+    """(state, exit code, ip) of a container; ("missing", None, None) when it is gone."""
+    from runtime import containers
+    try:
+        c = containers.load(store, cname)
+    except NotFound:
+        return "missing", None, None
+    return c.state(), getattr(c, "exit_code", None), getattr(c, "ip", None)
+
+
+def wait_ready(store, cname: str, port: int, timeout: float = READY_TIMEOUT) -> str:
+    """Wait until the replica accepts TCP connections on its port; returns its IP."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state, code, ip = container_state(store, cname)
+        if state != "running":
+            raise CockerError(f"replica {cname} is {state}"
+                              + (f" (exit code {code})" if code is not None else "")
+                              + f" instead of serving on port {port}; see `cocker container logs {cname}`")
+        if ip:
+            try:
+                with socket.create_connection((ip, port), timeout=0.3):
+                    return ip
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            raise CockerError(f"replica {cname} does not answer on {ip}:{port} after {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def start_replica(store, rec: dict, cname: str | None = None, *, origin: str = "template") -> dict:
+    """Create and start one replica, wait until it serves. Not yet in nginx's rotation.
+    On failure the container is removed again."""
+    from runtime import containers
+    cname = cname or _new_replica_name(rec)
+    containers.create(store, _container_spec(rec, cname))
+    try:
+        containers.start(store, cname)
+        ip = wait_ready(store, cname, rec["spec"]["port"])
+    except BaseException:
+        _remove_container(store, cname)
+        raise
+    return {"name": cname, "ip": ip, "port": rec["spec"]["port"], "origin": origin,
+            "active": False}
+
+
+def _remove_container(store, cname: str) -> None:
+    from runtime import containers
+    with contextlib.suppress(NotFound):
+        containers.remove(store, cname, force=True)
+
+
+def upstream(rec: dict) -> list[str]:
+    return [f"{r['ip']}:{r['port']}" for r in rec["replicas"] if r.get("active") and r.get("ip")]
+
+
+def apply_rotation(store, rec: dict, *, drain: bool = False) -> None:
+    """Make nginx's upstream what the record says, gracefully."""
+    ng = nginx_for(store, rec)
+    ng.reload(upstream(rec), drain=drain)
+
+
+# ---- create -----------------------------------------------------------------------------
+
+class _Undo:
+    """Steps to undo, last first, when creation fails half-way."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, Callable[[], None]]] = []
+
+    def push(self, what: str, fn: Callable[[], None]) -> None:
+        self.steps.append((what, fn))
+
+    def run(self) -> list[str]:
+        failed = []
+        for what, fn in reversed(self.steps):
+            try:
+                fn()
+            except Exception as e:  # keep undoing the rest; report what could not be undone
+                failed.append(f"{what}: {e}")
+        self.steps.clear()
+        return failed
+
+
+def create(store, spec: ServiceSpec, *, start_monitor: bool = True) -> dict:
+    """Create a service and everything it needs; all or nothing. Returns its record."""
+    from runtime import network
+    spec.validate()
+    ports = parse_publish(spec)
+    nginx_binary()                                   # nginx missing: say so before making anything
+    image_ref = digest = None
+    if spec.image:
+        image_ref, digest = resolve_image(store, spec.image)
+    for host_ip, port in ports:
+        check_port_free(host_ip, port)
+    os.makedirs(st.services_dir(store), exist_ok=True)
+    with st.global_lock(store), st.service_lock(store, spec.name):
+        if st.exists(store, spec.name):
+            raise AlreadyExists(f"service {spec.name} already exists")
+        sdir = st.service_dir(store, spec.name)
+        netname = network_name(spec.name)
+        rec = {
+            "name": spec.name, "spec": st.spec_to_record(spec), "image_ref": image_ref,
+            "digest": digest, "network": netname, "publish": [f"{h}:{p}" for h, p in ports],
+            "replicas": [], "seq": 0, "state": "creating",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "nginx": {"netns": netns_name(spec.name)},
+        }
+        undo = _Undo()
+        try:
+            if os.path.exists(sdir):             # leftovers of a crashed create: not a service
+                shutil.rmtree(sdir)
+            os.makedirs(sdir)
+            undo.push("service directory", lambda: shutil.rmtree(sdir, ignore_errors=True))
+            # the record exists from the start, so `service rm` can clean up after a crash
+            st.save(store, rec)
+
+            net = network.create_network(store, netname, spec.subnet)
+            undo.push(f"network {netname}", lambda: network.remove_network(store, netname))
+            rec["subnet"] = net.get("subnet")
+            rec["bridge"] = net.get("bridge")
+
+            nspath = network.new_netns(netns_name(spec.name))
+            undo.push("nginx's network namespace", lambda: network.delete_netns(netns_name(spec.name)))
+            rec["nginx"]["netns_path"] = nspath
+            ep = network.connect(store, netname, nginx_owner(spec.name), nspath)
+            undo.push("nginx's network endpoint",
+                      lambda: network.disconnect(store, netname, nginx_owner(spec.name)))
+            rec["nginx"]["ip"] = ep["ip"]
+            st.save(store, rec)
+
+            ng = nginx_for(store, rec)
+            ng.write_config([])
+            rec["nginx"]["pid"] = ng.start()
+            undo.push("nginx", ng.stop)
+            st.save(store, rec)
+
+            if ports:
+                network.publish(store, nginx_owner(spec.name), ep["ip"],
+                                [f"{h}:{p}:{NGINX_PORT}" for h, p in ports])
+                undo.push("published ports", lambda: network.unpublish(store, nginx_owner(spec.name)))
+
+            for _ in range(spec.replicas):
+                r = start_replica(store, rec)
+                undo.push(f"replica {r['name']}", lambda n=r["name"]: _remove_container(store, n))
+                r["active"] = True
+                rec["replicas"].append(r)
+                st.save(store, rec)
+            ng.reload(upstream(rec))
+            rec["state"] = "running"
+            st.save(store, rec)
+        except BaseException as e:
+            left = undo.run()
+            if left:
+                raise CockerError(f"{_msg(e)}; and could not undo: {'; '.join(left)}") from None
+            raise
+    if start_monitor:
+        ensure_monitor(store, spec.name)
+    return rec
+
+
+def _msg(e: BaseException) -> str:
+    return str(e) if isinstance(e, CockerError) else f"{type(e).__name__}: {e}"
+
+
+# ---- inspect / ls -----------------------------------------------------------------------
+
+def inspect(store, name: str) -> dict:
+    rec = st.load(store, name)
+    out = dict(rec)
+    reps = []
+    for r in rec["replicas"]:
+        state, code, _ip = container_state(store, r["name"])
+        reps.append({**r, "status": state, "exit_code": code})
+    out["replicas"] = reps
+    out["desired_replicas"] = rec["spec"]["replicas"]
+    out["running_replicas"] = sum(1 for r in reps if r["status"] == "running")
+    ng = nginx_for(store, rec)
+    out["nginx"] = {**rec.get("nginx", {}), "running": ng.running(), "pid": ng.pid(),
+                    "upstream": upstream(rec)}
+    out["monitor_pid"] = monitor_pid(store, name)
+    return out
+
+
+def list_services(store) -> list[dict]:
+    out = []
+    for n in st.list_names(store):
+        try:
+            out.append(inspect(store, n))
+        except NotFound:
+            continue
+    return out
+
+
+# ---- scale / update / join --------------------------------------------------------------
+
+def _template(rec: dict) -> list[dict]:
+    return [r for r in rec["replicas"] if r.get("origin", "template") == "template"]
+
+
+def _retire(store, rec: dict, victims: list[dict]) -> None:
+    """Out of rotation first (waiting for nginx's old workers), then stop and remove."""
+    names = {v["name"] for v in victims}
+    for r in rec["replicas"]:
+        if r["name"] in names:
+            r["active"] = False
+    apply_rotation(store, rec, drain=True)
+    st.save(store, rec)
+    for v in victims:
+        _remove_container(store, v["name"])
+    rec["replicas"] = [r for r in rec["replicas"] if r["name"] not in names]
+    st.save(store, rec)
+
+
+def scale(store, name: str, replicas: int) -> dict:
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+        raise UsageError(f"replicas must be a whole number >= 0, not {replicas!r}")
+    with st.service_lock(store, name):
+        rec = _loaded_running(store, name)
+        if replicas > 0 and not rec.get("image_ref"):
+            raise UsageError(f"service {name} has no image; give it one with "
+                             f"`cocker service update {name} --image REF`")
+        current = _template(rec)
+        if replicas > len(current):
+            for _ in range(replicas - len(current)):
+                r = start_replica(store, rec)
+                r["active"] = True
+                rec["replicas"].append(r)
+                st.save(store, rec)             # seq and the replica, before nginx sees it
+                apply_rotation(store, rec)
+        elif replicas < len(current):
+            _retire(store, rec, current[replicas:][::-1])
+        rec["spec"]["replicas"] = replicas
+        st.save(store, rec)
+    ensure_monitor(store, name)
+    return rec
+
+
+def update(store, name: str, image: str) -> dict:
+    """Rolling update: for each replica, a new one serves before the old one goes."""
+    with st.service_lock(store, name):
+        rec = _loaded_running(store, name)
+        image_ref, digest = resolve_image(store, image)
+        old_ref, old_digest = rec.get("image_ref"), rec.get("digest")
+        rec["image_ref"], rec["digest"] = image_ref, digest
+        rec["spec"]["image"] = image
+        olds = _template(rec)
+        try:
+            for old in olds:
+                r = start_replica(store, rec)
+                r["active"] = True
+                rec["replicas"].append(r)
+                st.save(store, rec)
+                apply_rotation(store, rec)
+                _retire(store, rec, [old])
+        except BaseException as e:
+            left = [r for r in _template(rec) if r["name"] in {o["name"] for o in olds}]
+            if len(left) == len(olds):          # nothing replaced: the service is as it was
+                rec["image_ref"], rec["digest"] = old_ref, old_digest
+            st.save(store, rec)
+            raise CockerError(f"update of service {name} stopped: {_msg(e)} "
+                              f"({len(olds) - len(left)} of {len(olds)} replicas updated)") from None
+        if not olds and rec["spec"]["replicas"] == 0:
+            pass
+        st.save(store, rec)
+    ensure_monitor(store, name)
+    return rec
+
+
+def join(store, name: str, spec, port: int | None = None) -> dict:
+    """brocker's `container run` with a service-name: a container of its own making becomes
+    a member of the service (on its network, in nginx's rotation, watched by its monitor)."""
+    from runtime import containers
+    with st.service_lock(store, name):
+        rec = _loaded_running(store, name)
+        spec.net = rec["network"]
+        spec.labels = {**(spec.labels or {}), "service": name}
+        spec.restart = "no"
+        if not spec.hostname:
+            spec.hostname = spec.name
+        c = containers.create(store, spec)
+        cname = c.name
+        port = port or rec["spec"]["port"]
+        try:
+            containers.start(store, cname)
+            ip = wait_ready(store, cname, port)
+        except BaseException:
+            _remove_container(store, cname)
+            raise
+        rec["replicas"].append({"name": cname, "ip": ip, "port": port, "origin": "joined",
+                                "active": True})
+        st.save(store, rec)
+        apply_rotation(store, rec)
+    ensure_monitor(store, name)
+    return rec
+
+
+def _loaded_running(store, name: str) -> dict:
+    rec = st.load(store, name)
+    if rec.get("state") != "running":
+        raise Conflict(f"service {name} is {rec.get('state')}; remove it with `cocker service rm {name}`")
+    return rec
+
+
+# ---- rm ---------------------------------------------------------------------------------
+
+def remove(store, name: str) -> None:
+    """Remove a service and everything it made, last made first; whatever is already gone is
+    skipped. Errors are collected; the record stays only if something could not be removed."""
+    from runtime import containers, network
+    st.validate_name(name)
+    if not st.exists(store, name):
+        raise NotFound(f"no such service: {name}")
+    stop_monitor(store, name)
+    errors: list[str] = []
+
+    def step(what: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except NotFound:
+            pass
+        except Exception as e:
+            errors.append(f"{what}: {_msg(e)}")
+
+    with st.global_lock(store), st.service_lock(store, name):
+        rec = st.load(store, name)
+        rec["state"] = "removing"
+        st.save(store, rec)
+        owner = nginx_owner(name)
+        step("published ports", lambda: network.unpublish(store, owner))
+        step("nginx", nginx_for(store, rec).stop)
+        members = {r["name"] for r in rec.get("replicas", [])}
+        # containers labelled with the service but missing from the record (a crash between
+        # create and save) go too
+        with contextlib.suppress(Exception):
+            for c in containers.list_containers(store, all=True):
+                if (getattr(c, "labels", None) or {}).get("service") == name:
+                    members.add(c.name)
+        for cname in sorted(members):
+            step(f"replica {cname}", lambda n=cname: _remove_container(store, n))
+        step("nginx's network endpoint", lambda: network.disconnect(store, rec["network"], owner))
+        step("nginx's network namespace", lambda: _delete_netns(rec))
+        step(f"network {rec['network']}", lambda: _remove_network(store, rec["network"]))
+        if errors:
+            raise CockerError(f"service {name} was not removed completely: {'; '.join(errors)}; "
+                              f"run `cocker service rm {name}` again")
+        shutil.rmtree(st.service_dir(store, name), ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(st.services_dir(store), f".{name}.lock"))
+
+
+def _delete_netns(rec: dict) -> None:
+    from runtime import network
+    ns = rec.get("nginx", {}).get("netns")
+    if ns and os.path.exists(os.path.join("/run/netns", ns)):
+        network.delete_netns(ns)
+
+
+def _remove_network(store, netname: str) -> None:
+    from runtime import network
+    try:
+        network.get_network(store, netname)
+    except NotFound:
+        return
+    network.remove_network(store, netname)
+
+
+# ---- the monitor process ----------------------------------------------------------------
+
+def monitor_paths(store, name: str) -> tuple[str, str]:
+    d = st.service_dir(store, name)
+    return os.path.join(d, "monitor.lock"), os.path.join(d, "monitor.pid")
+
+
+def monitor_pid(store, name: str) -> int | None:
+    """The monitor's pid if one is alive (it holds monitor.lock for its whole life)."""
+    import fcntl
+    lock, pidfile = monitor_paths(store, name)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                with open(pidfile) as f:
+                    return int(f.read().strip())
+            except (OSError, ValueError):
+                return None
+        return None
+    finally:
+        os.close(fd)
+
+
+def ensure_monitor(store, name: str) -> int | None:
+    """Start the service's monitor unless one is running; returns its pid."""
+    pid = monitor_pid(store, name)
+    if pid:
+        return pid
+    log = open(os.path.join(st.service_dir(store, name), "monitor.log"), "ab")
+    try:
+        env = dict(os.environ)
+        env.pop("COCKER_HOST", None)
+        p = subprocess.Popen([sys.executable, "-m", "runtime.service_monitor", "--home", store.home,
+                              name], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             start_new_session=True, close_fds=True, env=env,
+                             cwd="/")
+    finally:
+        log.close()
+    # wait until it holds its lock, so a following `rm` can find and stop it
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if monitor_pid(store, name):
+            break
+        if p.poll() is not None:
+            break
+        time.sleep(0.02)
+    return p.pid
+
+
+def stop_monitor(store, name: str) -> None:
+    pid = monitor_pid(store, name)
+    if not pid:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and monitor_pid(store, name):
+        time.sleep(0.02)
+    if monitor_pid(store, name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def ensure_all_monitors(store) -> None:
+    """After a reboot or a daemon restart: every running service gets its monitor back."""
+    for n in st.list_names(store):
+        with contextlib.suppress(CockerError, OSError):
+            if st.load(store, n).get("state") == "running":
+                ensure_monitor(store, n)
+
+
+__all__ = ["create", "inspect", "list_services", "scale", "update", "join", "remove",
+           "ensure_monitor", "ensure_all_monitors", "LockBusy"]
