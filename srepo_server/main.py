@@ -12,13 +12,16 @@ import sys
 
 import click
 
+from srepo_server.http_cli import gc_command, http_options, passwd_command, run_http
+
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", type=click.Path(file_okay=False), help="Repository directory.")
 @click.option("--stdio", is_flag=True, help="Speak the smart protocol on stdin/stdout "
               "(what `ssh host srepo-server --stdio --root PATH` runs).")
+@http_options
 @click.pass_context
-def cli(ctx: click.Context, root: str | None, stdio: bool) -> None:
+def cli(ctx: click.Context, root: str | None, stdio: bool, **http_opts) -> None:
     """cocker's native repository server."""
     ctx.ensure_object(dict)
     ctx.obj["root"] = root
@@ -29,7 +32,14 @@ def cli(ctx: click.Context, root: str | None, stdio: bool) -> None:
             from srepo_server.stdio import serve_stdio
             serve_stdio(root)
             return
+        if http_opts.get("http"):
+            run_http(root, http_opts)
+            return
         click.echo(ctx.get_help())
+
+
+cli.add_command(gc_command)
+cli.add_command(passwd_command)
 
 
 def main(argv: list[str] | None = None) -> None:

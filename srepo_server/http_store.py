@@ -1,0 +1,462 @@
+"""What the OCI Distribution API needs beyond refs and blobs, kept beside the same LayoutRepo.
+
+    srepo/digests/<name>/@sha256:<hex>    a manifest pushed by digest only (a gc root until a
+                                          tag reaches it, or its subject disappears)
+    srepo/referrers/<subject hex>/<hex>   descriptor of a manifest whose `subject` is that digest
+    srepo/deleted/<name>/@sha256:<hex>    manifest deleted by digest under this name
+    tmp/http-uploads/<uuid>               upload sessions (flock'd while the server holds them)
+
+Blobs are one content-addressed pool for every name, as in every cocker repository, so a
+directory filled by SFTP or smart pushes is served as it is and a cross-repo mount is free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid as uuidmod
+from dataclasses import dataclass, field
+
+from registry import digest as digestmod
+from registry import oci
+from registry import reference as refmod
+from registry.errors import CockerError, CorruptImage, NotFound
+from registry.fsutil import atomic_write, disk_error, fsync_dir
+from registry.layout import LayoutRepo
+
+MANIFEST_LIMIT = 4 << 20
+SESSION_IDLE = 3600.0  # an idle session's fd is let go (the file stays, resumable until gc)
+_UUID_LEN = 32
+
+
+class ApiError(Exception):
+    """An OCI error answer: HTTP status, spec error code, message, optional detail."""
+
+    def __init__(self, status: int, code: str, message: str, detail: object = None,
+                 headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.detail = status, code, message, detail
+        self.headers = headers or {}
+
+
+def _meta(repo: LayoutRepo, *parts: str) -> str:
+    return os.path.join(repo.root, "srepo", *parts)
+
+
+def _name_dir(repo: LayoutRepo, kind: str, name: str) -> str:
+    refmod.validate_name(name)
+    return _meta(repo, kind, *name.split("/"))
+
+
+def _marker(repo: LayoutRepo, kind: str, name: str, digest: str) -> str:
+    return os.path.join(_name_dir(repo, kind, name), "@" + digestmod.validate(digest))
+
+
+def _remove_marker(repo: LayoutRepo, kind: str, name: str, digest: str) -> bool:
+    p = _marker(repo, kind, name, digest)
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        return False
+    _prune_dirs(os.path.dirname(p), _meta(repo, kind))
+    return True
+
+
+def _prune_dirs(d: str, top: str) -> None:
+    while d != top and d.startswith(top):
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
+        d = os.path.dirname(d)
+
+
+def _walk_markers(top: str) -> list[tuple[str, str]]:
+    """(name, digest) for every marker file under srepo/<kind>/."""
+    out = []
+    for dirpath, dirnames, files in os.walk(top):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, top)
+        if rel == ".":
+            continue
+        name = rel.replace(os.sep, "/")
+        for fn in sorted(files):
+            if fn.startswith("@") and digestmod.is_valid(fn[1:]) and refmod.NAME_RE.match(name):
+                out.append((name, fn[1:]))
+    return out
+
+
+# manifests ------------------------------------------------------------------------------
+def media_type_of(m: dict, content_type: str | None) -> str:
+    mt = m.get("mediaType")
+    if mt:
+        return mt
+    if content_type and content_type in oci.MANIFEST_TYPES + oci.INDEX_TYPES:
+        return content_type
+    return oci.INDEX if oci.is_index(m) else oci.MANIFEST
+
+
+def parse_pushed_manifest(data: bytes, content_type: str | None) -> tuple[dict, str]:
+    try:
+        m = oci.parse_manifest(data)
+    except CorruptImage as e:
+        raise ApiError(400, "MANIFEST_INVALID", str(e)) from None
+    if m.get("schemaVersion") != 2:
+        raise ApiError(400, "MANIFEST_INVALID", "only schemaVersion 2 manifests are accepted")
+    mt = media_type_of(m, content_type)
+    ct = (content_type or "").split(";")[0].strip()
+    if m.get("mediaType") and ct and ct in oci.MANIFEST_TYPES + oci.INDEX_TYPES and ct != mt:
+        raise ApiError(400, "MANIFEST_INVALID",
+                       f"Content-Type {ct} does not match the manifest's mediaType {mt}")
+    subject = m.get("subject")
+    if subject is not None:
+        try:
+            oci.check_descriptor(subject, "manifest subject")
+        except CorruptImage as e:
+            raise ApiError(400, "MANIFEST_INVALID", str(e)) from None
+    return m, mt
+
+
+def put_manifest(repo: LayoutRepo, name: str, reference: str, data: bytes,
+                 content_type: str | None) -> tuple[str, str | None]:
+    """Store a manifest under a tag or its digest; returns (digest, subject digest)."""
+    digest = digestmod.of_bytes(data)
+    is_digest = reference.startswith("sha256:")
+    if is_digest and reference != digest:
+        raise ApiError(400, "DIGEST_INVALID", "manifest content does not match the digest "
+                       "in the URL", {"expected": reference, "got": digest})
+    m, mt = parse_pushed_manifest(data, content_type)
+    missing = repo.missing_blobs(oci.referenced_blobs(m))
+    if missing:
+        raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", "manifest references blobs that are not "
+                       "in the repository", {"missing": missing[:20]})
+    repo.put_blob_bytes(digest, data)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_marker(repo, "deleted", name, digest))
+    subject = m.get("subject", {}).get("digest") if m.get("subject") else None
+    if subject:
+        desc = oci.descriptor(mt, digest, len(data), m.get("annotations") or None)
+        art = m.get("artifactType") or (m.get("config") or {}).get("mediaType")
+        if art:
+            desc["artifactType"] = art
+        atomic_write(_meta(repo, "referrers", digestmod.hex_of(subject), digestmod.hex_of(digest)),
+                     oci.canonical_json(desc))
+    try:
+        if is_digest:
+            # Under the repo lock, so gc sees the root or the blob check fails here.
+            with repo.lock():
+                still = repo.missing_blobs(oci.referenced_blobs(m) + [digest])
+                if still:
+                    raise NotFound(f"blob {still[0]} vanished")
+                atomic_write(_marker(repo, "digests", name, digest), digest.encode() + b"\n")
+        else:
+            repo.put_ref(name, reference, digest)
+    except NotFound as e:
+        raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", str(e)) from None
+    return digest, subject
+
+
+def resolve_manifest(repo: LayoutRepo, name: str, reference: str) -> str:
+    if reference.startswith("sha256:") or ":" in reference:
+        if not digestmod.is_valid(reference):
+            raise ApiError(400, "DIGEST_INVALID", f"invalid digest {reference!r}")
+        if os.path.exists(_marker(repo, "deleted", name, reference)) or not repo.has_blob(reference):
+            raise ApiError(404, "MANIFEST_UNKNOWN", f"manifest {reference} not found")
+        return reference
+    if not refmod.VERSION_RE.match(reference):
+        raise ApiError(400, "TAG_INVALID", f"invalid tag {reference!r}")
+    d = repo.get_ref(name, reference)
+    if d is None:
+        raise ApiError(404, "MANIFEST_UNKNOWN", f"manifest {name}:{reference} not found")
+    return d
+
+
+def read_manifest(repo: LayoutRepo, digest: str) -> tuple[bytes, str]:
+    try:
+        size = repo.blob_size(digest) or 0
+        if size > MANIFEST_LIMIT:
+            raise CorruptImage("too large for a manifest")
+        data = repo.read_blob(digest, limit=MANIFEST_LIMIT)
+        m = oci.parse_manifest(data)
+    except CockerError:
+        raise ApiError(404, "MANIFEST_UNKNOWN", f"{digest} is not a manifest") from None
+    return data, media_type_of(m, None)
+
+
+def delete_manifest(repo: LayoutRepo, name: str, reference: str) -> None:
+    if not reference.startswith("sha256:"):
+        if not refmod.VERSION_RE.match(reference):
+            raise ApiError(400, "TAG_INVALID", f"invalid tag {reference!r}")
+        try:
+            repo.delete_ref(name, reference)
+        except NotFound:
+            raise ApiError(404, "MANIFEST_UNKNOWN", f"{name}:{reference} not found") from None
+        return
+    digest = reference
+    if not digestmod.is_valid(digest):
+        raise ApiError(400, "DIGEST_INVALID", f"invalid digest {digest!r}")
+    found = _remove_marker(repo, "digests", name, digest)
+    for rec in repo.list_refs(name):
+        if rec.digest == digest:
+            with contextlib.suppress(NotFound):
+                repo.delete_ref(name, rec.version, expect=digest)
+            found = True
+    if not found and (not repo.has_blob(digest)
+                      or os.path.exists(_marker(repo, "deleted", name, digest))):
+        raise ApiError(404, "MANIFEST_UNKNOWN", f"manifest {digest} not found")
+    atomic_write(_marker(repo, "deleted", name, digest), b"")
+    with contextlib.suppress(CockerError, ApiError):
+        data, _ = read_manifest(repo, digest)
+        subj = (json.loads(data).get("subject") or {}).get("digest")
+        if subj and digestmod.is_valid(subj):
+            p = _meta(repo, "referrers", digestmod.hex_of(subj), digestmod.hex_of(digest))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+            _prune_dirs(os.path.dirname(p), _meta(repo, "referrers"))
+
+
+def referrers(repo: LayoutRepo, subject: str, artifact_type: str | None) -> list[dict]:
+    d = _meta(repo, "referrers", digestmod.hex_of(subject))
+    out = []
+    try:
+        names = sorted(os.listdir(d))
+    except FileNotFoundError:
+        return []
+    for fn in names:
+        if len(fn) != 64 or not repo.has_blob("sha256:" + fn):
+            continue
+        try:
+            with open(os.path.join(d, fn), "rb") as f:
+                desc = json.loads(f.read())
+        except (OSError, ValueError):
+            continue
+        if artifact_type and desc.get("artifactType") != artifact_type:
+            continue
+        out.append(desc)
+    return out
+
+
+def names(repo: LayoutRepo) -> list[str]:
+    found = {r.name for r in repo.list_refs()}
+    found.update(n for n, _ in _walk_markers(_meta(repo, "digests")))
+    return sorted(found)
+
+
+def tags(repo: LayoutRepo, name: str) -> list[str] | None:
+    t = sorted(r.version for r in repo.list_refs(name))
+    if not t and not os.path.isdir(_name_dir(repo, "digests", name)):
+        return None
+    return t
+
+
+# gc ---------------------------------------------------------------------------------------
+def gc(repo: LayoutRepo, grace: float, dry_run: bool = False) -> tuple[int, int]:
+    """Mark and sweep that knows the HTTP door's roots and spares live upload sessions.
+
+    A digest-only manifest stays a root until a tag reaches it (it then lives and dies with
+    the tag) or its subject is gone; blobs younger than `grace` (a push in flight) are spared
+    by LayoutRepo.gc, and upload sessions the server holds are flock'd, so never swept.
+    """
+    top = _meta(repo, "digests")
+    markers = _walk_markers(top)
+    with repo.lock():
+        tagged = repo.reachable([r.digest for r in repo.list_refs()])
+    roots = []
+    for name, d in markers:
+        subj = _subject_of(repo, d)
+        if d in tagged or not repo.has_blob(d) or (subj and not repo.has_blob(subj)):
+            if not dry_run:
+                _remove_marker(repo, "digests", name, d)
+            continue
+        roots.append(d)
+    result = repo.gc(extra_roots=roots, grace=grace, dry_run=dry_run)
+    if not dry_run:
+        for name, d in _walk_markers(_meta(repo, "deleted")):
+            if not repo.has_blob(d):
+                _remove_marker(repo, "deleted", name, d)
+        rtop = _meta(repo, "referrers")
+        for dirpath, _, files in os.walk(rtop, topdown=False):
+            for fn in files:
+                if len(fn) == 64 and not repo.has_blob("sha256:" + fn):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(dirpath, fn))
+            if dirpath != rtop:
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+    return result
+
+
+def gc_roots(repo: LayoutRepo) -> list[str]:
+    """Manifests pushed by digest only; any other gc of this repo should keep them too."""
+    return [d for _, d in _walk_markers(_meta(repo, "digests"))]
+
+
+def _subject_of(repo: LayoutRepo, d: str) -> str | None:
+    try:
+        data, _ = read_manifest(repo, d)
+        s = (json.loads(data).get("subject") or {}).get("digest")
+    except (ApiError, ValueError, AttributeError):
+        return None
+    return s if digestmod.is_valid(s) else None
+
+
+# upload sessions ----------------------------------------------------------------------------
+@dataclass
+class Session:
+    uuid: str
+    name: str
+    path: str
+    fd: int
+    offset: int = 0
+    hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    used: float = field(default_factory=time.monotonic)
+
+
+class Uploads:
+    """Upload sessions: a file in tmp/http-uploads per session, written at its offset.
+
+    The server keeps a shared flock on every session it holds, so `gc` (in any process)
+    never sweeps one; the running sha256 is kept in memory, recomputed from the file
+    after a restart.
+    """
+
+    def __init__(self, repo: LayoutRepo, max_sessions: int = 4096) -> None:
+        self.repo = repo
+        self.dir = os.path.join(repo.tmp_dir, "http-uploads")
+        os.makedirs(self.dir, exist_ok=True)
+        self.sessions: dict[str, Session] = {}
+        self.lock = threading.Lock()
+        self.max_sessions = max_sessions
+
+    def _open(self, uid: str, name: str, create: bool) -> Session:
+        path = os.path.join(self.dir, uid)
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(path, flags, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return Session(uid, name, path, fd)
+
+    def create(self, name: str) -> Session:
+        with self.lock:
+            if len(self.sessions) >= self.max_sessions:
+                self._expire(0.0, keep_busy=True)
+            if len(self.sessions) >= self.max_sessions:
+                raise ApiError(429, "TOOMANYREQUESTS", "too many upload sessions in progress")
+            uid = uuidmod.uuid4().hex
+            try:
+                s = self._open(uid, name, create=True)
+                atomic_write(path_name(s.path), name.encode())
+            except OSError as e:
+                raise disk_error(e, self.dir) from e
+            self.sessions[uid] = s
+            return s
+
+    def get(self, uid: str, name: str) -> Session:
+        if len(uid) != _UUID_LEN or not all(c in "0123456789abcdef" for c in uid):
+            raise ApiError(404, "BLOB_UPLOAD_UNKNOWN", "unknown upload session")
+        with self.lock:
+            s = self.sessions.get(uid)
+            if s is None:
+                try:
+                    with open(path_name(os.path.join(self.dir, uid)), encoding="utf-8") as f:
+                        owner = f.read().strip()
+                    s = self._open(uid, owner, create=False)
+                except (OSError, UnicodeDecodeError):
+                    raise ApiError(404, "BLOB_UPLOAD_UNKNOWN", "unknown upload session") from None
+                # Resumed after a restart or expiry: rebuild the running hash from the file.
+                s.offset = _rehash(s.fd, s.hasher)
+                self.sessions[uid] = s
+            if s.name != name:
+                raise ApiError(404, "BLOB_UPLOAD_UNKNOWN", "unknown upload session")
+            s.used = time.monotonic()
+            return s
+
+    def write(self, s: Session, data: bytes) -> None:
+        """Append at the session's offset (callers hold s.lock)."""
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(s.fd, view, s.offset)
+                s.hasher.update(view[:n])
+                s.offset += n
+                view = view[n:]
+        except OSError as e:
+            os.ftruncate(s.fd, s.offset)
+            raise disk_error(e, s.path) from e
+        s.used = time.monotonic()
+
+    def finish(self, s: Session, digest: str) -> None:
+        """Verify and move into the blob pool (durable before it returns), or refuse."""
+        got = "sha256:" + s.hasher.hexdigest()
+        if got != digest:
+            self.drop(s)
+            raise ApiError(400, "DIGEST_INVALID", "uploaded content does not match the digest",
+                           {"expected": digest, "got": got, "size": s.offset})
+        dest = self.repo.blob_path(digest)
+        try:
+            os.fsync(s.fd)
+            if not os.path.exists(dest):
+                os.rename(s.path, dest)
+                fsync_dir(os.path.dirname(dest))
+            else:
+                os.unlink(s.path)
+        except OSError as e:
+            raise disk_error(e, dest) from e
+        self._forget(s)
+
+    def drop(self, s: Session) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(s.path)
+        self._forget(s)
+
+    def _forget(self, s: Session) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(path_name(s.path))
+        with self.lock:
+            self.sessions.pop(s.uuid, None)
+        with contextlib.suppress(OSError):
+            os.close(s.fd)
+        s.fd = -1
+
+    def _expire(self, idle: float, keep_busy: bool = True) -> None:
+        now = time.monotonic()
+        for uid, s in list(self.sessions.items()):
+            if now - s.used < idle:
+                continue
+            if keep_busy and not s.lock.acquire(blocking=False):
+                continue
+            try:
+                self.sessions.pop(uid, None)
+                with contextlib.suppress(OSError):
+                    os.close(s.fd)
+                s.fd = -1
+            finally:
+                if keep_busy:
+                    s.lock.release()
+
+    def expire_idle(self, idle: float = SESSION_IDLE) -> None:
+        with self.lock:
+            self._expire(idle)
+
+    def close(self) -> None:
+        with self.lock:
+            self._expire(-1.0, keep_busy=False)
+
+
+def path_name(path: str) -> str:
+    return path + ".name"
+
+
+def _rehash(fd: int, h) -> int:
+    off = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, off)
+        if not chunk:
+            return off
+        h.update(chunk)
+        off += len(chunk)
