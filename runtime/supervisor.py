@@ -1,0 +1,596 @@
+"""The container's first process and its workload.
+
+    cocker (CLI/API)             host namespaces
+      └─ fork: intermediate      unshare(PID, UTS, IPC[, NET]) then fork, report the pid, exit
+           └─ supervisor         PID 1 of the new PID namespace, host mount namespace, plain python
+                └─ workload      joins the cgroup, unshare(NS, CGROUP), overlay + /proc /sys /dev,
+                                 pivot_root, hostname, env, workdir, exec of the image's command
+
+Everything is fork(): no second interpreter starts, which keeps `run` close to runc's time.
+The supervisor holds an flock on `running.lock` for its whole life (so `ls` can tell a live
+container from one whose supervisor was killed), reaps zombies, forwards signals, keeps the pty
+master and serves `attach` on `attach.sock` (when the container has a tty), and tears down the
+cgroup and network when the workload ends. Mounts live only in the workload's mount namespace,
+so they vanish with it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import struct
+import time
+from dataclasses import dataclass
+
+from runtime import syscalls as sc
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
+
+# attach protocol: frames of type(1) + length(4, big endian) + payload, both ways
+T_DATA, T_WINSIZE, T_EXIT = b"d", b"w", b"x"
+
+
+def frame(kind: bytes, payload: bytes = b"") -> bytes:
+    return kind + struct.pack(">I", len(payload)) + payload
+
+
+class FrameReader:
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        self.buf += data
+        out = []
+        while len(self.buf) >= 5:
+            n = struct.unpack(">I", self.buf[1:5])[0]
+            if len(self.buf) < 5 + n:
+                break
+            out.append((self.buf[:1], self.buf[5:5 + n]))
+            self.buf = self.buf[5 + n:]
+        return out
+
+
+def sock_path_for(cdir: str) -> str:
+    """A unix socket path short enough for sun_path (108 bytes) wherever the store lives."""
+    p = os.path.join(cdir, "attach.sock")
+    return p if len(p) < 100 else p   # callers use connect_unix(), which shortens if needed
+
+
+def _short_unix_path(path: str) -> tuple[str, int | None]:
+    if len(path.encode()) < 100:
+        return path, None
+    fd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
+    return f"/proc/self/fd/{fd}/{os.path.basename(path)}", fd
+
+
+def bind_unix(sock, path: str) -> None:
+    p, fd = _short_unix_path(path)
+    try:
+        sock.bind(p)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def connect_unix(sock, path: str) -> None:
+    p, fd = _short_unix_path(path)
+    try:
+        sock.connect(p)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@dataclass
+class Plan:
+    """What the supervisor and workload need; built by containers.start from the record."""
+    name: str
+    cdir: str
+    argv: list[str]
+    env: list[str]
+    workdir: str
+    hostname: str
+    lowerdir: str
+    volumes: list[tuple[str, str, bool]]
+    own_netns: bool
+    cgroup_dirs: list[str]
+    tty: bool = False
+    detached: bool = True
+    user: str = ""
+    home: str = ""              # COCKER_HOME, for the network teardown
+    network: str | None = None  # bridge/named network to disconnect at the end
+    published: bool = False
+
+
+@dataclass
+class Launched:
+    pid: int          # supervisor pid on the host
+    go_w: int         # write b"g" to let the workload start
+    err_r: int        # EOF when the workload exec'd; a message when it could not
+
+
+def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
+          reparent_to_caller: bool = False) -> Launched:
+    """Fork the supervisor (waiting in its namespaces until released) and return its pid."""
+    info_r, info_w = os.pipe()
+    go_r, go_w = os.pipe()
+    err_r, err_w = os.pipe()
+    if reparent_to_caller:
+        sc.set_child_subreaper(True)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w)
+        os.close(info_w)
+        os.close(go_r)
+        os.close(err_w)
+        os.waitpid(pid, 0)
+    finally:
+        if reparent_to_caller:
+            sc.set_child_subreaper(False)
+    sup_pid, msg = 0, ""
+    with os.fdopen(info_r, "rb") as f:
+        for line in f:
+            if line.startswith(b"P"):
+                sup_pid = int(line[1:])
+            elif line.startswith(b"E"):
+                msg = line[1:].decode(errors="replace").strip()
+            elif line.startswith(b"R"):
+                break
+        else:
+            if not msg:
+                msg = "the container's supervisor died while starting"
+    if msg or not sup_pid:
+        os.close(go_w)
+        os.close(err_r)
+        if sup_pid:
+            _kill_quietly(sup_pid, signal.SIGKILL)
+            if reparent_to_caller:
+                _reap(sup_pid)
+        from registry.errors import RuntimeFailure
+        raise RuntimeFailure(msg or "could not start the supervisor")
+    return Launched(sup_pid, go_w, err_r)
+
+
+def _kill_quietly(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _reap(pid: int) -> int | None:
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return None
+
+
+def _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w) -> None:
+    try:
+        os.close(info_r)
+        os.close(go_w)
+        os.close(err_r)
+        flags = sc.CLONE_NEWPID | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
+        if plan.own_netns:
+            flags |= sc.CLONE_NEWNET
+        sc.unshare(flags)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _supervisor(plan, stdio, info_w, go_r, err_w)
+            except BaseException as e:           # noqa: BLE001 - must never return into the CLI
+                _say(info_w, f"E{_describe(e)}\n")
+            finally:
+                os._exit(125)
+        _say(info_w, f"P{pid}\n")
+        os._exit(0)
+    except BaseException as e:                   # noqa: BLE001
+        _say(info_w, f"E{_describe(e)}\n")
+        os._exit(1)
+
+
+def _say(fd: int, text: str) -> None:
+    try:
+        os.write(fd, text.replace("\n", " ").rstrip().encode() + b"\n")
+    except OSError:
+        pass
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    return str(e) or type(e).__name__
+
+
+# the supervisor ------------------------------------------------------------------------
+class _Sup:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.child = 0
+        self.status: int | None = None
+        self.master = -1
+        self.listener = None
+        self.client = None
+        self.reader = FrameReader()
+        self.log_fd = -1
+
+
+def _supervisor(plan: Plan, stdio, info_w: int, go_r: int, err_w: int) -> None:
+    os.setsid()
+    sc.set_name("cocker-init")
+    import fcntl
+    lock = os.open(os.path.join(plan.cdir, "running.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                   0o644)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    S = _Sup(plan)
+    for sig in FORWARDED:
+        signal.signal(sig, lambda s, f: S.child and _kill_quietly(S.child, s))
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    slave = -1
+    if plan.tty:
+        import socket
+        S.master, slave = os.openpty()
+        os.set_inheritable(S.master, False)
+        path = os.path.join(plan.cdir, "attach.sock")
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        S.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        bind_unix(S.listener, path)
+        os.chmod(path, 0o600)
+        S.listener.listen(8)
+    if plan.detached or plan.tty:
+        S.log_fd = os.open(os.path.join(plan.cdir, "log"),
+                           os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    os.write(info_w, b"R\n")
+    os.close(info_w)
+    go = os.read(go_r, 1)
+    os.close(go_r)
+    if go != b"g":
+        os._exit(125)
+    if S.listener is not None:                  # a client that connected before "go"
+        S.listener.setblocking(False)
+        _accept(S)
+    if plan.tty:
+        fds = (slave, slave, slave)
+    elif stdio is not None:
+        fds = stdio
+    else:
+        null = os.open(os.devnull, os.O_RDONLY)
+        fds = (null, S.log_fd, S.log_fd)
+    S.child = os.fork()
+    if S.child == 0:
+        _workload(plan, fds, err_w)
+    os.close(err_w)
+    if slave >= 0:
+        os.close(slave)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)       # the caller's pipes must see EOF when the workload closes them
+    os.close(null)
+    if plan.tty:
+        _tty_loop(S)
+    else:
+        _wait_loop(S)
+    code = _exit_code(S.status)
+    _finish(S, code)
+    os._exit(code)
+
+
+def _exit_code(status: int | None) -> int:
+    if status is None:
+        return 255
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _reap_all(S: _Sup, block: bool) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid == S.child:
+            S.status = status
+            if block:
+                return
+
+
+def _wait_loop(S: _Sup) -> None:
+    while S.status is None:
+        _reap_all(S, block=True)
+
+
+def _accept(S: _Sup) -> None:
+    if S.client is not None or S.listener is None:
+        return
+    try:
+        conn, _ = S.listener.accept()
+    except (BlockingIOError, InterruptedError):
+        return
+    conn.setblocking(True)
+    S.client = conn
+    S.reader = FrameReader()
+
+
+def _drop_client(S: _Sup) -> None:
+    if S.client is not None:
+        try:
+            S.client.close()
+        except OSError:
+            pass
+        S.client = None
+        _accept(S)     # the next one waiting in turn
+
+
+def _send_client(S: _Sup, data: bytes) -> None:
+    if S.client is None:
+        return
+    try:
+        S.client.sendall(data)
+    except OSError:
+        _drop_client(S)
+
+
+def _tty_loop(S: _Sup) -> None:
+    import fcntl
+    import selectors
+    import termios
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda s, f: None)
+    sel = selectors.DefaultSelector()
+    sel.register(S.master, selectors.EVENT_READ, "master")
+    sel.register(wake_r, selectors.EVENT_READ, "wake")
+    sel.register(S.listener, selectors.EVENT_READ, "listen")
+    registered_client = None
+    master_open = True
+    while True:
+        if S.client is not registered_client:
+            if registered_client is not None:
+                try:
+                    sel.unregister(registered_client)
+                except (KeyError, ValueError, OSError):
+                    pass
+            if S.client is not None:
+                sel.register(S.client, selectors.EVENT_READ, "client")
+            registered_client = S.client
+        _reap_all(S, block=False)
+        if S.status is not None:
+            break
+        for key, _ in sel.select(timeout=1.0):
+            what = key.data
+            if what == "wake":
+                try:
+                    os.read(wake_r, 512)
+                except OSError:
+                    pass
+            elif what == "listen":
+                _accept(S)
+            elif what == "master" and master_open:
+                try:
+                    data = os.read(S.master, 65536)
+                except OSError:
+                    data = b""
+                if not data:          # every slave closed: the workload is going
+                    master_open = False
+                    sel.unregister(S.master)
+                    continue
+                _log(S, data)
+                _send_client(S, frame(T_DATA, data))
+            elif what == "client":
+                try:
+                    data = S.client.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    _drop_client(S)
+                    continue
+                for kind, payload in S.reader.feed(data):
+                    if kind == T_DATA:
+                        _write_all(S.master, payload)
+                    elif kind == T_WINSIZE and len(payload) == 4:
+                        rows, cols = struct.unpack(">HH", payload)
+                        fcntl.ioctl(S.master, termios.TIOCSWINSZ,
+                                    struct.pack("HHHH", rows, cols, 0, 0))
+    # drain what the workload wrote last
+    if master_open:
+        os.set_blocking(S.master, False)
+        while True:
+            try:
+                data = os.read(S.master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            _log(S, data)
+            _send_client(S, frame(T_DATA, data))
+    S.final_client = S.client
+
+
+def _log(S: _Sup, data: bytes) -> None:
+    if S.log_fd >= 0:
+        try:
+            _write_all(S.log_fd, data)
+        except OSError:
+            pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            time.sleep(0.001)
+            continue
+        view = view[n:]
+
+
+def _finish(S: _Sup, code: int) -> None:
+    """The workload ended: end every other process, release cgroup and network, record it."""
+    plan = S.plan
+    _kill_quietly(-1, signal.SIGKILL)       # everything else in our PID namespace
+    _reap_all_blocking()
+    oom = False
+    errors = []
+    if plan.cgroup_dirs:
+        from runtime import cgroups
+        cg = cgroups.Cgroup(plan.name)
+        oom = cg.oom_killed()
+        try:
+            cg.remove()
+        except Exception as e:  # noqa: BLE001 - record it, keep tearing down
+            errors.append(str(e))
+    if plan.network:
+        try:
+            from registry.store import Store
+            from runtime import network
+            store = Store(plan.home)
+            if plan.published:
+                network.unpublish(store, plan.name)
+            network.disconnect(store, plan.network, plan.name)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"network: {e}")
+    state_path = os.path.join(plan.cdir, "state.json")
+    try:
+        with open(state_path) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        state = {}
+    state.update({"status": "exited", "exit_code": code, "finished_at": time.time(),
+                  "oom_killed": oom})
+    if errors:
+        state["teardown_errors"] = errors
+    write_json(state_path, state)
+    client = getattr(S, "final_client", None)
+    if client is not None:
+        try:
+            client.sendall(frame(T_EXIT, str(code).encode()))
+            client.close()
+        except OSError:
+            pass
+    if S.listener is not None:
+        try:
+            os.unlink(os.path.join(plan.cdir, "attach.sock"))
+        except OSError:
+            pass
+
+
+def _reap_all_blocking() -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
+def write_json(path: str, obj: dict) -> None:
+    """tmp + rename, without fsync: runtime state is rewritten often and must be cheap."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.rename(tmp, path)
+
+
+# the workload ------------------------------------------------------------------------------
+def _workload(plan: Plan, fds: tuple[int, int, int], err_w: int) -> None:
+    try:
+        for sig in FORWARDED + (signal.SIGCHLD,):
+            signal.signal(sig, signal.SIG_DFL)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)     # python ignores these; exec would keep that
+        for d in plan.cgroup_dirs:
+            fd = os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        flags = sc.CLONE_NEWNS | (sc.CLONE_NEWCGROUP if plan.cgroup_dirs else 0)
+        sc.unshare(flags)
+        os.setsid()
+        for i, fd in enumerate(fds):
+            if fd != i:
+                os.dup2(fd, i)
+            else:
+                os.set_inheritable(i, True)
+        console = None
+        if plan.tty:
+            sc.set_ctty(0)
+            console = os.ttyname(0)
+        from runtime import mounts
+        mounts.setup_rootfs(plan.cdir, plan.lowerdir, plan.volumes, plan.own_netns, console)
+        sc.sethostname(plan.hostname)
+        if plan.own_netns:
+            sc.loopback_up()
+        env = dict(e.split("=", 1) if "=" in e else (e, "") for e in plan.env)
+        if plan.user:
+            _switch_user(plan.user, env)
+        try:
+            os.chdir(plan.workdir or "/")
+        except FileNotFoundError:
+            os.makedirs(plan.workdir, exist_ok=True)
+            os.chdir(plan.workdir)
+        try:
+            os.execvpe(plan.argv[0], plan.argv, env)
+        except FileNotFoundError:
+            _say(err_w, f"{plan.argv[0]}: command not found in the image")
+            os._exit(127)
+        except PermissionError:
+            _say(err_w, f"{plan.argv[0]}: permission denied (not executable?)")
+            os._exit(126)
+    except BaseException as e:                  # noqa: BLE001
+        _say(err_w, f"cannot start the container: {_describe(e)}")
+        os._exit(125)
+    os._exit(125)
+
+
+def _switch_user(user: str, env: dict) -> None:
+    """`uid[:gid]` or a name from the image's /etc/passwd (we are inside the rootfs now)."""
+    name, _, group = user.partition(":")
+    uid = gid = None
+    home = None
+    if name.isdigit():
+        uid = int(name)
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                p = line.rstrip("\n").split(":")
+                if len(p) >= 7 and (p[0] == name or (uid is not None and p[2] == name)):
+                    uid, gid, home = int(p[2]), int(p[3]), p[5]
+                    break
+    except OSError:
+        pass
+    if uid is None:
+        raise OSError(errno.EINVAL, f"user {name!r} not found in the image's /etc/passwd")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            try:
+                with open("/etc/group") as f:
+                    for line in f:
+                        p = line.split(":")
+                        if len(p) >= 3 and p[0] == group:
+                            gid = int(p[2])
+            except OSError:
+                pass
+    gid = uid if gid is None else gid
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if home:
+        env.setdefault("HOME", home)

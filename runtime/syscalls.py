@@ -1,0 +1,135 @@
+"""Thin ctypes wrappers for the Linux calls Python 3.11's `os` lacks (like mkosi's sandbox.py).
+
+Self-contained on purpose: it is imported in the forked supervisor and workload, where start-up
+time matters, so it pulls in nothing but ctypes, fcntl and socket.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_STRICTATIME = 1 << 24
+
+MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PR_SET_CHILD_SUBREAPER = 36
+
+NS_FLAGS = {"mnt": CLONE_NEWNS, "pid": CLONE_NEWPID, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC,
+            "net": CLONE_NEWNET, "cgroup": CLONE_NEWCGROUP}
+
+
+def _check(ret: int, what: str, path: str | None = None) -> int:
+    if ret < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}", path)
+    return ret
+
+
+def _b(s: str | bytes | None) -> bytes | None:
+    if s is None:
+        return None
+    return s if isinstance(s, bytes) else os.fsencode(s)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
+           f"mount {fstype or ''} on {target}".replace("  ", " "), target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), f"umount {target}", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    # glibc has no wrapper; SYS_pivot_root is 155 on x86_64, 41 on aarch64
+    nr = 41 if os.uname().machine in ("aarch64", "arm64") else 155
+    _check(_libc.syscall(ctypes.c_long(nr), _b(new_root), _b(put_old)), "pivot_root", new_root)
+
+
+def sethostname(name: str) -> None:
+    b = name.encode()
+    _check(_libc.sethostname(b, ctypes.c_size_t(len(b))), "sethostname")
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl")
+
+
+def set_pdeathsig(sig: int) -> None:
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_child_subreaper(on: bool = True) -> None:
+    prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0)
+
+
+def set_name(name: str) -> None:
+    """The process name shown by ps (comm), at most 15 bytes."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _libc.prctl(ctypes.c_int(PR_SET_NAME), buf, 0, 0, 0)
+
+
+def loopback_up() -> None:
+    """Bring `lo` up in the current network namespace (no netlink library needed)."""
+    import fcntl
+    import socket
+    import struct
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def set_ctty(fd: int) -> None:
+    import fcntl
+    import termios
+    fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: tells a live process from a later one reusing its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    try:
+        return int(data[data.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
