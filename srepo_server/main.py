@@ -13,6 +13,7 @@ import sys
 import click
 
 from srepo_server.http_cli import gc_command, http_options, passwd_command, run_http
+from srepo_server.ssh_cli import run_ssh, ssh_options, stdio_access
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,6 +21,7 @@ from srepo_server.http_cli import gc_command, http_options, passwd_command, run_
 @click.option("--stdio", is_flag=True, help="Speak the smart protocol on stdin/stdout "
               "(what `ssh host srepo-server --stdio --root PATH` runs).")
 @http_options
+@ssh_options
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, stdio: bool, **http_opts) -> None:
     """cocker's native repository server."""
@@ -30,8 +32,12 @@ def cli(ctx: click.Context, root: str | None, stdio: bool, **http_opts) -> None:
             if not root:
                 raise click.UsageError("--stdio needs --root PATH")
             from srepo_server.stdio import serve_stdio
-            serve_stdio(root)
+            serve_stdio(root, stdio_access(http_opts))
             return
+        if http_opts.get("ssh"):
+            run_ssh(root, http_opts, background=bool(http_opts.get("http")))
+            if not http_opts.get("http"):
+                return
         if http_opts.get("http"):
             run_http(root, http_opts)
             return
