@@ -1,0 +1,330 @@
+"""Bridge networks on the real kernel: namespaces, veths, bridges, iptables NAT and DNAT.
+
+All traffic stays on 127.0.0.0/8 and inside namespaces these tests create.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from registry.errors import AlreadyExists, Conflict, NotFound, UsageError
+from runtime import ipam
+from runtime import network as net
+from tests.support.net import free_port, iptables_dump, links, netenv, netns_list, unique  # noqa: F401
+
+pytestmark = pytest.mark.root
+
+
+def http_get(url: str, wait: float = 10) -> str:
+    """GET from the host, retrying while the server inside is still starting."""
+    deadline = time.time() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as r:
+                return r.read().decode()
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def ping(env, ns_name: str, ip: str) -> bool:
+    return env.run_in(ns_name, "busybox", "ping", "-c", "1", "-W", "3", ip).returncode == 0
+
+
+# ---- pure bookkeeping (no kernel) -----------------------------------------------------------
+
+def test_default_settings_are_private(store, monkeypatch):
+    monkeypatch.delenv("COCKER_BRIDGE", raising=False)
+    monkeypatch.delenv("COCKER_BRIDGE_SUBNET", raising=False)
+    s = ipam.default_settings(store)
+    assert s == {"bridge": "cocker0", "subnet": "10.88.0.0/16"}
+    assert ipaddress.ip_network(s["subnet"]).is_private
+
+
+@pytest.mark.parametrize("spec,expect", [
+    ("8080:80", ("0.0.0.0", 8080, 80, "tcp")),
+    ("127.0.0.1:8080:80/udp", ("127.0.0.1", 8080, 80, "udp")),
+    ("1:65535/TCP", ("0.0.0.0", 1, 65535, "tcp")),
+])
+def test_port_spec_parse(spec, expect):
+    from runtime.portmap import parse
+    m = parse(spec)
+    assert (m.host_ip, m.host_port, m.ctr_port, m.proto) == expect
+
+
+@pytest.mark.parametrize("spec", ["80", "0:80", "8080:70000", "a:b", "8080:80/sctp",
+                                  "localhost:8080:80", "::1:80:80", "1.2.3.4:5:6:7"])
+def test_port_spec_bad(spec):
+    from runtime.portmap import parse
+    with pytest.raises(UsageError):
+        parse(spec)
+
+
+# ---- the kernel -------------------------------------------------------------------------------
+
+def test_two_namespaces_reach_each_other(netenv):
+    info = net.create_network(netenv.store, unique("n"))
+    a, b = netenv.netns(), netenv.netns()
+    ea = netenv.connect(info["name"], "a", a)
+    eb = netenv.connect(info["name"], "b", b)
+    subnet = ipaddress.ip_network(info["subnet"])
+    assert ipaddress.ip_address(ea["ip"]) in subnet and ea["ip"] != eb["ip"]
+    assert ea["gateway"] == info["gateway"] and ea["prefixlen"] == subnet.prefixlen
+    assert ping(netenv, a, eb["ip"]) and ping(netenv, b, ea["ip"])
+    assert ping(netenv, a, info["gateway"])
+    # Inside: eth0 with the address, lo up, default route via the gateway.
+    addr = netenv.run_in(a, "ip", "-br", "addr").stdout
+    assert "eth0" in addr and ea["ip"] in addr and "127.0.0.1" in addr
+    route = netenv.run_in(a, "ip", "route").stdout
+    assert f"default via {info['gateway']} dev eth0" in route
+    assert ea["veth"] in links() and info["bridge"] in links()
+    shown = net.get_network(netenv.store, info["name"])
+    assert set(shown["endpoints"]) == {"a", "b"} and shown["active"]
+    net.disconnect(netenv.store, info["name"], "a")
+    assert ea["veth"] not in links()
+    assert "eth0" not in netenv.run_in(a, "ip", "-br", "link").stdout
+    # A named network keeps its bridge until it is removed.
+    net.disconnect(netenv.store, info["name"], "b")
+    assert info["bridge"] in links()
+    net.remove_network(netenv.store, info["name"])
+    assert info["bridge"] not in links()
+    assert not netenv.rules()
+
+
+def test_requested_ip_checked(netenv):
+    info = net.create_network(netenv.store, unique("n"))
+    subnet = ipaddress.ip_network(info["subnet"])
+    a, b = netenv.netns(), netenv.netns()
+    want = str(subnet.network_address + 77)
+    assert netenv.connect(info["name"], "a", a, ip=want)["ip"] == want
+    before = links()
+    with pytest.raises(AlreadyExists, match="already in use by a"):
+        net.connect(netenv.store, info["name"], "b", netenv.path(b), ip=want)
+    for bad in ("10.0.0.5" if not subnet.overlaps(ipaddress.ip_network("10.0.0.0/24"))
+                else "172.31.0.5", info["gateway"], str(subnet.network_address),
+                str(subnet.broadcast_address), "nonsense"):
+        with pytest.raises(UsageError):
+            net.connect(netenv.store, info["name"], "b", netenv.path(b), ip=bad)
+    with pytest.raises(NotFound):
+        net.connect(netenv.store, info["name"], "b", "/run/netns/does-not-exist-ck")
+    with pytest.raises(NotFound):
+        net.connect(netenv.store, "no-such-net", "b", netenv.path(b))
+    with pytest.raises(AlreadyExists):
+        net.connect(netenv.store, info["name"], "a", netenv.path(b))
+    # Nothing half-made: no new link, no endpoint, b's namespace untouched.
+    assert links() == before
+    assert set(ipam.load(netenv.store, info["name"])["endpoints"]) == {"a"}
+    assert "eth0" not in netenv.run_in(b, "ip", "-br", "link").stdout
+
+
+def test_addresses_released_and_reused(netenv):
+    info = net.create_network(netenv.store, unique("n"))
+    nss = [netenv.netns() for _ in range(3)]
+    ips = [netenv.connect(info["name"], f"c{i}", n)["ip"] for i, n in enumerate(nss)]
+    assert len(set(ips)) == 3
+    first = ipaddress.ip_network(info["subnet"]).network_address + 2
+    assert ips[0] == str(first)  # lowest free, the gateway (.1) excluded
+    net.disconnect(netenv.store, info["name"], "c1")
+    net.disconnect(netenv.store, info["name"], "c1")  # idempotent
+    again = netenv.connect(info["name"], "c3", nss[1])
+    assert again["ip"] == ips[1]
+    assert ping(netenv, nss[1], ips[2])
+
+
+def _connect_worker(home, network, owner, path, q):
+    from registry.store import Store
+    from runtime import network as n
+    try:
+        q.put((owner, n.connect(Store(home), network, owner, path)["ip"]))
+    except Exception as e:  # reported to the parent
+        q.put((owner, f"error: {e}"))
+
+
+def test_concurrent_processes_never_share_an_address(netenv):
+    info = net.create_network(netenv.store, unique("n"))
+    nss = [netenv.netns() for _ in range(6)]
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_connect_worker,
+                         args=(netenv.store.home, info["name"], f"p{i}", netenv.path(n), q))
+             for i, n in enumerate(nss)]
+    for p in procs:
+        p.start()
+    results = dict(q.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert not [r for r in results.values() if r.startswith("error")], results
+    assert len(set(results.values())) == len(nss)
+    rec = ipam.load(netenv.store, info["name"])
+    assert {o: e["ip"] for o, e in rec["endpoints"].items()} == results
+    for e in rec["endpoints"].values():
+        netenv.veths.add(e["veth"])
+
+
+def test_subnet_and_name_conflicts(netenv):
+    name = unique("n")
+    info = net.create_network(netenv.store, name)
+    subnet = ipaddress.ip_network(info["subnet"])
+    with pytest.raises(AlreadyExists):
+        net.create_network(netenv.store, name)
+    inner = str(next(subnet.subnets(new_prefix=subnet.prefixlen + 1)))
+    with pytest.raises(Conflict, match="overlaps"):
+        net.create_network(netenv.store, unique("n"), subnet=inner)
+    with pytest.raises(Conflict, match="overlaps"):
+        net.create_network(netenv.store, unique("n"), subnet=str(subnet.supernet(4)))
+    # Overlap with what the host routes (the test netns routes nothing on the host, so use
+    # the address of a host interface other than lo).
+    from runtime.netns import host_networks
+    routed = [n for n, dev in host_networks() if dev != info["bridge"]]
+    if routed:
+        with pytest.raises(Conflict, match="overlaps"):
+            net.create_network(netenv.store, unique("n"), subnet=str(routed[0]))
+    with pytest.raises(AlreadyExists, match="not network"):
+        net.create_network(netenv.store, unique("n"), subnet=netenv.subnet, bridge="lo")
+    with pytest.raises(AlreadyExists, match="already used by network"):
+        net.create_network(netenv.store, unique("n"), subnet=netenv.subnet, bridge=info["bridge"])
+    for bad in ("host", "none", "Bad Name", ""):
+        with pytest.raises(UsageError):
+            net.create_network(netenv.store, bad)
+    for bad in ("10.1.2.3/24", "10.1.2.0", "fd00::/64", "10.0.0.0/31", "x"):
+        with pytest.raises(UsageError):
+            net.create_network(netenv.store, unique("n"), subnet=bad)
+    with pytest.raises(UsageError):
+        net.create_network(netenv.store, unique("n"), bridge="a-name-far-too-long-for-linux")
+    assert [n["name"] for n in net.list_networks(netenv.store)] == sorted(["bridge", name])
+
+
+def test_default_bridge_and_nat_come_and_go(netenv):
+    a, b = netenv.netns(), netenv.netns()
+    assert netenv.bridge not in links()
+    ea = netenv.connect("bridge", "a", a)
+    assert ea["bridge"] == netenv.bridge and ipaddress.ip_address(ea["ip"]) in ipaddress.ip_network(netenv.subnet)
+    assert netenv.bridge in links()
+    masq = [r for r in netenv.rules() if "MASQUERADE" in r and f"-s {netenv.subnet}" in r]
+    assert masq and f"! -o {netenv.bridge}" in masq[0]  # not for intra-bridge traffic
+    assert open("/proc/sys/net/ipv4/ip_forward").read().strip() == "1"
+    assert open(f"/proc/sys/net/ipv4/conf/{netenv.bridge}/route_localnet").read().strip() == "1"
+    eb = netenv.connect("bridge", "b", b)
+    assert ping(netenv, a, eb["ip"])
+    net.disconnect(netenv.store, "bridge", "a")
+    assert netenv.bridge in links() and netenv.rules()
+    net.disconnect(netenv.store, "bridge", "b")
+    # The last endpoint took the default bridge and its rules with it.
+    assert netenv.bridge not in links()
+    assert not netenv.rules()
+
+
+def test_port_mappings_from_localhost(netenv, tmp_path):
+    info = net.create_network(netenv.store, unique("n"))
+    a = netenv.netns()
+    ep = netenv.connect(info["name"], "web", a)
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("hello from the netns\n")
+    netenv.spawn(a, "busybox", "httpd", "-f", "-p", "80", "-h", str(www))
+    echo = ("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            "s.bind(('0.0.0.0',5353))\nwhile True:\n d,a=s.recvfrom(100)\n s.sendto(b'echo:'+d,a)\n")
+    netenv.spawn(a, sys.executable, "-c", echo)
+    tport, uport = free_port(), free_port()
+    net.publish(netenv.store, "web", ep["ip"], [f"127.0.0.1:{tport}:80", f"{uport}:5353/udp"])
+    assert any("DNAT" in r and f"--dport {tport}" in r for r in netenv.rules())
+    assert http_get(f"http://127.0.0.1:{tport}/index.html") == "hello from the netns\n"
+    reply = b""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.settimeout(1)
+        for _ in range(10):
+            u.sendto(b"hi", ("127.0.0.1", uport))
+            try:
+                reply = u.recvfrom(100)[0]
+                break
+            except socket.timeout:
+                continue
+    assert reply == b"echo:hi"
+    shown = net.get_network(netenv.store, info["name"])["endpoints"]["web"]["ports"]
+    assert f"127.0.0.1:{tport}->80/tcp" in shown
+    # The same host port again: refused (published), and a bound one: refused (in use).
+    with pytest.raises(AlreadyExists, match="already published by web"):
+        net.publish(netenv.store, "web", ep["ip"], [f"{tport}:81"])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(AlreadyExists, match="already in use"):
+            net.publish(netenv.store, "web", ep["ip"], [f"127.0.0.1:{busy.getsockname()[1]}:80"])
+    with pytest.raises(UsageError):
+        net.publish(netenv.store, "web", ep["ip"], [f"{free_port()}:80", "bad"])
+    with pytest.raises(NotFound):
+        net.publish(netenv.store, "nobody", ep["ip"], [f"{free_port()}:80"])
+    assert len([r for r in netenv.rules() if "DNAT" in r]) == 2  # failures added nothing
+    net.unpublish(netenv.store, "web")
+    assert not [r for r in netenv.rules() if ":p:web" in r]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{tport}/index.html", timeout=3)
+
+
+def test_disconnect_drops_port_rules(netenv):
+    a = netenv.netns()
+    ep = netenv.connect("bridge", "c", a)
+    net.publish(netenv.store, "c", ep["ip"], [f"127.0.0.1:{free_port()}:80"])
+    assert any(":p:c" in r for r in netenv.rules())
+    net.disconnect(netenv.store, "bridge", "c")
+    assert not netenv.rules()
+    assert "COCKER" not in iptables_dump() or True  # other stores may still use the chains
+
+
+def test_cleanup_owner_after_a_crash(netenv):
+    """A process that died mid-way leaves a record, a veth and rules: cleanup_owner removes all."""
+    a = netenv.netns()
+    ep = netenv.connect("bridge", "crashed", a)
+    net.publish(netenv.store, "crashed", ep["ip"], [f"{free_port()}:80"])
+    assert ep["veth"] in links() and netenv.rules()
+    net.cleanup_owner(netenv.store, "crashed")
+    net.cleanup_owner(netenv.store, "crashed")  # nothing left: still fine
+    assert ep["veth"] not in links() and not netenv.rules()
+    assert netenv.bridge not in links()
+    assert not ipam.load(netenv.store, "bridge")["endpoints"]
+
+
+def test_setup_none_and_namespaces(netenv):
+    name = netenv.netns()
+    assert name in netns_list()
+    out = netenv.run_in(name, "ip", "-br", "link").stdout
+    assert out.split()[0] == "lo" and "UP" in out and len(out.strip().splitlines()) == 1
+    with pytest.raises(AlreadyExists):
+        net.new_netns(name)
+    with pytest.raises(UsageError):
+        net.new_netns("../etc")
+    net.delete_netns(name)
+    net.delete_netns(name)
+    assert name not in netns_list()
+
+
+def test_cli(netenv, cocker):
+    name = unique("cli")
+    out = cocker("network", "create", name).stdout
+    assert name in out
+    nets = json.loads(cocker("network", "ls", "--json").stdout)
+    assert {n["name"] for n in nets} == {"bridge", name}
+    shown = json.loads(cocker("network", "inspect", name, "--json").stdout)
+    a = netenv.netns()
+    netenv.connect(name, "box", a)
+    r = cocker("network", "rm", name, check=False)
+    assert r.returncode != 0 and "in use by box" in r.stderr and "Traceback" not in r.stderr
+    r = cocker("network", "create", unique("cli"), "--subnet", shown["subnet"], check=False)
+    assert r.returncode != 0 and "overlaps" in r.stderr
+    r = cocker("network", "inspect", "nope", check=False)
+    assert r.returncode != 0 and r.stderr.strip() == "cocker: error: no such network: nope"
+    assert "box" in cocker("network", "inspect", name).stdout
+    net.disconnect(netenv.store, name, "box")
+    cocker("network", "rm", name)
+    assert shown["bridge"] not in links()
