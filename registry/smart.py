@@ -348,6 +348,7 @@ class SmartRepo(Repository):
         self._busy: dict[_Conn, int] = {}
         self._count = 0
         self._closed = False
+        self._owned: list[Any] = []
         first = _Conn(rfile, wfile, closer)
         try:
             self.server_info = first.hello(client)
@@ -432,6 +433,17 @@ class SmartRepo(Repository):
             self._cond.notify_all()
         for c in idle:
             c.close()
+        for obj in reversed(self._owned):
+            try:
+                obj.close()
+            except Exception:
+                pass
+        self._owned = []
+
+    def _owning(self, obj: Any) -> "SmartRepo":
+        """Close `obj` (e.g. the SSH client under the channels) when this repo closes."""
+        self._owned.append(obj)
+        return self
 
     # refs ----------------------------------------------------------------------------
     def list_refs(self, name: str | None = None, *, prefix: str | None = None,

@@ -41,15 +41,20 @@ class BadRequest(TransportError):
 
 
 def serve(rfile: Any, wfile: Any, repo: LayoutRepo, access: Access | None = None, *,
-          namespace: str | None = None, log: Log | None = None) -> None:
-    """Answer requests from `rfile` on `wfile` until the client closes the stream."""
-    _Handler(rfile, wfile, repo, access or Access.full(), namespace, log).run()
+          namespace: str | None = None, log: Log | None = None,
+          busy: Callable[[bool], None] | None = None) -> None:
+    """Answer requests from `rfile` on `wfile` until the client closes the stream.
+
+    `busy(True)` / `busy(False)` bracket each exchange (a server's shutdown waits for them)."""
+    _Handler(rfile, wfile, repo, access or Access.full(), namespace, log, busy).run()
 
 
 class _Handler:
     def __init__(self, rfile: Any, wfile: Any, repo: LayoutRepo, access: Access,
-                 namespace: str | None, log: Log | None) -> None:
+                 namespace: str | None, log: Log | None,
+                 busy: Callable[[bool], None] | None = None) -> None:
         self.rfile, self.wfile, self.repo, self.access = rfile, wfile, repo, access
+        self.busy = busy or (lambda _: None)
         self.ns = refmod.validate_name(namespace) if namespace else None
         self.log = log
         self.ops = {
@@ -73,32 +78,42 @@ class _Handler:
                 return
             if line is None:
                 return
-            t0 = time.monotonic()
-            op = "?"
+            self.busy(True)
             try:
-                req = smart.parse_frame(line)
-                op = str(req.get("op"))[:40]
-                fn = self.ops.get(op)
-                if fn is None:
-                    raise BadRequest(f"unknown operation {op!r}")
-                detail = fn(req)
-                self._note(op, f"ok {detail or ''}".rstrip(), t0)
-            except _Close as e:
-                self._note(op, f"closing: {e}", t0)
-                return
-            except CockerError as e:
-                if not self._try_send(smart.error_frame(e)):
+                if not self._one(line):
                     return
-                self._note(op, f"{type(e).__name__}: {e}", t0)
-            except Exception as e:  # a bug must not take the server down with it
-                if self.log:
-                    self.log("internal error: " + "".join(
-                        traceback.format_exception(e)).rstrip().replace("\n", "\n    "))
-                else:
-                    traceback.print_exc(file=sys.stderr)
-                if not self._try_send({"ok": False, "error": "CockerError",
-                                       "message": f"internal server error ({type(e).__name__})"}):
-                    return
+            finally:
+                self.busy(False)
+
+    def _one(self, line: bytes) -> bool:
+        """Answer one request; False when the connection must close."""
+        t0 = time.monotonic()
+        op = "?"
+        try:
+            req = smart.parse_frame(line)
+            op = str(req.get("op"))[:40]
+            fn = self.ops.get(op)
+            if fn is None:
+                raise BadRequest(f"unknown operation {op!r}")
+            detail = fn(req)
+            self._note(op, f"ok {detail or ''}".rstrip(), t0)
+        except _Close as e:
+            self._note(op, f"closing: {e}", t0)
+            return False
+        except CockerError as e:
+            if not self._try_send(smart.error_frame(e)):
+                return False
+            self._note(op, f"{type(e).__name__}: {e}", t0)
+        except Exception as e:  # a bug must not take the server down with it
+            if self.log:
+                self.log("internal error: " + "".join(
+                    traceback.format_exception(e)).rstrip().replace("\n", "\n    "))
+            else:
+                traceback.print_exc(file=sys.stderr)
+            if not self._try_send({"ok": False, "error": "CockerError",
+                                   "message": f"internal server error ({type(e).__name__})"}):
+                return False
+        return True
 
     def _note(self, op: str, what: str, t0: float | None = None) -> None:
         if self.log:

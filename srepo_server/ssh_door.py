@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
@@ -40,7 +41,7 @@ WINDOW = 64 << 20          # bytes a peer may send before it waits for us: keeps
 MAX_PACKET = 1 << 18       # larger SSH packets cut paramiko's per-packet Python overhead
 MAX_CHANNELS = 16          # concurrent exec channels per connection
 AUTH_TIMEOUT = 30.0
-SHUTDOWN_GRACE = 5.0
+SHUTDOWN_GRACE = 10.0
 # GCM needs no separate MAC pass; clients choose, but ours prefer what is fastest here.
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr",
            "aes192-ctr")
@@ -190,7 +191,8 @@ class _Server(paramiko.ServerInterface):
     # one exec channel ----------------------------------------------------------------
     def _run_channel(self, chan: paramiko.Channel, command: str, ns: str | None) -> None:
         assert self.key is not None
-        who = f"{self.peer} user={self.user} key={self.key.fingerprint}" + (
+        who_short = f"{self.peer}#{chan.get_id()}"
+        who = f"{who_short} user={self.user} key={self.key.fingerprint}" + (
             f" ({self.key.comment})" if self.key.comment else "")
         status = 0
         try:
@@ -205,7 +207,8 @@ class _Server(paramiko.ServerInterface):
             stream = ChannelStream(chan)
             t0 = time.monotonic()
             serve_handler(stream, stream, self.door.repo, self.key.access, namespace=ns or None,
-                          log=lambda line: self.door.log(f"{self.peer} {line}"))
+                          log=lambda line: self.door.log(f"{who_short} {line}"),
+                          busy=self.door.busy)
             self.door.log(f"{who} session closed after {time.monotonic() - t0:.1f}s")
         except Exception as e:  # one broken channel must not touch the others
             status = 1
@@ -237,6 +240,12 @@ class SshDoor:
         self._stop = threading.Event()
         self._transports: set[paramiko.Transport] = set()
         self._lock = threading.Lock()
+        self._busy = 0
+
+    def busy(self, on: bool) -> None:
+        """Counts exchanges in progress, which a shutdown lets finish."""
+        with self._lock:
+            self._busy += 1 if on else -1
 
     def stop(self) -> None:
         self._stop.set()
@@ -265,17 +274,16 @@ class SshDoor:
 
     def _shutdown(self) -> None:
         with self._lock:
-            live = list(self._transports)
-        if live:
+            busy = self._busy
+        if busy:
             self.log(f"shutting down: waiting up to {SHUTDOWN_GRACE:.0f}s for "
-                     f"{len(live)} connection(s)")
+                     f"{busy} exchange(s) in progress")
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while time.monotonic() < deadline:
             with self._lock:
-                busy = [t for t in self._transports if t.is_active() and _has_channels(t)]
-            if not busy:
-                break
-            time.sleep(0.1)
+                if not self._busy:
+                    break
+            time.sleep(0.05)
         with self._lock:
             live = list(self._transports)
         for t in live:
@@ -301,10 +309,15 @@ class SshDoor:
             except (paramiko.SSHException, EOFError, OSError) as e:
                 self.log(f"{peer} handshake failed: {e}")
                 return
-            # Drain accepted channels (the exec request already started their threads) until
-            # the client disconnects or we stop.
+            # Take accepted channels off paramiko's queue until the client disconnects or we
+            # stop; a reference is kept while they are open, because paramiko closes a
+            # Channel that is garbage-collected.
+            held: list[paramiko.Channel] = []
             while t.is_active() and not self._stop.is_set():
-                t.accept(timeout=1.0)
+                ch = t.accept(timeout=1.0)
+                held = [c for c in held if not c.closed]
+                if ch is not None:
+                    held.append(ch)
         finally:
             if not self._stop.is_set():  # when stopping, _shutdown closes it after the grace
                 with self._lock:
@@ -312,17 +325,12 @@ class SshDoor:
                 t.close()
 
 
-def _has_channels(t: paramiko.Transport) -> bool:
-    try:
-        return bool(t._channels.values())  # noqa: SLF001 - paramiko keeps no public count
-    except Exception:
-        return False
-
-
 def serve(root: str, addr: str, host_key: str, authorized_keys: str, *,
           log: Callable[[str], None] = log_line, ready: Callable[[tuple], None] | None = None
           ) -> None:
     """Run the SSH door until SIGTERM/SIGINT."""
+    # paramiko reports every dropped handshake with a traceback; our own log says it once.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     door = SshDoor(root, addr, host_key, authorized_keys, log=log)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
