@@ -22,6 +22,11 @@ def home(tmp_path, monkeypatch) -> str:
     h = str(tmp_path / "home")
     monkeypatch.setenv("COCKER_HOME", h)
     monkeypatch.setenv("COCKER_QUIET", "1")
+    # Its own default bridge and private /24 (not cocker0 on 10.88/16): tests running in
+    # parallel, or on a host with real containers, never share a bridge (runtime/ipam.py).
+    monkeypatch.setenv("COCKER_BRIDGE", f"ckt{os.getpid() % 100000}{os.urandom(2).hex()}")
+    monkeypatch.setenv("COCKER_BRIDGE_SUBNET",
+                       f"10.{160 + os.urandom(1)[0] % 90}.{os.urandom(1)[0]}.0/24")
     return h
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import multiprocessing
-import os
 import socket
-import subprocess
 import sys
 import time
 import urllib.request
