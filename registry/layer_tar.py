@@ -531,11 +531,13 @@ _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class _Unpacker:
-    def __init__(self, dest: str, whiteouts: str, allow_devices: bool) -> None:
+    def __init__(self, dest: str, whiteouts: str, allow_devices: bool,
+                 skip_devices: bool = False) -> None:
         if whiteouts not in ("overlay", "apply"):
             raise CockerError(f"unknown whiteout mode {whiteouts!r}")
         self.whiteouts = whiteouts
         self.allow_devices = allow_devices
+        self.skip_devices = skip_devices
         os.makedirs(dest, exist_ok=True)
         self.root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.cache: collections.OrderedDict[tuple[str, ...], int] = collections.OrderedDict()
@@ -666,6 +668,8 @@ class _Unpacker:
                 os.mknod(base, (stat.S_IFCHR if ti.ischr() else stat.S_IFBLK) | 0o600,
                          os.makedev(ti.devmajor, ti.devminor), dir_fd=parent)
                 self._special_meta(parent, base, ti)
+            elif self.skip_devices:
+                return
             else:
                 raise UnsafeArchive(f"entry {ti.name!r}: {kind} device {ti.devmajor}:"
                                     f"{ti.devminor} refused (device nodes are not image content)")
@@ -779,12 +783,16 @@ class _Unpacker:
 
 def unpack(stream: BinaryIO, dest: str, *, whiteouts: str = "overlay",
            max_bytes: int | None = None, max_entries: int | None = None,
-           allow_devices: bool = False, progress: Any = None) -> str:
+           allow_devices: bool = False, skip_devices: bool = False,
+           progress: Any = None) -> str:
     """Extract a layer (gzip/zstd/plain) into `dest`; returns its diff_id.
 
     whiteouts="overlay": `.wh.X` -> char 0/0 `X`, `.wh..wh..opq` -> trusted.overlay.opaque=y
     (the tree is usable as an overlay lowerdir). whiteouts="apply": delete what they name
     (successive layers flattened into one directory).
+    Device nodes are refused unless `allow_devices` (create them) or `skip_devices` (drop
+    them: a rootfs tarball's /dev is the runtime's business); a char 0/0 node is an
+    overlay whiteout and accepted in overlay mode.
     Raises UnsafeArchive for traversal, symlink/hardlink escapes, devices and size bombs;
     CorruptImage for a malformed archive. Nothing is ever written outside `dest`.
     """
@@ -795,7 +803,7 @@ def unpack(stream: BinaryIO, dest: str, *, whiteouts: str = "overlay",
     except _DECOMPRESS_ERRORS as e:
         raise CorruptImage(f"layer does not decompress: {e}") from None
     capped = _CappedReader(raw, limit)
-    u = _Unpacker(dest, whiteouts, allow_devices)
+    u = _Unpacker(dest, whiteouts, allow_devices, skip_devices)
     current = "?"
     try:
         tf = tarfile.open(fileobj=capped, mode="r|", bufsize=CHUNK, tarinfo=_SafeTarInfo)
