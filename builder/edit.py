@@ -1,0 +1,67 @@
+"""`cocker image edit REF`: boot a container from REF, open a shell in it, and when the shell
+exits commit what changed as the next version (the original cocker's to_container and
+to_image in one step, without consuming anything).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from builder import commit as commitmod
+from builder import versioning
+from registry import image as imagemod
+from registry.errors import CockerError, NotFound
+from registry.reference import Reference
+
+
+@dataclass
+class EditResult:
+    container: str
+    kept: bool
+    shell_exit: int
+    result: commitmod.CommitResult | None     # None: nothing changed
+
+
+def edit(store, ref: str, *, to: str | None = None, bump: str | None = None,
+         keep: bool = False, shell: str = "/bin/sh", name: str | None = None,
+         message: str | None = None, author: str | None = None, force: bool = False,
+         net: str = "none", log: Callable[[str], None] = lambda s: None) -> EditResult:
+    from runtime import containers
+    img = imagemod.load(store, ref)
+    if to:
+        target = versioning.target(store, to, bump, force=force)
+    else:
+        target = versioning.target(store, img.name, bump or "patch", force=force)
+    cname = name or _container_name(img.name)
+    spec = containers.ContainerSpec(image=f"{img.name}:{img.version}", name=cname,
+                                    command=[shell], entrypoint=[], tty=True, net=net,
+                                    hostname=re.sub(r"[^A-Za-z0-9-]", "-", img.name)[:63])
+    log(f"editing {img.name}:{img.version} in container {cname}; exit the shell to commit "
+        f"{target}")
+    try:
+        code = containers.run(store, spec, rm=False, interactive=True)
+        with contextlib.suppress(CockerError):
+            if containers.load(store, cname).state() == "running":
+                containers.stop(store, cname)
+        try:
+            res = commitmod.commit(store, cname, target, message=message, author=author,
+                                   force=force, changes=[])
+        except commitmod.NothingToCommit:
+            res = None
+    except BaseException:
+        if not keep:
+            with contextlib.suppress(CockerError, NotFound):
+                containers.remove(store, cname, force=True)
+        raise
+    if not keep:
+        containers.remove(store, cname, force=True)
+    return EditResult(cname, keep, code, res)
+
+
+def _container_name(image_name: str) -> str:
+    base = re.sub(r"[^a-z0-9_.-]", "-", image_name.split("/")[-1])[:40]
+    return f"edit-{base}-{os.getpid()}"

@@ -1,0 +1,116 @@
+"""`cocker image build|edit|squash`: making new image versions (builder/)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from cocker.commands.image import image
+from cocker.output import print_json
+
+BUMP = click.Choice(["patch", "minor", "major"])
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@image.command("build")
+@click.argument("context", default=".", type=click.Path(file_okay=False))
+@click.option("-f", "--file", "recipe_path", type=click.Path(dir_okay=False),
+              help="Recipe (default CONTEXT/cocker-build.toml).")
+@click.option("-t", "--tag", help="name or name:version to publish (default: the recipe's tag).")
+@click.option("--bump", type=BUMP, help="Publish the next x.y.z after the name's newest version.")
+@click.option("--build-arg", "build_args", multiple=True, metavar="K=V",
+              help="Override an [args] default (repeatable).")
+@click.option("--no-cache", is_flag=True, help="Run every step again.")
+@click.option("--force", "force", is_flag=True, help="Replace the target version if it exists.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {reference, digest, layers, cached_steps} (step logs go to stderr).")
+@click.pass_obj
+def build_cmd(ctx, context: str, recipe_path: str | None, tag: str | None, bump: str | None,
+              build_args: tuple[str, ...], no_cache: bool, force: bool, as_json: bool) -> None:
+    """Build an image from a declarative recipe (TOML): `from` an image version, then ordered
+    `run`/`copy`/config steps, cached step by step. Exit 0 only when the image was published."""
+    from builder import build as buildmod
+    from builder import recipe as recipemod
+    from builder import versioning
+    from registry.errors import UsageError
+    args: dict[str, str] = {}
+    for a in build_args:
+        k, sep, v = a.partition("=")
+        if not sep or not k:
+            raise UsageError(f"--build-arg {a!r}: expected KEY=VALUE")
+        args[k] = v
+    path = recipe_path or os.path.join(context, "cocker-build.toml")
+    recipe = recipemod.load(path, args)
+    ref = tag or recipe.tag
+    if not ref:
+        raise UsageError(f"{path}: no tag in the recipe; give --tag NAME[:VERSION]")
+    target = versioning.target(ctx.store, ref, bump, force=force)
+    log = _err if as_json else click.echo
+    # A failing step's output was logged as it came; BuildFailed then exits non-zero.
+    res = buildmod.build(ctx.store, recipe, context, target, no_cache=no_cache, force=force,
+                         log=log)
+    s = res.summary()
+    if as_json:
+        print_json(s)
+        return
+    click.echo(f"{s['reference']}  {s['digest']}  ({res.cached_steps}/{res.steps} steps cached)")
+
+
+@image.command("edit")
+@click.argument("ref")
+@click.option("--to", "to", metavar="REF2", help="Publish as REF2 (name:version, or a name "
+              "with --bump) instead of the next patch version of REF's name.")
+@click.option("--bump", type=BUMP, help="Which part of the version to bump (default patch).")
+@click.option("--keep", is_flag=True, help="Keep the container afterwards (for later commits).")
+@click.option("--shell", default="/bin/sh", show_default=True, help="Shell to run.")
+@click.option("--name", help="Container name (default edit-IMAGE-PID).")
+@click.option("-m", "--message", help="Comment for the new version's history.")
+@click.option("--author", help="Author recorded in the new version.")
+@click.option("--net", default="none", show_default=True,
+              help="Network of the edit container: none, host, bridge or a named network.")
+@click.option("--force", is_flag=True, help="Replace the target version if it exists.")
+@click.pass_obj
+def edit_cmd(ctx, ref: str, to: str | None, bump: str | None, keep: bool, shell: str,
+             name: str | None, message: str | None, author: str | None, net: str,
+             force: bool) -> None:
+    """Open a shell in a container made from REF; when it exits, commit the changes as the
+    next version (or say there were none) and remove the container unless --keep."""
+    from builder import edit as editmod
+    res = editmod.edit(ctx.store, ref, to=to, bump=bump, keep=keep, shell=shell, name=name,
+                       message=message, author=author, force=force, net=net, log=_err)
+    if res.result is None:
+        click.echo("no changes; nothing committed")
+    else:
+        s = res.result.summary()
+        click.echo(f"{s['reference']}  {s['digest']}")
+    if res.kept:
+        click.echo(f"container {res.container} kept: cocker container commit "
+                   f"{res.container} NAME --bump patch")
+
+
+@image.command("squash")
+@click.argument("ref")
+@click.argument("newref")
+@click.option("--since", metavar="BASE", help="Keep BASE's layers; squash only those above it.")
+@click.option("--bump", type=BUMP, help="NEWREF is a bare name: make the next x.y.z.")
+@click.option("-m", "--message", help="Comment for the squashed layer's history entry.")
+@click.option("--force", is_flag=True, help="Replace NEWREF if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def squash_cmd(ctx, ref: str, newref: str, since: str | None, bump: str | None,
+               message: str | None, force: bool, as_json: bool) -> None:
+    """Merge REF's layers (all, or those above BASE) into one, published as NEWREF."""
+    from builder import squash as squashmod
+    from builder import versioning
+    target = versioning.target(ctx.store, newref, bump, force=force)
+    img = squashmod.squash(ctx.store, ref, target, since=since, force=force, message=message,
+                           progress=ctx.progress())
+    s = img.summary()
+    if as_json:
+        print_json({k: s[k] for k in ("reference", "digest", "layers")})
+        return
+    click.echo(f"{s['reference']}  {s['digest']}  ({len(s['layers'])} layer(s))")
