@@ -1,0 +1,157 @@
+"""`exec`: run a command inside a running container by joining its namespaces with setns.
+
+    caller ── fork ── helper: cgroup, setns(cgroup, ipc, uts, net, pid, mnt), chroot to the
+                      container root ── fork ── command (now inside the PID namespace): exec
+The helper waits for the command and exits with its code; the caller relays a pty if asked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from runtime import syscalls as sc
+from runtime.supervisor import FORWARDED, _describe, _say, _switch_user
+
+NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
+
+
+def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: bool = False,
+           interactive: bool = False, cgroup_dirs: list[str] | None = None,
+           user: str = "") -> int:
+    from runtime.containers import StartFailed
+    nsfds = []
+    try:
+        for ns in NAMESPACES:
+            try:
+                nsfds.append((ns, os.open(f"/proc/{wpid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)))
+            except FileNotFoundError:
+                if ns == "cgroup":
+                    continue
+                raise
+        rootfd = os.open(f"/proc/{wpid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        for _, fd in nsfds:
+            os.close(fd)
+        from registry.errors import Conflict
+        raise Conflict(f"the container stopped ({_describe(e)})") from None
+    err_r, err_w = os.pipe()
+    master = slave = -1
+    if tty:
+        master, slave = os.openpty()
+        if os.isatty(0):
+            from runtime.attach import copy_winsize
+            copy_winsize(0, master)
+    pid = os.fork()
+    if pid == 0:
+        _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cgroup_dirs or [], user,
+                slave, err_w)
+    os.close(err_w)
+    for _, fd in nsfds:
+        os.close(fd)
+    os.close(rootfd)
+    if slave >= 0:
+        os.close(slave)
+    with os.fdopen(err_r, "rb") as f:
+        msg = f.read().decode(errors="replace").strip()
+    if tty and not msg:
+        from runtime.attach import relay_pty
+        relay_pty(master)
+    if master >= 0:
+        os.close(master)
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        try:
+            old[sig] = signal.signal(sig, lambda s, f: _kill(pid, s))
+        except ValueError:
+            pass
+    try:
+        code = _waitpid(pid)
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    if msg:
+        raise StartFailed(msg, code if code in (125, 126, 127) else 126)
+    return code
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _waitpid(pid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return 255
+        if os.WIFSIGNALED(status):
+            return 128 + os.WTERMSIG(status)
+        return os.WEXITSTATUS(status)
+
+
+def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cgroup_dirs, user, slave,
+            err_w) -> None:
+    try:
+        for d in cgroup_dirs:
+            try:
+                fd = os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
+            except FileNotFoundError:
+                pass
+        for ns, fd in nsfds:
+            sc.setns(fd, sc.NS_FLAGS[ns])
+        os.fchdir(rootfd)
+        os.chroot(".")
+        child = os.fork()
+        if child == 0:
+            _command(argv, env, workdir, tty, interactive, user, slave, err_w)
+        os.close(err_w)
+        if slave >= 0:
+            os.close(slave)
+        for sig in FORWARDED:
+            signal.signal(sig, lambda s, f: _kill(child, s))
+        os._exit(_waitpid(child))
+    except BaseException as e:          # noqa: BLE001
+        _say(err_w, f"exec: {_describe(e)}")
+        os._exit(126)
+
+
+def _command(argv, env, workdir, tty, interactive, user, slave, err_w) -> None:
+    try:
+        for sig in FORWARDED + (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        if tty:
+            os.setsid()
+            for i in range(3):
+                os.dup2(slave, i)
+            sc.set_ctty(0)
+        elif not interactive:
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+        envd = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+        if user:
+            _switch_user(user, envd)
+        try:
+            os.chdir(workdir or "/")
+        except OSError:
+            os.chdir("/")
+        try:
+            os.execvpe(argv[0], argv, envd)
+        except FileNotFoundError:
+            _say(err_w, f"{argv[0]}: command not found in the container")
+            os._exit(127)
+        except PermissionError:
+            _say(err_w, f"{argv[0]}: permission denied")
+            os._exit(126)
+    except BaseException as e:          # noqa: BLE001
+        _say(err_w, f"exec: {_describe(e)}")
+        os._exit(126)
