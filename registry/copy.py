@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 from registry import digest as digestmod
 from registry import oci
-from registry.errors import CockerError
+from registry.errors import CockerError, Conflict, DigestMismatch
 from registry.progress import Progress
 from registry.reference import Reference
 from registry.repository import ANY, RefRecord, Repository
@@ -35,7 +35,20 @@ class CopyResult:
 
 def copy_blob(src: Repository, dst: Repository, digest: str, size: int | None,
               progress: Progress | None = None) -> int:
-    """Stream one blob, resuming where a previous attempt stopped; returns bytes sent."""
+    """Stream one blob, resuming where a previous attempt stopped; returns bytes sent.
+
+    A resumed upload whose final digest does not match (the kept prefix was bad) is
+    started once more from zero: the destination dropped the bad partial."""
+    try:
+        return _copy_blob(src, dst, digest, size, progress)
+    except DigestMismatch as e:
+        if not getattr(e, "resumed", False):
+            raise
+        return _copy_blob(src, dst, digest, size, progress)
+
+
+def _copy_blob(src: Repository, dst: Repository, digest: str, size: int | None,
+               progress: Progress | None = None) -> int:
     w = dst.upload(digest, size)
     sent = 0
     try:
@@ -49,7 +62,11 @@ def copy_blob(src: Repository, dst: Repository, digest: str, size: int | None,
                 sent += len(chunk)
                 if bar:
                     bar.update(len(chunk))
-        w.commit()
+        try:
+            w.commit()
+        except DigestMismatch as e:
+            e.resumed = bool(w.offset)
+            raise
         if bar:
             bar.close()
         return sent
@@ -82,22 +99,37 @@ def copy(ref: Reference | RefRecord, src: Repository, dst: Repository, *,
     """
     rec = ref if isinstance(ref, RefRecord) else src.resolve(ref)
     target = dest_ref or Reference(rec.name, rec.version)
+    # Registries (registry.http_repo) scope blobs by repository name: bind both ends.
+    src = src.for_name(rec.name) if hasattr(src, "for_name") else src
+    dst = dst.for_name(target.name) if hasattr(dst, "for_name") else dst
+    if not force:
+        # Refuse before moving any byte rather than after a long transfer.
+        current = dst.get_ref(target.name, target.version)
+        if current is not None and current != rec.digest:
+            raise Conflict(f"{target} already exists in {dst.describe()} with digest "
+                           f"{digestmod.short(current)}; use --force to replace it")
     blobs = _descriptors(src, rec.digest)
     sizes = dict(blobs)
     missing = dst.missing_blobs([d for d, _ in blobs])
+    # Biggest first, so the long transfer starts at once and small ones fill in beside it.
+    missing.sort(key=lambda d: -int(sizes.get(d) or 0))
     result = CopyResult(f"{target.name}:{target.version}", rec.digest)
     result.blobs_skipped = len(sizes) - len(missing)
     if progress and missing:
         progress.total(f"{target.name}:{target.version}",
                        sum(int(sizes[d] or 0) for d in missing))
     if missing:
-        with cf.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(missing)))) as pool:
+        pool = cf.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(missing))))
+        try:
             futs = {pool.submit(copy_blob, src, dst, d, sizes[d], progress): d for d in missing}
             for fut in cf.as_completed(futs):
                 result.bytes_sent += fut.result()
                 result.blobs_sent += 1
                 if on_blob:
                     on_blob(futs[fut])
+        finally:
+            # On a failure, blobs not yet started are not started at all.
+            pool.shutdown(wait=True, cancel_futures=True)
     if not dst.has_blob(rec.digest):
         dst.put_blob_bytes(rec.digest, src.read_blob(rec.digest))
         result.blobs_sent += 1
@@ -106,8 +138,8 @@ def copy(ref: Reference | RefRecord, src: Repository, dst: Repository, *,
         result.published = False
         return result
     if current is not None and not force:
-        raise CockerError(f"{target} already exists in {dst.describe()} with digest "
-                          f"{digestmod.short(current)}; use --force to replace it")
+        raise Conflict(f"{target} already exists in {dst.describe()} with digest "
+                       f"{digestmod.short(current)}; use --force to replace it")
     dst.put_ref(target.name, target.version, rec.digest, expect=current if not force else ANY)
     return result
 

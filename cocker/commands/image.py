@@ -120,9 +120,16 @@ def tag_cmd(ctx, src: str, dst: str, force: bool) -> None:
 @click.option("-f", "--force", is_flag=True,
               help="Remove even when a container was created from it (the container keeps working).")
 @click.option("--all-versions", is_flag=True, help="Remove every version of the named images.")
+@click.option("--repo", "repo_spec", metavar="REPO",
+              help="Remove the versions from this remote repository instead.")
 @click.pass_obj
-def rm_cmd(ctx, refs: tuple[str, ...], force: bool, all_versions: bool) -> None:
+def rm_cmd(ctx, refs: tuple[str, ...], force: bool, all_versions: bool,
+           repo_spec: str | None) -> None:
     """Remove image versions from the local store (blobs go at the next gc)."""
+    if repo_spec:
+        from cocker.commands.image_transfer import remote_rm
+        remote_rm(ctx, refs, repo_spec, all_versions)
+        return
     store = ctx.store
     pins = store.container_pins()
     targets = []

@@ -1,0 +1,346 @@
+"""`cocker image push / pull / copy / search` (and `rm --repo`): images between repositories.
+
+All of them are the one copy routine (`registry.copy`) between two `Repository` objects;
+only which repo is the source and which the destination differs. REPO is a configured
+repo name or a URL (see `registry.repos`); without --repo, the default repo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import subprocess
+import sys
+import time
+
+import click
+
+from cocker.commands.image import image
+from cocker.output import human_size, print_json, print_table
+from registry import digest as digestmod
+from registry import reference as refmod
+from registry.errors import CockerError, NotFound, UsageError
+from registry.repository import RefRecord, Repository
+
+
+def remote_options(f):
+    """Options every command that reaches a remote repo shares."""
+    opts = [
+        click.option("-i", "--identity", type=click.Path(dir_okay=False),
+                     help="SSH private key to use (like ssh -i)."),
+        click.option("--accept-new-host-key", "accept_new", is_flag=True,
+                     help="Trust and record the host key of a host seen for the first time "
+                          "(OpenSSH's accept-new). A CHANGED key is always refused."),
+        click.option("--mode", type=click.Choice(["auto", "smart", "sftp"]), default=None,
+                     help="ssh:// only: the smart protocol (srepo-server on the remote), "
+                          "plain SFTP, or auto (smart when available)."),
+        click.option("--remote-command", default=None, metavar="PATH",
+                     help="ssh:// only: srepo-server's path on the remote."),
+        click.option("-j", "--jobs", type=click.IntRange(1, 16), default=4, show_default=True,
+                     help="Blobs transferred at once."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _ssh_kw(identity, accept_new, mode, remote_command, init=False) -> dict:
+    kw = {"identity": identity, "accept_new": accept_new, "remote_command": remote_command,
+          "init": init}
+    if mode:
+        kw["mode"] = mode
+    return kw
+
+
+def open_remote(ctx, spec: str | None, **kw) -> Repository:
+    from registry.repos import open_repo
+    return open_repo(spec, ctx.store, **kw)
+
+
+def _is_legacy(ctx, spec: str | None, legacy: bool) -> bool:
+    if legacy:
+        return True
+    from registry.repos import resolve_spec
+    with contextlib.suppress(CockerError):
+        return resolve_spec(spec, ctx.store)[1].legacy
+    return False
+
+
+def _records(repo: Repository, texts: tuple[str, ...], all_versions: bool) -> list[RefRecord]:
+    out: list[RefRecord] = []
+    for text in texts:
+        ref = refmod.parse(text)
+        if all_versions:
+            recs = repo.list_refs(ref.name)
+            if not recs:
+                raise NotFound(f"image {ref.name} not found in {repo.describe()}")
+            out += sorted(recs, key=lambda r: refmod.version_key(r.version))
+        else:
+            out.append(repo.resolve(ref))
+    return out
+
+
+def _report(ctx, verb: str, results: list, as_json: bool, started: float) -> None:
+    if as_json:
+        print_json([{"reference": r.ref, "digest": r.digest, "blobs_sent": r.blobs_sent,
+                     "bytes_sent": r.bytes_sent, "blobs_skipped": r.blobs_skipped,
+                     "published": r.published} for r in results])
+        return
+    for r in results:
+        what = (f"{r.blobs_sent} blob(s), {human_size(r.bytes_sent)} sent, "
+                f"{r.blobs_skipped} already there") if r.blobs_sent else "up to date"
+        click.echo(f"{verb} {r.ref}  {r.digest}  ({what})")
+    if len(results) > 1 and not ctx.quiet:
+        click.echo(f"{len(results)} image(s) in {time.monotonic() - started:.1f}s", err=True)
+
+
+def _transfer(ctx, src: Repository, dst: Repository, recs: list[RefRecord], force: bool,
+              jobs: int) -> list:
+    from registry.copy import copy
+    progress = ctx.progress()
+    try:
+        return [copy(rec, src, dst, force=force, jobs=jobs, progress=progress) for rec in recs]
+    finally:
+        progress.close()
+
+
+# push ------------------------------------------------------------------------------------
+@image.command("push")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--repo", "repo_spec", metavar="REPO", help="Configured repo name or URL.")
+@click.option("--all-versions", is_flag=True, help="Push every version of the named images.")
+@click.option("-f", "--force", is_flag=True, help="Replace a remote version with other content.")
+@click.option("--init", is_flag=True, help="Create the repository if the path is not one.")
+@click.option("--legacy", is_flag=True,
+              help="Write a cocker 0.x `<name>:<version>.cockerimage` file instead.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+@remote_options
+@click.pass_obj
+def push_cmd(ctx, refs, repo_spec, all_versions, force, init, legacy, as_json, identity,
+             accept_new, mode, remote_command, jobs) -> None:
+    """Send image versions to a repository (only the blobs it lacks)."""
+    started = time.monotonic()
+    store = ctx.store
+    recs = _records(store, refs, all_versions)
+    if _is_legacy(ctx, repo_spec, legacy):
+        _legacy_push(ctx, repo_spec, recs, force, _ssh_kw(identity, accept_new, None, None))
+        return
+    with open_remote(ctx, repo_spec, **_ssh_kw(identity, accept_new, mode, remote_command,
+                                                init)) as repo:
+        results = _transfer(ctx, store, repo, recs, force, jobs)
+    _report(ctx, "pushed", results, as_json, started)
+
+
+# pull ------------------------------------------------------------------------------------
+@image.command("pull")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--repo", "repo_spec", metavar="REPO", help="Configured repo name or URL.")
+@click.option("--all-versions", is_flag=True, help="Pull every version the repo has.")
+@click.option("-f", "--force", is_flag=True, help="Replace a local version with other content.")
+@click.option("--legacy", is_flag=True, help="The repo is a cocker 0.x *.cockerimage directory.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+@remote_options
+@click.pass_obj
+def pull_cmd(ctx, refs, repo_spec, all_versions, force, legacy, as_json, identity, accept_new,
+             mode, remote_command, jobs) -> None:
+    """Fetch image versions from a repository (a bare name: its newest version)."""
+    started = time.monotonic()
+    store = ctx.store
+    kw = _ssh_kw(identity, accept_new, mode, remote_command)
+    if _is_legacy(ctx, repo_spec, legacy):
+        _legacy_pull(ctx, repo_spec, refs, all_versions, force, kw, as_json)
+        return
+    try:
+        repo = open_remote(ctx, repo_spec, **kw)
+    except NotFound as e:
+        if "no oci-layout" not in str(e) or not _legacy_pull(
+                ctx, repo_spec, refs, all_versions, force, kw, as_json, probe=True):
+            raise
+        return
+    with repo:
+        recs = _records(repo, refs, all_versions)
+        results = _transfer(ctx, repo, store, recs, force, jobs)
+    _report(ctx, "pulled", results, as_json, started)
+
+
+# copy ------------------------------------------------------------------------------------
+@image.command("copy")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--from", "src_spec", required=True, metavar="REPO",
+              help="Source: a configured repo name, a URL, or `local` for the store.")
+@click.option("--to", "dst_spec", required=True, metavar="REPO",
+              help="Destination: a configured repo name, a URL, or `local` for the store.")
+@click.option("--all-versions", is_flag=True, help="Copy every version of the named images.")
+@click.option("-f", "--force", is_flag=True, help="Replace a destination version.")
+@click.option("--init", is_flag=True, help="Create the destination repository if needed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+@remote_options
+@click.pass_obj
+def copy_cmd(ctx, refs, src_spec, dst_spec, all_versions, force, init, as_json, identity,
+             accept_new, mode, remote_command, jobs) -> None:
+    """Copy image versions from one repository to another, e.g.
+    `cocker image copy app:1.0 --from ssh://h/srv/repo --to /mnt/usb/repo`."""
+    started = time.monotonic()
+    kw = _ssh_kw(identity, accept_new, mode, remote_command)
+    with contextlib.ExitStack() as stack:
+        src = ctx.store if src_spec == "local" else stack.enter_context(
+            open_remote(ctx, src_spec, **kw))
+        dst = ctx.store if dst_spec == "local" else stack.enter_context(
+            open_remote(ctx, dst_spec, **dict(kw, init=init)))
+        recs = _records(src, refs, all_versions)
+        results = _transfer(ctx, src, dst, recs, force, jobs)
+    _report(ctx, "copied", results, as_json, started)
+
+
+# search ----------------------------------------------------------------------------------
+def _match(pattern: str | None, name: str, version: str) -> bool:
+    if not pattern:
+        return True
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(f"{name}:{version}",
+                                                                        pattern)
+    return pattern in f"{name}:{version}"
+
+
+@image.command("search")
+@click.argument("pattern", required=False)
+@click.option("--repo", "repo_spec", metavar="REPO", help="Configured repo name or URL.")
+@click.option("--legacy", is_flag=True, help="The repo is a cocker 0.x *.cockerimage directory.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@remote_options
+@click.pass_obj
+def search_cmd(ctx, pattern, repo_spec, legacy, as_json, identity, accept_new, mode,
+               remote_command, jobs) -> None:
+    """List the images a repository holds (PATTERN: a substring or a glob)."""
+    from registry import image as imagemod
+    kw = _ssh_kw(identity, accept_new, mode, remote_command)
+    rows: list[dict] = []
+    if _is_legacy(ctx, repo_spec, legacy):
+        rows = _legacy_rows(ctx, repo_spec, kw)
+    else:
+        try:
+            repo = open_remote(ctx, repo_spec, **kw)
+        except NotFound as e:
+            if "no oci-layout" not in str(e):
+                raise
+            rows = _legacy_rows(ctx, repo_spec, kw)
+        else:
+            with repo:
+                for rec in repo.list_refs():
+                    if not _match(pattern, rec.name, rec.version):
+                        continue
+                    try:
+                        img = imagemod.load_record(repo, rec)
+                        size, created = img.size, img.created
+                    except CockerError:
+                        size, created = None, ""
+                    if not created and rec.mtime:
+                        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.mtime))
+                    rows.append({"name": rec.name, "version": rec.version,
+                                 "digest": rec.digest, "size": size, "created": created})
+    rows = [r for r in rows if _match(pattern, r["name"], r["version"])]
+    rows.sort(key=lambda r: (r["name"], refmod.version_key(r["version"]), r["version"]))
+    if as_json:
+        print_json(rows)
+        return
+    print_table(["NAME", "VERSION", "DIGEST", "CREATED", "SIZE"],
+                [[r["name"], r["version"],
+                  digestmod.short(r["digest"]) if r.get("digest") else "(cockerimage)",
+                  (r["created"] or "-")[:19].replace("T", " "), human_size(r["size"])]
+                 for r in rows])
+
+
+# rm --repo (called from `cocker image rm`) --------------------------------------------------
+def remote_rm(ctx, refs: tuple[str, ...], repo_spec: str, all_versions: bool, **kw) -> None:
+    """Delete refs in a remote repository (its blobs go at the repo's next gc)."""
+    with open_remote(ctx, repo_spec, **kw) as repo:
+        recs = _records(repo, refs, all_versions)
+        for rec in recs:
+            repo.delete_ref(rec.name, rec.version, expect=rec.digest)
+            click.echo(f"removed {rec} from {repo.describe()}")
+
+
+# legacy cocker 0.x repos ---------------------------------------------------------------------
+def _legacy_rows(ctx, repo_spec, kw) -> list[dict]:
+    from registry.repos import open_legacy
+    with open_legacy(repo_spec, ctx.store, **kw) as legacy:
+        return [i.summary() for i in legacy.list()]
+
+
+def _legacy_pull(ctx, repo_spec, refs, all_versions, force, kw, as_json, probe=False) -> bool:
+    from registry import legacy_srepo
+    from registry.repos import open_legacy
+    store = ctx.store
+    with open_legacy(repo_spec, store, **kw) as legacy:
+        available = legacy.list()
+        if probe and not available:
+            return False
+        picks = []
+        for text in refs:
+            name, _, version = text.partition(":")
+            if all_versions:
+                found = [i for i in available if name in (i.raw_name, i.name)]
+                if not found:
+                    raise NotFound(f"{name} not found in {legacy.describe()}")
+                picks += found
+            else:
+                picks.append(legacy.find(name, version or None))
+        out = []
+        for img in picks:
+            tmp = store.new_tmp_path("cockerimage")
+            try:
+                with contextlib.closing(legacy.open(img)) as src, open(tmp, "wb") as f:
+                    while chunk := src.read(1 << 20):
+                        f.write(chunk)
+                result = legacy_srepo.import_file(store, tmp, img.name, img.version,
+                                                  created=img.mtime, force=force)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            out.append({"reference": f"{img.name}:{img.version}", "digest": result.digest,
+                        "file": img.filename, "bytes_sent": img.size})
+            if not as_json:
+                click.echo(f"pulled {img.name}:{img.version}  {result.digest}  "
+                           f"(from {img.filename}, {human_size(img.size)})")
+        if as_json:
+            print_json(out)
+    return True
+
+
+def _legacy_push(ctx, repo_spec, recs, force, kw) -> None:
+    """Write each image as a cocker 0.x .cockerimage (a gzip tar of its whole tree)."""
+    from registry import image as imagemod
+    from registry import oci
+    from registry.repos import open_legacy
+    store = ctx.store
+    with open_legacy(repo_spec, store, **kw) as legacy:
+        for rec in recs:
+            img = imagemod.load_record(store, rec)
+            layers = img.layers
+            tmp = None
+            try:
+                if len(layers) == 1 and oci.COMPRESSION_OF.get(layers[0]["mediaType"]) == "gzip":
+                    # The one gzip layer already is a cockerimage: send it as stored.
+                    src = store.open_blob(layers[0]["digest"])
+                else:
+                    tmp = store.new_tmp_path("cockerimage") + ".cockerimage"
+                    _export_cockerimage(ctx, rec, tmp)
+                    src = open(tmp, "rb")
+                with src:
+                    fn = legacy.upload(rec.name, rec.version, src, force=force)
+            finally:
+                if tmp:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+            click.echo(f"pushed {rec} as {fn} to {legacy.describe()}")
+
+
+def _export_cockerimage(ctx, rec: RefRecord, dest: str) -> None:
+    # Flattening layers is the image exporter's job (builder); run it as the CLI does.
+    p = subprocess.run([sys.executable, "-m", "cocker.main", "--home", ctx.store.home, "-q",
+                        "image", "export", f"{rec.name}:{rec.version}", dest,
+                        "--format", "cockerimage"], capture_output=True, text=True)
+    if p.returncode != 0 or not os.path.exists(dest):
+        msg = (p.stderr.strip().splitlines() or ["image export failed"])[-1]
+        raise UsageError(f"cannot make a .cockerimage of {rec}: {msg.removeprefix('cocker: error: ')}")

@@ -1,0 +1,213 @@
+"""cocker 0.x SSH repos: flat `<name>[:<version>].cockerimage` files (a gzip tar of the
+image's layer directory, paths relative to its root) in a remote directory, by default the
+remote user's home. Listing, reading and writing them over SFTP, and turning one into an
+OCI image in a local repository (the tar already is a valid tar+gzip layer, so it is kept
+byte for byte as the layer blob; nothing is recompressed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import gzip
+import hashlib
+import posixpath
+import re
+import secrets
+import stat
+import tarfile
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO, Callable
+
+import paramiko
+
+from registry import digest as digestmod
+from registry import oci
+from registry import reference as refmod
+from registry.errors import (AlreadyExists, CockerError, NotFound, TransportError,
+                             UnsafeArchive)
+
+SUFFIX = ".cockerimage"
+CHUNK = 1 << 20
+
+
+@dataclass
+class LegacyImage:
+    raw_name: str       # as in the file name, e.g. "calvin=nginx-1.0"
+    version: str        # "_" when the file has none
+    size: int
+    mtime: float
+    filename: str
+
+    @property
+    def name(self) -> str:
+        """The name mapped onto OCI rules (lowercase, separators for other characters)."""
+        return legacy_to_name(self.raw_name)
+
+    def summary(self) -> dict:
+        return {"name": self.name, "version": self.version, "legacy_name": self.raw_name,
+                "file": self.filename, "size": self.size, "digest": None,
+                "created": datetime.datetime.fromtimestamp(
+                    self.mtime, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def legacy_to_name(raw: str) -> str:
+    n = re.sub(r"[^a-z0-9._/-]+", "-", raw.lower())
+    n = re.sub(r"([._-])[._-]+", r"\1", n).strip("._-/") or "image"
+    return n
+
+
+def parse_filename(fn: str) -> tuple[str, str] | None:
+    if not fn.endswith(SUFFIX) or fn.startswith("."):
+        return None
+    stem = fn[: -len(SUFFIX)]
+    name, sep, version = stem.rpartition(":")
+    if not sep:
+        name, version = stem, refmod.UNVERSIONED
+    if not name or not refmod.VERSION_RE.match(version):
+        return None
+    return name, version
+
+
+class LegacyRepo:
+    def __init__(self, client: paramiko.SSHClient, directory: str = ".", *, url: str = "",
+                 own_client: bool = True) -> None:
+        self.client, self.dir, self.url, self.own_client = client, directory or ".", url, own_client
+        try:
+            self.sftp = client.open_sftp()
+            st = self.sftp.stat(self.dir)
+        except IOError as e:
+            if getattr(e, "errno", None) == errno.ENOENT:
+                raise NotFound(f"{url}: {self.dir} does not exist") from None
+            raise TransportError(f"{url}: {e}") from None
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            raise TransportError(f"{url}: cannot start SFTP ({e})") from None
+        if not stat.S_ISDIR(st.st_mode or 0):
+            raise NotFound(f"{url}: {self.dir} is not a directory")
+
+    def describe(self) -> str:
+        return self.url or f"legacy repo {self.dir}"
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.sftp.close()
+        if self.own_client:
+            with contextlib.suppress(Exception):
+                self.client.close()
+
+    def __enter__(self) -> "LegacyRepo":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def list(self) -> list[LegacyImage]:
+        try:
+            entries = self.sftp.listdir_attr(self.dir)
+        except (IOError, paramiko.SSHException) as e:
+            raise TransportError(f"{self.describe()}: {e}") from None
+        out = []
+        for a in entries:
+            parsed = parse_filename(a.filename)
+            if parsed and stat.S_ISREG(a.st_mode or 0):
+                out.append(LegacyImage(parsed[0], parsed[1], int(a.st_size or 0),
+                                       float(a.st_mtime or 0), a.filename))
+        out.sort(key=lambda i: (i.name, refmod.version_key(i.version), i.version))
+        return out
+
+    def find(self, name: str, version: str | None) -> LegacyImage:
+        """By raw or mapped name; a missing version means the newest."""
+        cands = [i for i in self.list() if name in (i.raw_name, i.name)]
+        if version is not None:
+            cands = [i for i in cands if i.version == version]
+        if not cands:
+            what = f"{name}:{version}" if version else name
+            raise NotFound(f"{what} not found in {self.describe()}")
+        newest = refmod.newest(i.version for i in cands)
+        return next(i for i in cands if i.version == newest)
+
+    def open(self, img: LegacyImage) -> BinaryIO:
+        f = self.sftp.open(posixpath.join(self.dir, img.filename), "rb", bufsize=CHUNK)
+        if img.size > 32768:
+            f.prefetch(img.size, max_concurrent_requests=128)
+        return f
+
+    def upload(self, name: str, version: str, src: BinaryIO, *, force: bool = False,
+               progress: Callable[[int], None] | None = None) -> str:
+        """Write `<name>:<version>.cockerimage` (tmp -> rename); refuses to replace unless
+        `force` (as cocker's spush did)."""
+        fn = f"{name}{SUFFIX}" if version == refmod.UNVERSIONED else f"{name}:{version}{SUFFIX}"
+        dest = posixpath.join(self.dir, fn)
+        try:
+            self.sftp.stat(dest)
+            if not force:
+                raise AlreadyExists(f"{fn} already exists in {self.describe()}; use --force")
+        except IOError:
+            pass
+        tmp = posixpath.join(self.dir, f".{fn}.{secrets.token_hex(6)}.partial")
+        try:
+            with self.sftp.open(tmp, "wb", bufsize=CHUNK) as f:
+                f.set_pipelined(True)
+                while chunk := src.read(CHUNK):
+                    f.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+            self.sftp.posix_rename(tmp, dest)
+        except CockerError:
+            raise
+        except (IOError, paramiko.SSHException, EOFError) as e:
+            with contextlib.suppress(Exception):
+                self.sftp.remove(tmp)
+            raise TransportError(f"{self.describe()}: upload of {fn} failed ({e})") from None
+        return fn
+
+
+# import into an OCI repository -----------------------------------------------------------
+class _Hashing:
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        d = self.f.read(n)
+        self.h.update(d)
+        self.n += len(d)
+        return d
+
+
+def check_layer_tar(path: str) -> str:
+    """diff_id of a gzip tar, after a streaming look at every member: no absolute paths,
+    no `..`, no devices (the runtime's unpack checks again, component by component)."""
+    try:
+        with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
+            hr = _Hashing(gz)
+            with tarfile.open(fileobj=hr, mode="r|") as tf:
+                for m in tf:
+                    name = m.name
+                    parts = [p for p in name.split("/") if p not in ("", ".")]
+                    if name.startswith("/") or ".." in parts:
+                        raise UnsafeArchive(f"cockerimage member {name!r} escapes the root")
+                    if m.isblk() or (m.ischr() and (m.devmajor, m.devminor) != (0, 0)):
+                        raise UnsafeArchive(f"cockerimage member {name!r} is a device")
+            while hr.read(CHUNK):
+                pass
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise UnsafeArchive(f"not a valid cockerimage (gzip tar): {e}") from None
+    return "sha256:" + hr.h.hexdigest()
+
+
+def import_file(repo, path: str, name: str, version: str, *, created: float | None = None,
+                force: bool = False):
+    """Make `name:version` in `repo` (a LayoutRepo) from a downloaded .cockerimage."""
+    from registry import image as imagemod
+    diff_id = check_layer_tar(path)
+    layer_digest, size = digestmod.of_file(path)
+    repo.ingest(path, layer_digest)
+    when = datetime.datetime.fromtimestamp(created or 0, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ") if created else None
+    config = oci.new_config([diff_id], created=when, history=[
+        {"created": when, "created_by": "cocker 0.x image (imported from a .cockerimage)"}
+        if when else {"created_by": "cocker 0.x image (imported from a .cockerimage)"}])
+    layer = oci.descriptor(oci.LAYER_GZIP, layer_digest, size)
+    return imagemod.publish(repo, name, version, config, [layer], force=force)

@@ -1,0 +1,652 @@
+"""A repository on a remote directory reached over SFTP: nothing but sshd on the other side.
+
+Same layout as `registry.layout` (oci-layout, index.json, blobs/sha256, refs/<name>/@<version>,
+tmp/uploads), so a directory written here is also a `LayoutRepo`/`srepo-server` root.
+
+The server is not trusted and SFTP has no flock, so:
+- uploads go to `tmp/uploads/<hex>.<random>.partial` (one file per writer, so concurrent
+  pushes of one blob never interleave), are hashed on the client as they stream, and are
+  renamed into `blobs/sha256/<hex>` only when the digest and size match. A cut-off upload
+  is resumed by claiming its partial with an atomic rename and re-hashing its prefix.
+- ref changes, compare-and-swap and index.json rewrites happen under a lock directory
+  `refs/.lock` (mkdir is atomic on POSIX); a lock whose owner record has not changed for
+  `STALE_LOCK` seconds is broken. Ref files are written tmp -> posix-rename.
+- reads of blobs are verified by whoever consumes them (the copy routine's destination).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import hashlib
+import json
+import os
+import posixpath
+import secrets
+import socket
+import stat
+import threading
+import time
+from typing import Any, BinaryIO, Callable, Iterable
+
+import paramiko
+
+from registry import digest as digestmod
+from registry import oci
+from registry import reference as refmod
+from registry.errors import (CockerError, Conflict, CorruptImage, DigestMismatch, LockBusy,
+                             NotFound, PermissionDenied, TransportError)
+from registry.layout import GC_GRACE, LAYOUT_VERSION, VERSION_PREFIX
+from registry.repository import ANY, BlobWriter, RefRecord, Repository
+
+STALE_LOCK = float(os.environ.get("COCKER_SFTP_STALE_LOCK", "30"))
+LOCK_TIMEOUT = float(os.environ.get("COCKER_LOCK_TIMEOUT", "120"))
+# Partials untouched this long belong to a dead writer and may be claimed for a resume.
+ABANDONED = float(os.environ.get("COCKER_SFTP_ABANDONED", "10"))
+WATCH = 0.5  # how long a younger partial is watched for growth before it is claimed
+# OpenSSH's sftp-server takes messages up to 256 KiB; bigger requests mean fewer Python
+# round trips per MiB than paramiko's 32 KiB default.
+REQUEST_SIZE = 128 * 1024
+BUFSIZE = 1 << 20
+PREFETCH_REQUESTS = 128
+
+
+def _remote_errors(fn: Callable) -> Callable:
+    """Turn paramiko/socket failures into the project's one-line errors."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *a, **kw):
+        try:
+            return fn(self, *a, **kw)
+        except CockerError:
+            raise
+        except (paramiko.SSHException, EOFError, socket.error) as e:
+            if isinstance(e, OSError) and e.errno is not None and not isinstance(
+                    e, (ConnectionError, socket.timeout)):
+                raise self._os_error(e, "") from None
+            raise TransportError(f"{self.describe()}: connection lost ({e or type(e).__name__})"
+                                 ) from None
+        except OSError as e:
+            raise self._os_error(e, "") from None
+    return wrapper
+
+
+class SftpRepo(Repository):
+    def __init__(self, client: paramiko.SSHClient, root: str, *, url: str | None = None,
+                 create: bool = False, own_client: bool = True) -> None:
+        self.client = client
+        self.root = root.rstrip("/") or "/"
+        self.url = url or f"sftp:{self.root}"
+        self.own_client = own_client
+        self._local = threading.local()
+        self._sessions: list[paramiko.SFTPClient] = []
+        self._slock = threading.Lock()
+        self._clock_skew: float | None = None
+        self._open_layout(create)
+
+    # sessions ------------------------------------------------------------------------
+    def sftp(self) -> paramiko.SFTPClient:
+        """One SFTP session per thread, all on the same SSH connection."""
+        s = getattr(self._local, "sftp", None)
+        if s is None:
+            try:
+                s = self.client.open_sftp()
+            except (paramiko.SSHException, EOFError, OSError) as e:
+                raise TransportError(f"{self.describe()}: cannot start SFTP ({e})") from None
+            self._local.sftp = s
+            with self._slock:
+                self._sessions.append(s)
+        return s
+
+    def close(self) -> None:
+        with self._slock:
+            sessions, self._sessions = self._sessions, []
+        for s in sessions:
+            with contextlib.suppress(Exception):
+                s.close()
+        if self.own_client:
+            with contextlib.suppress(Exception):
+                self.client.close()
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def _os_error(self, e: OSError, path: str) -> CockerError:
+        where = path or getattr(e, "filename", None) or self.describe()
+        if e.errno == errno.ENOENT:
+            return NotFound(f"{where}: not found on {self.describe()}")
+        if e.errno == errno.EACCES:
+            return PermissionDenied(f"{where}: permission denied on {self.describe()}")
+        msg = str(e.args[-1] if e.args else e)
+        if "Failure" in msg or e.errno == errno.ENOSPC:
+            return CockerError(f"{self.describe()}: the remote refused a write of {where} "
+                               f"({msg}); is its disk full?")
+        return TransportError(f"{self.describe()}: {where}: {msg}")
+
+    def _stat(self, path: str) -> paramiko.SFTPAttributes | None:
+        try:
+            return self.sftp().stat(path)
+        except FileNotFoundError:
+            return None
+        except IOError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+
+    def _read_small(self, path: str, limit: int = 1 << 20) -> bytes | None:
+        try:
+            with self.sftp().open(path, "rb") as f:
+                return f.read(limit)
+        except (FileNotFoundError, IOError) as e:
+            if getattr(e, "errno", None) == errno.ENOENT:
+                return None
+            raise
+
+    def _write_atomic(self, path: str, data: bytes) -> None:
+        """tmp -> posix-rename, so a reader sees the old or the new content."""
+        d, base = posixpath.split(path)
+        tmp = posixpath.join(d, f".tmp.{base}.{secrets.token_hex(6)}")
+        s = self.sftp()
+        try:
+            with s.open(tmp, "wb") as f:
+                f.write(data)
+            s.posix_rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                s.remove(tmp)
+            raise
+
+    def _makedirs(self, path: str) -> None:
+        s = self.sftp()
+        if self._stat(path) is not None:
+            return
+        parent = posixpath.dirname(path)
+        if parent and parent != path:
+            self._makedirs(parent)
+        try:
+            s.mkdir(path)
+        except IOError:
+            if self._stat(path) is None:
+                raise
+
+    @_remote_errors
+    def _open_layout(self, create: bool) -> None:
+        if self._stat(self.path("oci-layout")) is None:
+            if not create:
+                if self._stat(self.root) is None:
+                    raise NotFound(f"{self.describe()}: {self.root} does not exist (use --init "
+                                   "to create a new repository there)")
+                raise NotFound(f"{self.describe()}: {self.root} is not a cocker/OCI repository "
+                               "(no oci-layout; use --init to create one)")
+            self._makedirs(self.root)
+            if self._stat(self.path("index.json")) is None:
+                self._write_atomic(self.path("index.json"), oci.canonical_json(
+                    {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": []}))
+            for sub in ("blobs/sha256", "refs", "tmp/uploads"):
+                self._makedirs(self.path(sub))
+            self._write_atomic(self.path("oci-layout"), json.dumps(LAYOUT_VERSION).encode())
+        for sub in ("refs", "tmp/uploads"):
+            if self._stat(self.path(sub)) is None:
+                self._makedirs(self.path(sub))
+
+    def remote_now(self) -> float:
+        """The remote clock (via a file's mtime), so age checks do not depend on skew."""
+        if self._clock_skew is None:
+            p = self.path("tmp", f".clock.{secrets.token_hex(6)}")
+            s = self.sftp()
+            with s.open(p, "wb") as f:
+                f.write(b"")
+            st = s.stat(p)
+            with contextlib.suppress(IOError):
+                s.remove(p)
+            self._clock_skew = float(st.st_mtime) - time.time()
+        return time.time() + self._clock_skew
+
+    # paths ---------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> str:
+        return self.path("blobs", "sha256", digestmod.hex_of(digest))
+
+    def ref_path(self, name: str, version: str) -> str:
+        refmod.validate_name(name)
+        refmod.validate_version(version)
+        return self.path("refs", *name.split("/"), VERSION_PREFIX + version)
+
+    # refs ----------------------------------------------------------------------------
+    @_remote_errors
+    def list_refs(self, name: str | None = None) -> list[RefRecord]:
+        if name is not None:
+            refmod.validate_name(name)
+        top = self.path("refs", *(name.split("/") if name else []))
+        out: list[RefRecord] = []
+        self._walk_refs(top, name or "", name is not None, out)
+        return out
+
+    def _walk_refs(self, d: str, rel: str, exact: bool, out: list[RefRecord]) -> None:
+        try:
+            entries = sorted(self.sftp().listdir_attr(d), key=lambda a: a.filename)
+        except IOError as e:
+            if getattr(e, "errno", None) == errno.ENOENT:
+                return
+            raise
+        for a in entries:
+            fn = a.filename
+            if fn.startswith("."):
+                continue  # the lock directory, temp files
+            if stat.S_ISDIR(a.st_mode or 0):
+                if not exact:
+                    self._walk_refs(posixpath.join(d, fn), f"{rel}/{fn}" if rel else fn,
+                                    False, out)
+            elif fn.startswith(VERSION_PREFIX) and rel:
+                version = fn[1:]
+                if not (refmod.NAME_RE.match(rel) and refmod.VERSION_RE.match(version)):
+                    continue
+                data = self._read_small(posixpath.join(d, fn), 200)
+                dig = (data or b"").decode(errors="replace").strip()
+                if digestmod.is_valid(dig):
+                    out.append(RefRecord(rel, version, dig, float(a.st_mtime or 0)))
+
+    @_remote_errors
+    def get_ref(self, name: str, version: str) -> str | None:
+        data = self._read_small(self.ref_path(name, version), 200)
+        if data is None:
+            return None
+        d = data.decode(errors="replace").strip()
+        return d if digestmod.is_valid(d) else None
+
+    @_remote_errors
+    def put_ref(self, name: str, version: str, digest: str, expect: object = ANY) -> None:
+        digestmod.validate(digest)
+        path = self.ref_path(name, version)
+        with self.lock() as token:
+            self._check_expect(name, version, expect)
+            raw = self._check_complete(digest)
+            self._makedirs(posixpath.dirname(path))
+            self._assert_owner(token)
+            self._write_atomic(path, (digest + "\n").encode())
+            self._update_index(f"{name}:{version}", oci.descriptor(
+                oci.manifest_media_type(raw), digest, len(raw),
+                {oci.REF_NAME: f"{name}:{version}"}))
+
+    @_remote_errors
+    def delete_ref(self, name: str, version: str, expect: object = ANY) -> None:
+        path = self.ref_path(name, version)
+        with self.lock() as token:
+            current = self._check_expect(name, version, expect)
+            if current is None:
+                raise NotFound(f"{name}:{version} not found in {self.describe()}")
+            self._assert_owner(token)
+            self.sftp().remove(path)
+            d = posixpath.dirname(path)
+            refs = self.path("refs")
+            while d != refs:
+                try:
+                    self.sftp().rmdir(d)
+                except IOError:
+                    break
+                d = posixpath.dirname(d)
+            self._update_index(f"{name}:{version}", None)
+
+    def _check_expect(self, name: str, version: str, expect: object) -> str | None:
+        current = self.get_ref(name, version)
+        if expect is not ANY and current != expect:
+            if expect is None:
+                raise Conflict(f"{name}:{version} already exists in {self.describe()}")
+            raise Conflict(f"{name}:{version} changed in {self.describe()} "
+                           f"(now {digestmod.short(current) if current else 'absent'})")
+        return current
+
+    def _check_complete(self, digest: str) -> bytes:
+        """A ref may only point at a manifest whose blobs are all present."""
+        if not self.has_blob(digest):
+            raise NotFound(f"manifest {digestmod.short(digest)} is not in {self.describe()}")
+        raw = self.read_blob(digest)
+        m = oci.parse_manifest(raw)
+        missing = self.missing_blobs(oci.referenced_blobs(m))
+        if missing:
+            raise NotFound(f"manifest {digestmod.short(digest)} names "
+                           f"{len(missing)} missing blob(s), e.g. {missing[0]}")
+        return raw
+
+    def _update_index(self, refname: str, desc: dict | None) -> None:
+        """Keep index.json in step with one ref change (under the lock): read, edit, rename."""
+        raw = self._read_small(self.path("index.json"), 64 << 20)
+        try:
+            index = oci.parse_json(raw or b"", "index.json")
+            manifests = [m for m in index.get("manifests", []) if isinstance(m, dict)]
+        except CorruptImage:
+            self._write_index()
+            return
+        manifests = [m for m in manifests
+                     if (m.get("annotations") or {}).get(oci.REF_NAME) != refname]
+        if desc is not None:
+            manifests.append(desc)
+        manifests.sort(key=lambda m: (m.get("annotations") or {}).get(oci.REF_NAME, ""))
+        self._put_index(manifests)
+
+    def _write_index(self) -> None:
+        manifests = []
+        for rec in self.list_refs():
+            try:
+                raw = self.read_blob(rec.digest)
+                mt = oci.manifest_media_type(raw)
+            except CockerError:
+                continue
+            manifests.append(oci.descriptor(mt, rec.digest, len(raw),
+                                            {oci.REF_NAME: f"{rec.name}:{rec.version}"}))
+        self._put_index(manifests)
+
+    def _put_index(self, manifests: list[dict]) -> None:
+        index = {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": manifests}
+        self._write_atomic(self.path("index.json"),
+                           json.dumps(index, indent=1, sort_keys=True).encode())
+
+    # the lock ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, timeout: float | None = None):
+        """mkdir `refs/.lock` (atomic); the owner record lets others spot a dead holder."""
+        timeout = LOCK_TIMEOUT if timeout is None else timeout
+        s = self.sftp()
+        lockdir = self.path("refs", ".lock")
+        token = f"{socket.gethostname()} {os.getpid()} {time.time():.3f} {secrets.token_hex(8)}"
+        deadline = time.monotonic() + timeout
+        seen: tuple[str, float] | None = None
+        delay = 0.01
+        while True:
+            try:
+                s.mkdir(lockdir)
+                break
+            except IOError:
+                pass
+            owner = self._read_small(posixpath.join(lockdir, "owner"), 4096)
+            key = (owner or b"").decode(errors="replace")
+            now = time.monotonic()
+            if seen is None or seen[0] != key:
+                seen = (key, now)
+            elif now - seen[1] > STALE_LOCK:
+                self._break_lock(lockdir, key)
+                seen = None
+                continue
+            if now > deadline:
+                raise LockBusy(f"{self.describe()} is locked by another client ({key or 'unknown'}); "
+                               "try again later")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        try:
+            with s.open(posixpath.join(lockdir, "owner"), "wb") as f:
+                f.write(token.encode())
+            yield token
+        finally:
+            with contextlib.suppress(Exception):
+                if self._read_small(posixpath.join(lockdir, "owner"), 4096) == token.encode():
+                    s.remove(posixpath.join(lockdir, "owner"))
+                    s.rmdir(lockdir)
+
+    def _break_lock(self, lockdir: str, key: str) -> None:
+        # Rename first (only one breaker wins), then check that what we moved is the dead
+        # owner's lock before deleting it.
+        s = self.sftp()
+        moved = f"{lockdir}.broken.{secrets.token_hex(6)}"
+        try:
+            s.rename(lockdir, moved)
+        except IOError:
+            return
+        with contextlib.suppress(Exception):
+            with contextlib.suppress(IOError):
+                s.remove(posixpath.join(moved, "owner"))
+            s.rmdir(moved)
+
+    def _assert_owner(self, token: str) -> None:
+        got = self._read_small(self.path("refs", ".lock", "owner"), 4096)
+        if got != token.encode():
+            raise Conflict(f"{self.describe()}: lost the repository lock (another client "
+                           "judged it stale); retry")
+
+    # blobs ---------------------------------------------------------------------------
+    @_remote_errors
+    def blob_size(self, digest: str) -> int | None:
+        st = self._stat(self.blob_path(digest))
+        return None if st is None else int(st.st_size or 0)
+
+    @_remote_errors
+    def open_blob(self, digest: str, offset: int = 0) -> BinaryIO:
+        path = self.blob_path(digest)
+        try:
+            f = self.sftp().open(path, "rb", bufsize=BUFSIZE)
+        except IOError as e:
+            if getattr(e, "errno", None) == errno.ENOENT:
+                raise NotFound(f"blob {digest} not found in {self.describe()}") from None
+            raise
+        f.MAX_REQUEST_SIZE = REQUEST_SIZE
+        size = f.stat().st_size
+        if offset:
+            f.seek(offset)
+        if size and size - offset > REQUEST_SIZE:
+            f.prefetch(size, max_concurrent_requests=PREFETCH_REQUESTS)
+        return _Reader(f, self)
+
+    @_remote_errors
+    def upload(self, digest: str, size: int | None = None) -> BlobWriter:
+        return _SftpUpload(self, digestmod.validate(digest), size)
+
+    def all_blobs(self) -> list[tuple[str, paramiko.SFTPAttributes]]:
+        out = []
+        for a in self.sftp().listdir_attr(self.path("blobs", "sha256")):
+            d = "sha256:" + a.filename
+            if digestmod.is_valid(d):
+                out.append((d, a))
+        return sorted(out, key=lambda x: x[0])
+
+    # maintenance ---------------------------------------------------------------------
+    def reachable(self, roots: list[str]) -> set[str]:
+        seen: set[str] = set()
+        stack = list(roots)
+        while stack:
+            d = stack.pop()
+            if d in seen or not self.has_blob(d):
+                continue
+            seen.add(d)
+            try:
+                m = oci.parse_manifest(self.read_blob(d))
+            except CockerError:
+                continue
+            for child in oci.referenced_blobs(m):
+                if oci.is_index(m):
+                    stack.append(child)
+                else:
+                    seen.add(child)
+        return seen
+
+    @_remote_errors
+    def gc(self, grace: float = GC_GRACE, dry_run: bool = False) -> tuple[int, int]:
+        """Drop unreferenced blobs older than `grace` and stale partial uploads, under the
+        lock, so a push cannot publish a ref whose blobs vanish (its put_ref re-checks)."""
+        removed = freed = 0
+        s = self.sftp()
+        with self.lock() as token:
+            now = self.remote_now()
+            keep = self.reachable([r.digest for r in self.list_refs()])
+            for d, a in self.all_blobs():
+                if d in keep or now - float(a.st_mtime or 0) < grace:
+                    continue
+                if not dry_run:
+                    self._assert_owner(token)
+                    s.remove(self.blob_path(d))
+                removed += 1
+                freed += int(a.st_size or 0)
+            for a in s.listdir_attr(self.path("tmp", "uploads")):
+                if now - float(a.st_mtime or 0) >= grace and not dry_run:
+                    with contextlib.suppress(IOError):
+                        s.remove(self.path("tmp", "uploads", a.filename))
+            if not dry_run:
+                self._write_index()
+        return removed, freed
+
+    def fsck(self) -> list[str]:
+        problems = []
+        for d, _ in self.all_blobs():
+            with contextlib.closing(self.open_blob(d)) as f:
+                got, _n = digestmod.of_stream(f)
+            if got != d:
+                problems.append(f"blob {d} is corrupt (content hashes to {got})")
+        for rec in self.list_refs():
+            try:
+                self._check_complete(rec.digest)
+            except CockerError as e:
+                problems.append(f"ref {rec}: {e}")
+        return problems
+
+    def describe(self) -> str:
+        return self.url
+
+
+class _Reader:
+    """A blob read stream whose errors come out as CockerErrors."""
+
+    def __init__(self, f: paramiko.SFTPFile, repo: SftpRepo) -> None:
+        self.f, self.repo = f, repo
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.f.read(n)
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            raise TransportError(f"{self.repo.describe()}: connection lost while reading "
+                                 f"({e or type(e).__name__})") from None
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _SftpUpload(BlobWriter):
+    """One writer's upload: its own partial file, hashed locally, renamed when verified."""
+
+    def __init__(self, repo: SftpRepo, digest: str, size: int | None) -> None:
+        self.repo, self.digest, self.size = repo, digest, size
+        self.s = repo.sftp()
+        self.dest = repo.blob_path(digest)
+        self.hex = digestmod.hex_of(digest)
+        self.uploads = repo.path("tmp", "uploads")
+        self.partial = posixpath.join(self.uploads,
+                                      f"{self.hex}.{secrets.token_hex(6)}.partial")
+        self._h = hashlib.sha256()
+        self.count = 0
+        self.done = False
+        self.f: paramiko.SFTPFile | None = None
+        st = repo._stat(self.dest)
+        if st is not None:
+            self.done = True
+            self.offset = int(st.st_size or 0) if size is None else size
+            return
+        self.offset = self._claim_partial()
+        mode = "r+b" if self.offset else "wb"
+        self.f = self.s.open(self.partial, mode, bufsize=BUFSIZE)
+        self.f.MAX_REQUEST_SIZE = REQUEST_SIZE
+        self.f.set_pipelined(True)
+        if self.offset:
+            self.f.seek(self.offset)
+
+    def _claim_partial(self) -> int:
+        """Take over an abandoned partial of this blob (rename = exclusive claim) and
+        re-hash its bytes, so the final check covers them. Returns the resume offset."""
+        try:
+            entries = self.s.listdir_attr(self.uploads)
+        except IOError:
+            return 0
+        cands = [a for a in entries if a.filename.startswith(self.hex + ".")
+                 and a.filename.endswith(".partial")]
+        if not cands:
+            return 0
+        now = self.repo.remote_now()
+        for a in sorted(cands, key=lambda a: -(a.st_size or 0)):
+            src = posixpath.join(self.uploads, a.filename)
+            if not a.st_size:
+                continue
+            if now - float(a.st_mtime or 0) < ABANDONED and self._growing(src, a.st_size):
+                continue  # a live writer
+            try:
+                self.s.posix_rename(src, self.partial)
+            except IOError:
+                continue  # someone else claimed it
+            have = int(self.s.stat(self.partial).st_size or 0)
+            if self.size is not None and have > self.size:
+                self.s.remove(self.partial)
+                return 0
+            with self.s.open(self.partial, "rb", bufsize=BUFSIZE) as f:
+                f.MAX_REQUEST_SIZE = REQUEST_SIZE
+                if have > REQUEST_SIZE:
+                    f.prefetch(have, max_concurrent_requests=PREFETCH_REQUESTS)
+                left = have
+                while left:
+                    chunk = f.read(min(left, BUFSIZE))
+                    if not chunk:
+                        break
+                    self._h.update(chunk)
+                    left -= len(chunk)
+            self.count = have - left
+            return self.count
+        return 0
+
+    def _growing(self, path: str, size: int) -> bool:
+        # A live writer streams continuously; a dead one's file stands still.
+        time.sleep(WATCH)
+        st = self.repo._stat(path)
+        return st is not None and st.st_size != size
+
+    def write(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.count += len(data)
+        if self.size is not None and self.count > self.size:
+            raise CorruptImage(f"blob {digestmod.short(self.digest)} is larger than its stated size")
+        self._h.update(data)
+        try:
+            self.f.write(data)
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            raise self._error(e) from None
+
+    def _error(self, e: BaseException) -> CockerError:
+        if isinstance(e, OSError) and not isinstance(e, (ConnectionError, socket.timeout)) \
+                and e.errno != errno.EPIPE:
+            return self.repo._os_error(e, self.partial)
+        return TransportError(f"{self.repo.describe()}: connection lost during upload of "
+                              f"{digestmod.short(self.digest)} ({e or type(e).__name__})")
+
+    def commit(self) -> None:
+        if self.done:
+            return
+        try:
+            self.f.close()  # waits for every pipelined write's status
+            self.f = None
+            got = "sha256:" + self._h.hexdigest()
+            if got != self.digest or (self.size is not None and self.count != self.size):
+                # Bad bytes must not survive to poison a resume.
+                with contextlib.suppress(IOError):
+                    self.s.remove(self.partial)
+                raise DigestMismatch(
+                    f"blob {digestmod.short(self.digest)}: uploaded content hashes to "
+                    f"{digestmod.short(got)} ({self.count} bytes); retry the push")
+            if self.repo._stat(self.dest) is not None:
+                self.s.remove(self.partial)  # another client finished it first
+            else:
+                self.s.posix_rename(self.partial, self.dest)
+            self.done = True
+        except CockerError:
+            raise
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            raise self._error(e) from None
+
+    def abort(self) -> None:
+        if self.f is not None:
+            with contextlib.suppress(Exception):
+                self.f.close()
+            self.f = None
