@@ -123,7 +123,7 @@ def load_or_default(store, name: str) -> dict:
             raise NotFound(f"no such network: {name}")
         s = default_settings(store)
         rec = new_record(name, ipaddress.ip_network(s["subnet"]), s["bridge"])
-    elif rec.get("default") and not rec["endpoints"]:
+    elif rec.get("default") and not rec["endpoints"] and not rec.get("configured"):
         # Unused default network: follow changed settings.
         s = default_settings(store)
         if (s["subnet"], s["bridge"]) != (rec["subnet"], rec["bridge"]):

@@ -210,8 +210,15 @@ def connect(store, network: str, owner: str, netns_path: str, ip: str | None = N
         raise NotFound(f"network namespace {netns_path} does not exist")
     with _locked(store):
         rec = ipam.load_or_default(store, network)
-        if owner in rec["endpoints"]:
-            raise AlreadyExists(f"{owner} is already connected to network {network}")
+        ino = _ns_id(netns_path)
+        old = rec["endpoints"].get(owner)
+        if old is not None:
+            if old.get("netns_id") == ino or _alive(old):
+                raise AlreadyExists(f"{owner} is already connected to network {network}")
+            # Left over from an earlier life of this owner (its namespace is gone: a crash, a
+            # restart): drop it, and keep its address unless another one was asked for.
+            _drop_endpoint(store, rec, owner)
+            ip = ip or old["ip"]
         addr = ipam.allocate(rec, owner, ip)
         veth = ipam.veth_name(store, rec, owner)
         while ns.link_exists(veth):
@@ -219,8 +226,8 @@ def connect(store, network: str, owner: str, netns_path: str, ip: str | None = N
         created = _bring_up(store, rec)
         prefix = ipaddress.ip_network(rec["subnet"]).prefixlen
         # Recorded before the kernel work: after a crash, cleanup_owner finds the veth.
-        rec["endpoints"][owner] = {"ip": addr, "veth": veth, "ifname": ifname,
-                                   "netns": netns_path, "created": int(time.time())}
+        rec["endpoints"][owner] = {"ip": addr, "veth": veth, "ifname": ifname, "netns": netns_path,
+                                   "netns_id": ino, "created": int(time.time())}
         try:
             ipam.save(store, rec)
             ns.add_veth(veth, rec["bridge"], netns_path, ifname, addr, prefix, rec["gateway"])
@@ -244,19 +251,38 @@ def disconnect(store, network: str, owner: str) -> None:
         if rec is None or owner not in rec["endpoints"]:
             return
         _require_root("disconnecting from a bridge network")
-        ep = rec["endpoints"][owner]
-        table = portmap.load_table(store)
-        if owner in table and table[owner].get("ip") == ep["ip"]:
-            # The address is about to be reused: its DNAT rules must not outlive it.
-            nat.delete_tagged(nat.owner_tag(ipam.store_tag(store), owner))
-            del table[owner]
-            portmap.save_table(store, table)
-        ns.delete_link(ep["veth"])
-        del rec["endpoints"][owner]
+        _drop_endpoint(store, rec, owner)
         if rec.get("default") and not rec["endpoints"]:
             _tear_down(store, rec)
         ipam.save(store, rec)
         nat.gc_chains()
+
+
+def _ns_id(path: str) -> str:
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def _alive(ep: dict) -> bool:
+    """Is the namespace an endpoint was made for still there (same path, same namespace)?"""
+    try:
+        return _ns_id(ep["netns"]) == ep.get("netns_id") and ns.link_exists(ep["veth"])
+    except (OSError, KeyError):
+        return False
+
+
+def _drop_endpoint(store, rec: dict, owner: str) -> None:
+    """Delete the owner's veth and its port mappings on this address; release the address
+    (the caller saves the record)."""
+    ep = rec["endpoints"][owner]
+    table = portmap.load_table(store)
+    if owner in table and table[owner].get("ip") == ep["ip"]:
+        # The address is about to be reused: its DNAT rules must not outlive it.
+        nat.delete_tagged(nat.owner_tag(ipam.store_tag(store), owner))
+        del table[owner]
+        portmap.save_table(store, table)
+    ns.delete_link(ep["veth"])
+    del rec["endpoints"][owner]
 
 
 # ---- port mappings ----------------------------------------------------------------------

@@ -326,3 +326,19 @@ def test_cli(netenv, cocker):
     net.disconnect(netenv.store, name, "box")
     cocker("network", "rm", name)
     assert shown["bridge"] not in links()
+
+
+def test_reconnect_after_the_namespace_died(netenv):
+    """A crashed owner's endpoint (its namespace gone) is reclaimed by its next connect, which
+    keeps the address; a live one is refused."""
+    a, b, c = netenv.netns(), netenv.netns(), netenv.netns()
+    ep = netenv.connect("bridge", "svc", a)
+    net.publish(netenv.store, "svc", ep["ip"], [f"127.0.0.1:{free_port()}:80"])
+    with pytest.raises(AlreadyExists):
+        net.connect(netenv.store, "bridge", "svc", netenv.path(b))
+    net.delete_netns(a)  # the "container" died without disconnecting
+    again = netenv.connect("bridge", "svc", c)
+    assert again["ip"] == ep["ip"] and again["veth"] != ep["veth"]
+    assert ep["veth"] not in links()
+    assert not [r for r in netenv.rules() if ":p:svc" in r]  # old mappings went with it
+    assert list(ipam.load(netenv.store, "bridge")["endpoints"]) == ["svc"]
