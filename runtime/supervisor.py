@@ -131,14 +131,18 @@ def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
     finally:
         if reparent_to_caller:
             sc.set_child_subreaper(False)
-    sup_pid, msg = 0, ""
+    sup_pid, msg, ready = 0, "", False
     with os.fdopen(info_r, "rb") as f:
+        # "P<pid>" (from the intermediate) and "R" (from the supervisor) come in either order
         for line in f:
             if line.startswith(b"P"):
                 sup_pid = int(line[1:])
             elif line.startswith(b"E"):
                 msg = line[1:].decode(errors="replace").strip()
+                break
             elif line.startswith(b"R"):
+                ready = True
+            if sup_pid and ready:
                 break
         else:
             if not msg:
