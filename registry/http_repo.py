@@ -188,6 +188,7 @@ class HttpRepo(Repository):
             self._ssl = ctx
         self._local = threading.local()
         self._manifests: dict[str, tuple[bytes, str]] = {}
+        self._pending: dict[tuple[str, str], tuple[bytes, str]] = {}
         self._cache_lock = threading.Lock()
         self._name: str | None = None
 
@@ -345,7 +346,8 @@ class HttpRepo(Repository):
                 resp.read()
                 self._give_back(key, conn)
                 auth_tries += 1
-                if not self._learn_challenge(resp.headers.get("WWW-Authenticate", ""), scope):
+                if not self._learn_challenge(resp.headers.get("WWW-Authenticate", ""), scope,
+                                             h.get("Authorization")):
                     raise AuthError(f"{self.describe()}: authentication required "
                                     "(set credentials, see `cocker` docs on http:// repos)")
                 continue
@@ -368,7 +370,8 @@ class HttpRepo(Repository):
                 self._give_back(key, conn)
             return resp, data
 
-    def _learn_challenge(self, header: str, scope: str) -> bool:
+    def _learn_challenge(self, header: str, scope: str, sent: str | None) -> bool:
+        """Adapt to a 401; True when a retry can do better than what was `sent`."""
         a = self._auth
         scheme, params = _parse_challenge(header)
         if scheme == "bearer":
@@ -376,17 +379,19 @@ class HttpRepo(Repository):
                 return False  # our fixed token was refused
             with a.lock:
                 a.scheme, a.challenge = "bearer", params
-                a.tokens.pop(scope, None)
+                if sent and a.tokens.get(scope) and sent.endswith(a.tokens[scope]):
+                    a.tokens.pop(scope, None)  # expired: fetch a new one
             return True
         if scheme == "basic":
-            if a.scheme == "basic" or a.basic() is None:
-                if a.token and a.scheme != "basic":
+            if sent and sent.lower().startswith("basic"):
+                return False  # these credentials were refused
+            with a.lock:
+                if a.token:
                     # A fixed token against a Basic-only server: send it as the password.
                     a.user, a.password, a.token = a.user or "token", a.token, None
-                    a.scheme = "basic"
-                    return True
-                return False
-            a.scheme = "basic"
+                if a.basic() is None:
+                    return False
+                a.scheme = "basic"
             return True
         return False
 
@@ -507,11 +512,33 @@ class HttpRepo(Repository):
             current = self.get_ref(name, version)
             if current != expect:
                 raise Conflict(f"{name}:{version} changed in {self.describe()}")
-        remote = self._remote(name)
-        resp, body = self._request("PUT", f"/v2/{remote}/manifests/{version}", name=remote,
+        self._put_manifest(self._remote(name), version, data, mt)
+
+    def _put_manifest(self, remote: str, ref: str, data: bytes, mt: str) -> None:
+        """PUT a manifest, after the held-back manifests it names (an index's children)."""
+        m = oci.parse_manifest(data)
+        children = [d["digest"] for d in m["manifests"]] if oci.is_index(m) else []
+        for child in children:
+            with self._cache_lock:
+                held = self._pending.pop((remote, child), None)
+            if held:
+                self._put_manifest(remote, child, *held)
+        with self._cache_lock:
+            self._pending.pop((remote, digestmod.of_bytes(data)), None)
+        resp, body = self._request("PUT", f"/v2/{remote}/manifests/{ref}", name=remote,
                                    push=True, body=data, headers={"Content-Type": mt})
         if resp.status not in (200, 201, 202):
-            self._fail(resp, body, f"PUT {name}:{version}")
+            self._fail(resp, body, f"PUT manifest {remote}:{ref}")
+
+    def flush(self) -> None:
+        """Push manifests still held back (uploaded as blobs but not yet tagged) by digest."""
+        with self._cache_lock:
+            held = list(self._pending.items())
+        for (remote, d), (data, mt) in held:
+            with self._cache_lock:
+                still = self._pending.pop((remote, d), None)
+            if still:
+                self._put_manifest(remote, d, data, mt)
 
     def delete_ref(self, name: str, version: str, expect: object = ANY) -> None:
         refmod.validate_version(version)
@@ -691,12 +718,11 @@ class _HttpUpload(BlobWriter):
                                      f"{digestmod.short(got)}")
             mt = _is_manifest(data)
             if mt:
-                resp, body = repo._request("PUT", f"/v2/{self.remote}/manifests/{self.digest}",
-                                           name=self.remote, push=True, body=data,
-                                           headers={"Content-Type": mt})
-                if resp.status not in (200, 201, 202):
-                    repo._fail(resp, body, f"PUT manifest {digestmod.short(self.digest)}")
+                # A registry wants a manifest after everything it names, and the copy routine
+                # sends blobs in parallel: hold it until put_ref (or flush) pushes the tree.
                 repo._remember(self.digest, data, mt)
+                with repo._cache_lock:
+                    repo._pending[(self.remote, self.digest)] = (data, mt)
                 return
             loc = self._start()
             self._finish(loc, data)
