@@ -43,8 +43,10 @@ def render_config(prefix: str, servers: list[str], listen_port: int = 80) -> str
     a replica dying mid-rotation makes nginx retry another replica instead of failing a request.
     """
     p = prefix.rstrip("/")
+    # max_fails=0: never mark a replica "down" for a while after one failed connect (if every
+    # replica were marked so, nginx would answer 502 at once); the monitor removes dead ones.
     if servers:
-        upstream = "\n".join(f"        server {s} max_fails=1 fail_timeout=2s;" for s in servers)
+        upstream = "\n".join(f"        server {s} max_fails=0;" for s in servers)
     else:
         # nginx refuses an empty upstream; a server marked down answers every request with 502
         upstream = "        server 127.0.0.1:9 down;"

@@ -13,7 +13,6 @@ port, and put back into rotation. The monitor exits when its service is removed.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import signal
 import sys
@@ -49,6 +48,8 @@ class Monitor:
                 pass                       # a service command is at work; look again soon
             except CockerError as e:
                 log(f"error: {e}")
+            except Exception as e:  # never die on one bad round: the next one may do better
+                log(f"unexpected error: {type(e).__name__}: {e}")
             time.sleep(POLL)
         log("service removed; monitor exits")
 
@@ -162,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         log(str(e))
         return 2
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    # a POSIX lock, not flock: the containers this process restarts are forked from it and
+    # must not inherit the monitor's lock (see service_state.process_lock)
+    if not st.try_lock(fd):
         return 0                                  # another monitor is on duty
     with open(pidfile, "w") as f:
         f.write(f"{os.getpid()}\n")

@@ -9,14 +9,17 @@ atomically so a reader never sees half of it.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-from registry.errors import NotFound, UsageError
-from registry.fsutil import atomic_write, flock
+from registry.errors import LockBusy, NotFound, UsageError
+from registry.fsutil import LOCK_TIMEOUT, atomic_write
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
 RESTART_POLICIES = ("always", "on-failure", "no")
@@ -81,17 +84,51 @@ def record_path(store, name: str) -> str:
     return os.path.join(service_dir(store, name), "service.json")
 
 
+def try_lock(fd: int) -> bool:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise
+
+
+@contextlib.contextmanager
+def process_lock(path: str, timeout: float | None = None, what: str = "a service") -> Iterator[int]:
+    """An exclusive POSIX record lock (lockf) on `path`.
+
+    Not flock: a flock belongs to the open file, so every process forked while it is held
+    (a container's supervisor is forked, not exec'd) would hold it too, for the container's
+    whole life. A POSIX lock belongs to the process and is never inherited."""
+    timeout = LOCK_TIMEOUT if timeout is None else timeout
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while not try_lock(fd):
+            if time.monotonic() >= deadline:
+                raise LockBusy(f"{what} is locked by another cocker process ({path}); "
+                               "try again when it has finished")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        yield fd
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def global_lock(store, timeout: float | None = None) -> Iterator[None]:
-    """Held while a service is created or removed: names and subnets are picked under it."""
-    with flock(os.path.join(services_dir(store), ".lock"), timeout=timeout, what="the services"):
+    """Held while a service is created or removed: names are checked under it."""
+    with process_lock(os.path.join(services_dir(store), ".lock"), timeout, "the services"):
         yield
 
 
 @contextlib.contextmanager
 def service_lock(store, name: str, timeout: float | None = None) -> Iterator[None]:
     path = os.path.join(services_dir(store), f".{validate_name(name)}.lock")
-    with flock(path, timeout=timeout, what=f"service {name}"):
+    with process_lock(path, timeout, f"service {name}"):
         yield
 
 

@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Callable
@@ -143,9 +144,20 @@ def container_state(store, cname: str) -> tuple[str, int | None, str | None]:
     return c.state(), getattr(c, "exit_code", None), getattr(c, "ip", None)
 
 
+def flush_neighbours(netns: str | None = None, ip: str | None = None) -> None:
+    """Forget cached MAC addresses. A replica that comes back (restart, or a new replica that
+    got a freed address) has a new veth with a new MAC; a stale ARP entry would send nginx's
+    (or the host's) packets to the old one until the kernel notices, seconds later."""
+    cmd = ["ip"] + (["-n", netns] if netns else []) + ["neigh", "flush"]
+    cmd += ["to", ip] if ip else ["all"]
+    subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=10, check=False)
+
+
 def wait_ready(store, cname: str, port: int, timeout: float = READY_TIMEOUT) -> str:
     """Wait until the replica accepts TCP connections on its port; returns its IP."""
     deadline = time.monotonic() + timeout
+    flushed = None
     while True:
         state, code, ip = container_state(store, cname)
         if state != "running":
@@ -153,6 +165,9 @@ def wait_ready(store, cname: str, port: int, timeout: float = READY_TIMEOUT) -> 
                               + (f" (exit code {code})" if code is not None else "")
                               + f" instead of serving on port {port}; see `cocker container logs {cname}`")
         if ip:
+            if flushed != ip:
+                flush_neighbours(None, ip)
+                flushed = ip
             try:
                 with socket.create_connection((ip, port), timeout=0.3):
                     return ip
@@ -180,9 +195,10 @@ def start_replica(store, rec: dict, cname: str | None = None, *, origin: str = "
 
 
 def _remove_container(store, cname: str) -> None:
-    from runtime import containers
+    from runtime import brocker_json, containers
     with contextlib.suppress(NotFound):
         containers.remove(store, cname, force=True)
+    brocker_json.remove_app_dir(store, cname)
 
 
 def upstream(rec: dict) -> list[str]:
@@ -192,6 +208,7 @@ def upstream(rec: dict) -> list[str]:
 def apply_rotation(store, rec: dict, *, drain: bool = False) -> None:
     """Make nginx's upstream what the record says, gracefully."""
     ng = nginx_for(store, rec)
+    flush_neighbours(rec.get("nginx", {}).get("netns"))
     ng.reload(upstream(rec), drain=drain)
 
 
@@ -333,18 +350,33 @@ def _template(rec: dict) -> list[dict]:
     return [r for r in rec["replicas"] if r.get("origin", "template") == "template"]
 
 
-def _retire(store, rec: dict, victims: list[dict]) -> None:
-    """Out of rotation first (waiting for nginx's old workers), then stop and remove."""
+def _retire(store, rec: dict, victims: list[dict],
+            background: list[threading.Thread] | None = None) -> None:
+    """Out of rotation first (waiting for nginx's old workers), then stop and remove.
+    With `background`, the containers are removed in threads the caller joins."""
     names = {v["name"] for v in victims}
     for r in rec["replicas"]:
         if r["name"] in names:
             r["active"] = False
     apply_rotation(store, rec, drain=True)
-    st.save(store, rec)
-    for v in victims:
-        _remove_container(store, v["name"])
+    # out of the record before the containers go: a crash in between leaves a container
+    # labelled with the service, which `service rm` still finds
     rec["replicas"] = [r for r in rec["replicas"] if r["name"] not in names]
     st.save(store, rec)
+    for v in victims:
+        if background is None:
+            _remove_container(store, v["name"])
+        else:
+            t = threading.Thread(target=_remove_quietly, args=(store, v["name"]), daemon=True)
+            t.start()
+            background.append(t)
+
+
+def _remove_quietly(store, cname: str) -> None:
+    try:
+        _remove_container(store, cname)
+    except Exception as e:  # the replica is out of rotation already; say what is left over
+        print(f"cocker: warning: could not remove old replica {cname}: {_msg(e)}", file=sys.stderr)
 
 
 def scale(store, name: str, replicas: int) -> dict:
@@ -364,7 +396,10 @@ def scale(store, name: str, replicas: int) -> dict:
                 st.save(store, rec)             # seq and the replica, before nginx sees it
                 apply_rotation(store, rec)
         elif replicas < len(current):
-            _retire(store, rec, current[replicas:][::-1])
+            pending: list[threading.Thread] = []
+            _retire(store, rec, current[replicas:][::-1], pending)
+            for t in pending:
+                t.join()
         rec["spec"]["replicas"] = replicas
         st.save(store, rec)
     ensure_monitor(store, name)
@@ -380,6 +415,7 @@ def update(store, name: str, image: str) -> dict:
         rec["image_ref"], rec["digest"] = image_ref, digest
         rec["spec"]["image"] = image
         olds = _template(rec)
+        pending: list[threading.Thread] = []
         try:
             for old in olds:
                 r = start_replica(store, rec)
@@ -387,16 +423,19 @@ def update(store, name: str, image: str) -> dict:
                 rec["replicas"].append(r)
                 st.save(store, rec)
                 apply_rotation(store, rec)
-                _retire(store, rec, [old])
+                # the old replica's container goes while the next new one starts
+                _retire(store, rec, [old], pending)
         except BaseException as e:
+            for t in pending:
+                t.join()
             left = [r for r in _template(rec) if r["name"] in {o["name"] for o in olds}]
             if len(left) == len(olds):          # nothing replaced: the service is as it was
                 rec["image_ref"], rec["digest"] = old_ref, old_digest
             st.save(store, rec)
             raise CockerError(f"update of service {name} stopped: {_msg(e)} "
                               f"({len(olds) - len(left)} of {len(olds)} replicas updated)") from None
-        if not olds and rec["spec"]["replicas"] == 0:
-            pass
+        for t in pending:
+            t.join()
         st.save(store, rec)
     ensure_monitor(store, name)
     return rec
@@ -442,7 +481,7 @@ def _loaded_running(store, name: str) -> dict:
 def remove(store, name: str) -> None:
     """Remove a service and everything it made, last made first; whatever is already gone is
     skipped. Errors are collected; the record stays only if something could not be removed."""
-    from runtime import containers, network
+    from runtime import network
     st.validate_name(name)
     if not st.exists(store, name):
         raise NotFound(f"no such service: {name}")
@@ -468,6 +507,7 @@ def remove(store, name: str) -> None:
         # containers labelled with the service but missing from the record (a crash between
         # create and save) go too
         with contextlib.suppress(Exception):
+            from runtime import containers
             for c in containers.list_containers(store, all=True):
                 if (getattr(c, "labels", None) or {}).get("service") == name:
                     members.add(c.name)
@@ -508,25 +548,22 @@ def monitor_paths(store, name: str) -> tuple[str, str]:
 
 
 def monitor_pid(store, name: str) -> int | None:
-    """The monitor's pid if one is alive (it holds monitor.lock for its whole life)."""
-    import fcntl
+    """The monitor's pid if one is alive (it holds a lock on monitor.lock for its whole life)."""
     lock, pidfile = monitor_paths(store, name)
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
     except OSError:
         return None
     try:
+        if st.try_lock(fd):
+            return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                with open(pidfile) as f:
-                    return int(f.read().strip())
-            except (OSError, ValueError):
-                return None
-        return None
+            with open(pidfile) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
     finally:
-        os.close(fd)
+        os.close(fd)        # also drops the lock if we just took it
 
 
 def ensure_monitor(store, name: str) -> int | None:

@@ -1,0 +1,161 @@
+"""One daemon operation in a process of its own: `python -m cocker.daemon.worker --home HOME`.
+
+The daemon never starts containers, nginx or monitors from its own threads: those processes
+would be its children (zombies to reap, signals to share, exit codes lost to a stray waitpid).
+A short-lived worker does the work and exits, so what it started is adopted by init — exactly
+as when a user runs the command in a shell. Request on stdin, answer on stdout, both JSON:
+  {"op": "...", "args": {...}}  ->  {"result": ...}  |  {"error": "...", "type": "NotFound"}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+from registry.errors import CockerError, UsageError
+from registry.store import Store
+
+
+def _container_spec(args: dict):
+    from runtime.containers import ContainerSpec
+    allowed = set(ContainerSpec.__dataclass_fields__)
+    unknown = set(args) - allowed
+    if unknown:
+        raise UsageError(f"unknown container field(s): {', '.join(sorted(unknown))}")
+    if "image" not in args:
+        raise UsageError("a container needs an 'image'")
+    return ContainerSpec(**args)
+
+
+def container_create(store: Store, a: dict) -> dict:
+    from runtime import containers
+    return containers.create(store, _container_spec(a["spec"])).info()
+
+
+def container_run(store: Store, a: dict) -> dict:
+    """Create and start (detached)."""
+    from runtime import containers
+    spec = _container_spec(a["spec"])
+    c = containers.create(store, spec)
+    try:
+        containers.start(store, c.name)
+    except BaseException:
+        containers.remove(store, c.name, force=True)
+        raise
+    return containers.load(store, c.name).info()
+
+
+def container_start(store: Store, a: dict) -> dict:
+    from runtime import containers
+    containers.start(store, a["name"])
+    return containers.load(store, a["name"]).info()
+
+
+def container_stop(store: Store, a: dict) -> dict:
+    from runtime import containers
+    containers.stop(store, a["name"], timeout=float(a.get("timeout", 10)))
+    return {"name": a["name"], "stopped": True}
+
+
+def container_kill(store: Store, a: dict) -> dict:
+    import signal
+    from runtime import containers
+    sig = a.get("signal", "KILL")
+    signum = sig if isinstance(sig, int) else getattr(signal, "SIG" + str(sig).upper().removeprefix("SIG"))
+    containers.kill(store, a["name"], signum)
+    return {"name": a["name"], "signal": int(signum)}
+
+
+def container_rm(store: Store, a: dict) -> dict:
+    from runtime import containers
+    containers.remove(store, a["name"], force=bool(a.get("force")))
+    return {"name": a["name"], "removed": True}
+
+
+def brocker_container_run(store: Store, a: dict) -> dict:
+    """brocker's /api/v1/container/run: a container JSON; with service-name it joins it."""
+    from runtime import brocker_json, containers, services
+    bc = brocker_json.container_spec(a["body"], store=store, what="container JSON")
+    brocker_json.stage_files(store, bc.spec.name, bc.copies)
+    if bc.service:
+        services.join(store, bc.service, bc.spec, bc.port)
+        return containers.load(store, bc.spec.name).info()
+    return container_run(store, {"spec": _spec_dict(bc.spec)})
+
+
+def _spec_dict(spec) -> dict:
+    from dataclasses import asdict
+    return asdict(spec)
+
+
+def service_create(store: Store, a: dict) -> dict:
+    from runtime import services
+    from runtime.service_state import ServiceSpec
+    allowed = set(ServiceSpec.__dataclass_fields__)
+    unknown = set(a["spec"]) - allowed
+    if unknown:
+        raise UsageError(f"unknown service field(s): {', '.join(sorted(unknown))}")
+    return services.create(store, ServiceSpec(**a["spec"]))
+
+
+def service_add(store: Store, a: dict) -> dict:
+    from runtime import brocker_json, services
+    return services.create(store, brocker_json.service_spec(a["body"]))
+
+
+def service_scale(store: Store, a: dict) -> dict:
+    from runtime import services
+    return services.scale(store, a["name"], a["replicas"])
+
+
+def service_update(store: Store, a: dict) -> dict:
+    from runtime import services
+    return services.update(store, a["name"], a["image"])
+
+
+def service_rm(store: Store, a: dict) -> dict:
+    from runtime import services
+    services.remove(store, a["name"])
+    return {"name": a["name"], "removed": True}
+
+
+def ensure_monitors(store: Store, a: dict) -> dict:
+    from runtime import services
+    services.ensure_all_monitors(store)
+    return {}
+
+
+OPS: dict[str, Callable[[Store, dict], Any]] = {
+    f.__name__: f for f in (container_create, container_run, container_start, container_stop,
+                            container_kill, container_rm, brocker_container_run, service_create,
+                            service_add, service_scale, service_update, service_rm, ensure_monitors)
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--home", required=True)
+    home = ap.parse_args().home
+    try:
+        req = json.load(sys.stdin)
+        fn = OPS.get(req.get("op"))
+        if fn is None:
+            raise UsageError(f"unknown operation {req.get('op')!r}")
+        result = fn(Store(home), req.get("args") or {})
+        out = {"result": result}
+    except CockerError as e:
+        out = {"error": str(e), "type": type(e).__name__}
+    except (KeyError, TypeError, ValueError) as e:
+        out = {"error": f"bad request: {type(e).__name__}: {e}", "type": "UsageError"}
+    except OSError as e:
+        out = {"error": f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+               "type": "CockerError"}
+    sys.stdout.write(json.dumps(out, default=str))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
