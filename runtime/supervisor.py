@@ -103,6 +103,7 @@ class Plan:
     home: str = ""              # COCKER_HOME, for the network teardown
     network: str | None = None  # bridge/named network to disconnect at the end
     published: bool = False
+    host_netns_fd: int = -1
 
 
 @dataclass
@@ -181,6 +182,9 @@ def _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w) -> None
         flags = sc.CLONE_NEWPID | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
         if plan.own_netns:
             flags |= sc.CLONE_NEWNET
+        if plan.network:
+            # the supervisor returns to the host's network namespace to remove the veth
+            plan.host_netns_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         sc.unshare(flags)
         pid = os.fork()
         if pid == 0:
@@ -458,6 +462,8 @@ def _finish(S: _Sup, code: int) -> None:
             errors.append(str(e))
     if plan.network:
         try:
+            if plan.host_netns_fd >= 0:
+                sc.setns(plan.host_netns_fd, sc.CLONE_NEWNET)
             from registry.store import Store
             from runtime import network
             store = Store(plan.home)

@@ -45,12 +45,14 @@ def build_many_layers(store, n: int = 50, name: str = "layered", version: str = 
 
 
 @pytest.fixture(scope="session")
-def rt_home(tmp_path_factory) -> str:
-    home = str(tmp_path_factory.mktemp("rt") / "home")
+def rt_home(tmp_path_factory) -> dict:
     from registry.store import Store
-    store = Store(home)
-    build_busybox(store)
-    return home
+    from tests.support.net import unique, unique_subnet
+    home = str(tmp_path_factory.mktemp("rt") / "home")
+    build_busybox(Store(home))
+    # our own default bridge and subnet: parallel test runs never share cocker0
+    return {"COCKER_HOME": home, "COCKER_BRIDGE": unique("ckr"),
+            "COCKER_BRIDGE_SUBNET": unique_subnet()}
 
 
 @pytest.fixture
@@ -58,8 +60,9 @@ def rt(rt_home, monkeypatch):
     """(store, cli): the shared runtime store exported as COCKER_HOME, and a CLI runner."""
     from registry.store import Store
     from tests.conftest import run_cocker
-    monkeypatch.setenv("COCKER_HOME", rt_home)
-    return Store(rt_home), run_cocker
+    for k, v in rt_home.items():
+        monkeypatch.setenv(k, v)
+    return Store(rt_home["COCKER_HOME"]), run_cocker
 
 
 @pytest.fixture
