@@ -36,7 +36,7 @@ def commit_cmd(ctx, name: str, ref: str, message: str | None, author: str | None
     target = versioning.target(ctx.store, ref, bump, force=force)
     res = commitmod.commit(ctx.store, name, target, message=message, author=author,
                            changes=parsed, pause=pause, force=force, allow_empty=allow_empty,
-                           progress=ctx.progress())
+                           progress=_progress(ctx))
     if as_json:
         print_json(res.summary())
         return
@@ -45,3 +45,9 @@ def commit_cmd(ctx, name: str, ref: str, message: str | None, author: str | None
 
 
 container.add_command(commit_cmd, "to-image")
+
+
+def _progress(ctx):
+    """A progress reporter only when bars will show (it costs an extra walk of the tree)."""
+    p = ctx.progress()
+    return p if p.enabled else None

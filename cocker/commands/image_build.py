@@ -108,9 +108,15 @@ def squash_cmd(ctx, ref: str, newref: str, since: str | None, bump: str | None,
     from builder import versioning
     target = versioning.target(ctx.store, newref, bump, force=force)
     img = squashmod.squash(ctx.store, ref, target, since=since, force=force, message=message,
-                           progress=ctx.progress())
+                           progress=_progress(ctx))
     s = img.summary()
     if as_json:
         print_json({k: s[k] for k in ("reference", "digest", "layers")})
         return
     click.echo(f"{s['reference']}  {s['digest']}  ({len(s['layers'])} layer(s))")
+
+
+def _progress(ctx):
+    """A progress reporter only when bars will show (it costs an extra walk of the tree)."""
+    p = ctx.progress()
+    return p if p.enabled else None
