@@ -268,7 +268,8 @@ def _open_smart(client, root: str, command: str, url: str, *, required: bool):
     except CockerError as e:
         if not isinstance(e, TransportError):
             chan.close()
-            raise type(e)(f"{url}: {e}") from None  # the server answered: a real error
+            hint = "; use --init to create one" if "oci-layout" in str(e) else ""
+            raise type(e)(f"{url}: {e}{hint}") from None  # the server answered: a real error
         rc = chan.recv_exit_status() if chan.status_event.wait(SMART_PROBE_TIMEOUT) else None
         err = b""
         with contextlib.suppress(Exception):

@@ -18,7 +18,11 @@ import socket
 import sys
 from typing import Iterator, Sequence
 
-import paramiko
+if "invoke" not in sys.modules:
+    # paramiko imports `invoke` (130 ms) only to run `Match exec` lines of ssh_config;
+    # every remote command pays that start-up, so go without (Match exec is then ignored).
+    sys.modules["invoke"] = None  # type: ignore[assignment]
+import paramiko  # noqa: E402
 from paramiko.auth_strategy import AuthFailure, AuthStrategy, InMemoryPrivateKey, Password
 
 from registry.errors import AuthError, TransportError

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import pytest
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-SFTP_SERVER = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
-                                "/usr/libexec/sftp-server") if os.path.exists(p)), "internal-sftp")
+# internal-sftp: no login shell per session (root's ~/.bashrc may be slow to source).
+SFTP_SERVER = "internal-sftp"
 
 
 def free_port() -> int:
@@ -199,3 +199,38 @@ def sshd_factory(tmp_path):
     finally:
         for s in started:
             s.stop()
+
+
+# small images for transfer tests -------------------------------------------------------
+def tar_layer(files: dict[str, bytes], *, gzip_it: bool = False) -> bytes:
+    """A layer tar (optionally gzip) holding `files` (path -> content), reproducible."""
+    import gzip
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in sorted(files.items()):
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime, ti.mode = len(data), 0, 0o644
+            tf.addfile(ti, io.BytesIO(data))
+    raw = buf.getvalue()
+    return gzip.compress(raw, mtime=0) if gzip_it else raw
+
+
+def make_test_image(repo, name: str, version: str, layers: list[bytes], *,
+                    force: bool = True):
+    """Publish name:version in `repo` from layer blobs (plain tar or gzip tar bytes)."""
+    import gzip
+    from registry import digest as dm
+    from registry import image as imagemod
+    from registry import oci
+    descs, diffs = [], []
+    for data in layers:
+        d = dm.of_bytes(data)
+        repo.put_blob_bytes(d, data)
+        gz = data[:2] == b"\x1f\x8b"
+        descs.append(oci.descriptor(oci.LAYER_GZIP if gz else oci.LAYER_TAR, d, len(data)))
+        diffs.append(dm.of_bytes(gzip.decompress(data)) if gz else d)
+    return imagemod.publish(repo, name, version,
+                            oci.new_config(diffs, created="2026-01-01T00:00:00Z"), descs,
+                            force=force)

@@ -1,0 +1,424 @@
+"""SSH repositories against a real OpenSSH sshd on 127.0.0.1: SFTP mode and smart mode
+(srepo-server --stdio over the exec channel), two COCKER_HOMEs as two machines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from registry import reference
+from registry.errors import AuthError, CockerError, TransportError
+from registry.layout import LayoutRepo
+from registry.store import Store
+from tests.conftest import run_cocker
+from tests.support.sshd import make_test_image, sshd, sshd_factory, tar_layer  # noqa: F401
+
+MODES = ["sftp", "smart"]
+
+
+def _smart_available() -> bool:
+    try:
+        import registry.smart  # noqa: F401
+        import srepo_server.stdio  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def mode_url(sshd, path: str, mode: str) -> str:
+    if mode == "smart" and not _smart_available():
+        pytest.skip("the smart protocol is not there yet")
+    return sshd.url(path) + f"?mode={mode}"
+
+
+class Machines:
+    """Two stores (two machines) and the CLI run against either, through the test sshd."""
+
+    def __init__(self, tmp_path, sshd):
+        self.sshd = sshd
+        self.a = str(tmp_path / "machine-a")
+        self.b = str(tmp_path / "machine-b")
+        self.env = sshd.client_env()
+        self.env["COCKER_QUIET"] = "1"
+
+    def run(self, home: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run_cocker("--home", home, *args, check=check, env=self.env)
+
+    def json(self, home: str, *args: str):
+        return json.loads(self.run(home, *args, "--json").stdout)
+
+
+@pytest.fixture
+def machines(tmp_path, sshd):
+    return Machines(tmp_path, sshd)
+
+
+def one_line_error(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = [line for line in p.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+def _base_layers(seed: bytes = b"") -> list[bytes]:
+    return [tar_layer({"big.bin": os.urandom(1 << 20) + seed}),
+            tar_layer({"etc/app.conf": b"x=1\n" + seed}, gzip_it=True)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_round_trip_between_two_machines(machines, tmp_path, mode):
+    url = mode_url(machines.sshd, str(tmp_path / "remote"), mode)
+    make_test_image(Store(machines.a), "app", "1.0", _base_layers())
+    p = machines.run(machines.a, "image", "push", "app:1.0", "--repo", url, check=False)
+    assert "--init" in one_line_error(p)  # not a repo yet: refused, says how
+    res = machines.json(machines.a, "image", "push", "app:1.0", "--repo", url, "--init")
+    assert res[0]["blobs_sent"] == 4 and res[0]["published"]
+    remote = LayoutRepo(str(tmp_path / "remote"))
+    assert remote.fsck() == [] and [str(r) for r in remote.list_refs()] == ["app:1.0"]
+    index = json.load(open(tmp_path / "remote" / "index.json"))
+    assert [m["annotations"]["org.opencontainers.image.ref.name"]
+            for m in index["manifests"]] == ["app:1.0"]
+    # Delete locally on machine A, pull on both.
+    machines.run(machines.a, "image", "rm", "app:1.0")
+    for home in (machines.a, machines.b):
+        res = machines.json(home, "image", "pull", "app", "--repo", url)  # bare: newest
+        assert res[0]["reference"] == "app:1.0"
+        info = json.loads(machines.run(home, "image", "inspect", "app:1.0", "--json").stdout)
+        assert info["digest"] == res[0]["digest"]
+        assert "ok:" in machines.run(home, "image", "fsck").stdout
+    rows = machines.json(machines.b, "image", "search", "--repo", url)
+    assert [(r["name"], r["version"], r["digest"]) for r in rows] == [
+        ("app", "1.0", res[0]["digest"])]
+    assert rows[0]["size"] > 1 << 20 and rows[0]["created"].startswith("2026-01-01")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_next_version_sends_only_new_layer_config_manifest(machines, tmp_path, mode):
+    url = mode_url(machines.sshd, str(tmp_path / "remote"), mode)
+    st = Store(machines.a)
+    base = _base_layers()
+    make_test_image(st, "app", "1.0", base)
+    machines.run(machines.a, "image", "push", "app:1.0", "--repo", url, "--init")
+    top = tar_layer({"new.txt": b"version 2\n"})
+    make_test_image(st, "app", "1.1", base + [top])
+    res = machines.json(machines.a, "image", "push", "app:1.1", "--repo", url)
+    assert res[0]["blobs_sent"] == 3  # new layer, config, manifest
+    assert res[0]["blobs_skipped"] == 2
+    assert res[0]["bytes_sent"] < 64 << 10
+    # A repeated push sends nothing at all.
+    t = time.monotonic()
+    res = machines.json(machines.a, "image", "push", "app:1.1", "--repo", url)
+    assert res[0]["blobs_sent"] == 0 and res[0]["bytes_sent"] == 0 and not res[0]["published"]
+    assert time.monotonic() - t < 10
+    # Pulling 1.1 after 1.0 fetches only the difference too.
+    machines.run(machines.b, "image", "pull", "app:1.0", "--repo", url)
+    res = machines.json(machines.b, "image", "pull", "app:1.1", "--repo", url)
+    assert res[0]["blobs_sent"] == 3 and res[0]["blobs_skipped"] == 2  # layer, config, manifest
+
+
+def test_all_versions_in_one_session(machines, tmp_path):
+    url = mode_url(machines.sshd, str(tmp_path / "remote"), "sftp")
+    st = Store(machines.a)
+    base = _base_layers()
+    for i in range(3):
+        make_test_image(st, "svc", f"1.{i}", base + [tar_layer({"v": str(i).encode()})])
+    res = machines.json(machines.a, "image", "push", "svc", "--all-versions", "--repo", url,
+                        "--init")
+    assert [r["reference"] for r in res] == ["svc:1.0", "svc:1.1", "svc:1.2"]
+    res = machines.json(machines.b, "image", "pull", "svc", "--all-versions", "--repo", url)
+    assert len(res) == 3
+    assert len(Store(machines.b).list_refs("svc")) == 3
+
+
+def test_host_key_mismatch_refused(machines, tmp_path, sshd):
+    other = os.path.join(str(tmp_path), "other_key")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other], check=True)
+    with open(other + ".pub") as f:
+        kind, b64 = f.read().split()[:2]
+    with open(sshd.known_hosts, "w") as f:
+        f.write(f"{sshd.hostport} {kind} {b64}\n")
+    make_test_image(Store(machines.a), "app", "1.0", _base_layers())
+    url = sshd.url(str(tmp_path / "remote"))
+    for extra in ([], ["--accept-new-host-key"]):  # accept-new never overrides a mismatch
+        p = machines.run(machines.a, "image", "push", "app:1.0", "--repo", url, "--init",
+                         *extra, check=False)
+        assert "HOST KEY MISMATCH" in one_line_error(p)
+    assert not os.path.exists(tmp_path / "remote")
+    from registry import ssh
+    with pytest.raises(AuthError):
+        ssh.connect(sshd.host, sshd.port, "root", identity=sshd.client_key,
+                    known_hosts=sshd.known_hosts, config_path=None)
+
+
+def test_unknown_host_needs_explicit_opt_in(machines, tmp_path, sshd):
+    os.unlink(sshd.known_hosts)
+    make_test_image(Store(machines.a), "app", "1.0", _base_layers())
+    url = mode_url(sshd, str(tmp_path / "remote"), "sftp")
+    p = machines.run(machines.a, "image", "push", "app:1.0", "--repo", url, "--init", check=False)
+    assert "--accept-new-host-key" in one_line_error(p)
+    assert not os.path.exists(sshd.known_hosts)
+    p = machines.run(machines.a, "image", "push", "app:1.0", "--repo", url, "--init",
+                     "--accept-new-host-key")
+    assert "permanently added host key" in p.stderr
+    with open(sshd.known_hosts) as f:
+        assert f.read() == sshd.host_key_line()
+    # Now known: no flag needed, no notice.
+    p = machines.run(machines.b, "image", "pull", "app:1.0", "--repo", url)
+    assert "permanently added" not in p.stderr
+
+
+def test_hashed_known_hosts_entry_accepted(machines, tmp_path, sshd):
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", sshd.known_hosts], check=True,
+                   capture_output=True)
+    with open(sshd.known_hosts) as f:
+        assert f.read().startswith("|1|")
+    make_test_image(Store(machines.a), "app", "1.0", _base_layers())
+    machines.run(machines.a, "image", "push", "app:1.0", "--repo",
+                 mode_url(sshd, str(tmp_path / "remote"), "sftp"), "--init")
+
+
+class _CutStream:
+    """A source blob stream that breaks after `limit` bytes, like a dropped connection."""
+
+    def __init__(self, f, limit: int) -> None:
+        self.f, self.left = f, limit
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            raise TransportError("connection cut (test)")
+        d = self.f.read(min(n, self.left) if n and n > 0 else self.left)
+        self.left -= len(d)
+        return d
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cut_transfer_resumes_and_fsck_is_clean(tmp_path, sshd, mode):
+    from registry.copy import copy
+    from registry.repos import open_repo
+    url = mode_url(sshd, str(tmp_path / "remote"), mode)
+    store = Store(str(tmp_path / "home"))
+    big = tar_layer({"blob": os.urandom(12 << 20)})
+    make_test_image(store, "app", "1.0", [big])
+    kw = dict(identity=sshd.client_key, known_hosts=sshd.known_hosts, config_path=None)
+
+    class Cutting(Store):
+        def open_blob(self, digest, offset=0):
+            f = super().open_blob(digest, offset)
+            return _CutStream(f, 5 << 20) if self.blob_size(digest) > 1 << 20 else f
+
+    with open_repo(url, init=True, **kw) as repo:
+        with pytest.raises(CockerError):
+            copy(store.resolve(reference.parse("app:1.0")), Cutting(store.home), repo, jobs=1)
+        assert repo.list_refs() == []  # nothing published
+    partials = os.listdir(tmp_path / "remote" / "tmp" / "uploads")
+    assert partials and os.path.getsize(tmp_path / "remote" / "tmp" / "uploads" / partials[0]) > 0
+    if mode == "sftp":
+        os.utime(tmp_path / "remote" / "tmp" / "uploads" / partials[0],
+                 (time.time() - 60, time.time() - 60))  # the cut writer is long gone
+    with open_repo(url, **kw) as repo:
+        res = copy(store.resolve(reference.parse("app:1.0")), store, repo, jobs=1)
+    assert res.bytes_sent < len(big) - (4 << 20)  # resumed, not restarted
+    remote = LayoutRepo(str(tmp_path / "remote"))
+    assert remote.fsck() == []
+    assert [str(r) for r in remote.list_refs()] == ["app:1.0"]
+
+
+def test_killed_push_then_retry_resumes(machines, tmp_path):
+    url = mode_url(machines.sshd, str(tmp_path / "remote"), "sftp")
+    st = Store(machines.a)
+    big = tar_layer({"blob": os.urandom(160 << 20)})
+    make_test_image(st, "app", "1.0", [big])
+    uploads = tmp_path / "remote" / "tmp" / "uploads"
+    proc = subprocess.Popen([sys.executable, "-m", "cocker.main", "--home", machines.a, "image",
+                             "push", "app:1.0", "--repo", url, "--init"], env=machines.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        killed = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            sizes = [f.stat().st_size for f in uploads.glob("*.partial")] if uploads.exists() else []
+            if sizes and max(sizes) > 16 << 20:
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.005)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if not killed:
+        pytest.skip("the push finished before it could be killed")
+    assert LayoutRepo(str(tmp_path / "remote")).list_refs() == []
+    res = machines.json(machines.a, "image", "push", "app:1.0", "--repo", url)
+    assert res[0]["published"] and res[0]["bytes_sent"] < len(big) - (8 << 20)
+    remote = LayoutRepo(str(tmp_path / "remote"))
+    assert remote.fsck() == []
+    assert not list(uploads.glob("*.partial"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_four_clients_push_versions_concurrently(machines, tmp_path, mode):
+    url = mode_url(machines.sshd, str(tmp_path / "remote"), mode)
+    base = _base_layers()
+    homes = []
+    for i in range(4):
+        h = str(tmp_path / f"client{i}")
+        make_test_image(Store(h), "app", f"2.{i}", base + [tar_layer({"v": os.urandom(4096)})])
+        homes.append(h)
+    # Create the repo first so all four race on blobs and refs, not on mkdir.
+    make_test_image(Store(machines.b), "seed", "0", [tar_layer({"s": b"s"})])
+    machines.run(machines.b, "image", "push", "seed:0", "--repo", url, "--init")
+    procs = [subprocess.Popen([sys.executable, "-m", "cocker.main", "--home", h, "image", "push",
+                               f"app:2.{i}", "--repo", url], env=machines.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, h in enumerate(homes)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    remote = LayoutRepo(str(tmp_path / "remote"))
+    assert sorted(str(r) for r in remote.list_refs("app")) == [f"app:2.{i}" for i in range(4)]
+    assert remote.fsck() == []
+    index = json.load(open(tmp_path / "remote" / "index.json"))
+    assert len(index["manifests"]) == 5
+    for i in range(4):
+        machines.run(machines.a, "image", "pull", f"app:2.{i}", "--repo", url)
+    assert "ok:" in machines.run(machines.a, "image", "fsck").stdout
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_corrupted_remote_blob_detected_on_pull(machines, tmp_path, mode):
+    url = mode_url(machines.sshd, str(tmp_path / "remote"), mode)
+    img = make_test_image(Store(machines.a), "app", "1.0", _base_layers())
+    machines.run(machines.a, "image", "push", "app:1.0", "--repo", url, "--init")
+    layer = img.layers[0]["digest"].split(":")[1]
+    path = tmp_path / "remote" / "blobs" / "sha256" / layer
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    p = machines.run(machines.b, "image", "pull", "app:1.0", "--repo", url, check=False)
+    assert layer[:12] in one_line_error(p)
+    st = Store(machines.b)
+    assert st.list_refs() == [] and st.fsck() == []
+
+
+def test_ssh_config_alias_honoured(machines, tmp_path, sshd):
+    # Key and known_hosts NOT in the default places: only the config names them.
+    key = os.path.join(str(tmp_path), "alias_key")
+    os.rename(sshd.client_key, key)
+    kh = os.path.join(str(tmp_path), "alias_known_hosts")
+    os.rename(sshd.known_hosts, kh)
+    sshd.write_ssh_config(f"""Host myrepo
+    HostName 127.0.0.1
+    Port {sshd.port}
+    User root
+    IdentityFile {key}
+    IdentitiesOnly yes
+    UserKnownHostsFile {kh}
+""")
+    make_test_image(Store(machines.a), "app", "1.0", _base_layers())
+    url = f"ssh://myrepo{tmp_path}/remote?mode=sftp"
+    machines.run(machines.a, "image", "push", "app:1.0", "--repo", url, "--init")
+    machines.run(machines.b, "repo", "add", "office", f"myrepo:{tmp_path}/remote")
+    machines.run(machines.b, "image", "pull", "app:1.0")  # the default repo
+    assert len(Store(machines.b).list_refs()) == 1
+
+
+def test_proxyjump(machines, tmp_path, sshd, sshd_factory):
+    jump = sshd_factory()
+    with open(jump.dir + "/authorized_keys", "w") as f:
+        f.write(open(sshd.client_key + ".pub").read())
+    with open(sshd.known_hosts, "a") as f:
+        f.write(jump.host_key_line())
+    sshd.write_ssh_config(f"""Host target
+    HostName 127.0.0.1
+    Port {sshd.port}
+    User root
+    ProxyJump root@127.0.0.1:{jump.port}
+""")
+    make_test_image(Store(machines.a), "app", "1.0", _base_layers())
+    machines.run(machines.a, "image", "push", "app:1.0", "--repo",
+                 f"ssh://target{tmp_path}/remote?mode=sftp", "--init")
+    assert LayoutRepo(str(tmp_path / "remote")).fsck() == []
+
+
+def test_bad_input_one_line_errors(machines, tmp_path, sshd):
+    make_test_image(Store(machines.a), "app", "1.0", _base_layers())
+    os.makedirs(tmp_path / "notrepo")
+    cases = [
+        (["image", "push", "app:1.0", "--repo", f"ssh://root@127.0.0.1:1{tmp_path}/r"],
+         "connection refused"),
+        (["image", "push", "app:1.0", "--repo", "ssh://root@no-such-host.invalid/r"],
+         "cannot resolve"),
+        (["image", "push", "app:1.0", "--repo", sshd.url(str(tmp_path / "notrepo"))],
+         "not a cocker/OCI repository"),
+        (["image", "pull", "nothere:1.0", "--repo", sshd.url(str(tmp_path / "notrepo"))],
+         "not a cocker/OCI repository"),
+        (["image", "push", "app:9.9", "--repo", sshd.url(str(tmp_path / "notrepo"))],
+         "app:9.9 not found"),
+        (["image", "push", "app:1.0", "--repo", "nosuchrepo"], "no repo named"),
+        (["image", "push", "app:1.0"], "no repository given"),
+        (["image", "push", "app:1.0", "--repo", sshd.url("/r"), "-i", "/nonexistent/key"],
+         "identity file"),
+    ]
+    for args, expect in cases:
+        p = machines.run(machines.a, *args, check=False)
+        assert expect in one_line_error(p), (args, p.stderr)
+    url = mode_url(sshd, str(tmp_path / "remote"), "sftp")
+    machines.run(machines.a, "image", "push", "app:1.0", "--repo", url, "--init")
+    p = machines.run(machines.b, "image", "pull", "app:2.0", "--repo", url, check=False)
+    assert "app:2.0 not found" in one_line_error(p)
+    assert Store(machines.b).list_refs() == []
+    # Refuses to move an existing remote version to other content without --force.
+    make_test_image(Store(machines.b), "app", "1.0", _base_layers(b"other"))
+    p = machines.run(machines.b, "image", "push", "app:1.0", "--repo", url, check=False)
+    assert "--force" in one_line_error(p)
+    machines.run(machines.b, "image", "push", "app:1.0", "--repo", url, "--force")
+
+
+def test_legacy_cockerimage_repo(machines, tmp_path, sshd):
+    legacy_dir = tmp_path / "legacyhome"
+    legacy_dir.mkdir()
+    (legacy_dir / "calvin=tools:1.0.cockerimage").write_bytes(
+        tar_layer({"bin/hello": b"#!/bin/sh\necho hi\n"}, gzip_it=True))
+    (legacy_dir / "calvin=tools:1.1.cockerimage").write_bytes(
+        tar_layer({"bin/hello": b"#!/bin/sh\necho hi 1.1\n"}, gzip_it=True))
+    (legacy_dir / "unversioned.cockerimage").write_bytes(tar_layer({"a": b"a"}, gzip_it=True))
+    (legacy_dir / "notes.txt").write_text("not an image")
+    url = sshd.url(str(legacy_dir))
+    rows = machines.json(machines.a, "image", "search", "--repo", url, "--legacy")
+    assert [(r["name"], r["version"]) for r in rows] == [
+        ("calvin-tools", "1.0"), ("calvin-tools", "1.1"), ("unversioned", "_")]
+    # Auto-detected without --legacy too (the directory has no oci-layout).
+    rows2 = machines.json(machines.a, "image", "search", "tools", "--repo", url)
+    assert len(rows2) == 2
+    res = machines.json(machines.a, "image", "pull", "calvin=tools", "--repo", url, "--legacy")
+    assert res[0]["reference"] == "calvin-tools:1.1"
+    info = json.loads(machines.run(machines.a, "image", "inspect", "calvin-tools:1.1",
+                                   "--json").stdout)
+    assert len(info["layers"]) == 1
+    assert "ok:" in machines.run(machines.a, "image", "fsck").stdout
+    # And back: --legacy push writes a .cockerimage (the one gzip layer, as stored).
+    machines.run(machines.a, "image", "tag", "calvin-tools:1.1", "tools:2.0")
+    machines.run(machines.a, "image", "push", "tools:2.0", "--repo", url, "--legacy")
+    assert (legacy_dir / "tools:2.0.cockerimage").read_bytes() == (
+        legacy_dir / "calvin=tools:1.1.cockerimage").read_bytes()
+    p = machines.run(machines.a, "image", "push", "tools:2.0", "--repo", url, "--legacy",
+                     check=False)
+    assert "already exists" in one_line_error(p)
