@@ -410,6 +410,8 @@ class _Handler:
         grace = self._field(req, "grace", (int, float), required=False)
         grace = max(float(grace) if grace is not None else GC_GRACE, MIN_REMOTE_GC_GRACE)
         dry = bool(self._field(req, "dry_run", bool, required=False))
-        removed, freed = self.repo.gc(grace=grace, dry_run=dry)
+        # The server's one gc, which also keeps the HTTP door's digest-only manifests.
+        from srepo_server import http_store
+        removed, freed = http_store.gc(self.repo, grace=grace, dry_run=dry)
         self._reply(removed=removed, freed=freed)
         return f"removed {removed} blobs, {freed}B"

@@ -230,7 +230,7 @@ class SshDoor:
     def __init__(self, root: str, addr: str, host_key: str, authorized_keys: str, *,
                  log: Callable[[str], None] = log_line) -> None:
         self.log = log
-        self.repo = LayoutRepo(root, url="this repository")
+        self.repo = LayoutRepo(root, create=True, url="this repository")
         self.host_key = load_host_key(host_key, log)
         self.keys = KeyFile(authorized_keys, warn=lambda m: log("authorized_keys: " + m))
         host, port = parse_addr(addr)

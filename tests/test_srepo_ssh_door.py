@@ -197,3 +197,21 @@ def test_kill_during_upload_then_retry(tmp_path):
         assert "stopped" in d.read_log()
     finally:
         d.stop()
+
+
+def test_idle_connections_do_not_block_others(door, tmp_path):
+    import socket
+    idle = []
+    try:
+        for _ in range(200):
+            idle.append(socket.create_connection(("127.0.0.1", door.port), timeout=5))
+        local = LayoutRepo(str(tmp_path / "l"), create=True)
+        make_image(local, "busy", "1")
+        t0 = time.monotonic()
+        with door.open("rw") as r:
+            copy(parse("busy:1"), local, r)
+            assert r.get_ref("busy", "1") == local.get_ref("busy", "1")
+        assert time.monotonic() - t0 < 20
+    finally:
+        for s in idle:
+            s.close()
