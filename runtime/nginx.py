@@ -29,8 +29,12 @@ NEXT_UPSTREAM_TIMEOUT = "30s"
 
 
 def nginx_binary() -> str:
-    """The host's nginx, or a clear error naming the package to install."""
-    found = shutil.which("nginx") or next((p for p in NGINX_CANDIDATES if os.access(p, os.X_OK)), None)
+    """The host's nginx (COCKER_NGINX overrides), or a clear error naming the package."""
+    override = os.environ.get("COCKER_NGINX")
+    if override:
+        found = override if os.access(override, os.X_OK) and os.path.isfile(override) else None
+    else:
+        found = shutil.which("nginx") or next((p for p in NGINX_CANDIDATES if os.access(p, os.X_OK)), None)
     if not found:
         raise NotFound("nginx is not installed (services need it: apt-get install nginx-light)")
     return found

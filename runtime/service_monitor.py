@@ -59,11 +59,15 @@ class Monitor:
         if rec.get("state") != "running":
             return
         for r in rec["replicas"]:
-            state, code, _ip = container_state(self.store, r["name"])
+            state, code, ip = container_state(self.store, r["name"])
             if state == "running":
+                if not r.get("active") and ip and _answers(ip, r["port"]):
+                    self.readmit(r["name"], ip)        # started again by hand, or late to serve
                 continue
             if r.get("active"):
                 self.out_of_rotation(r["name"], state, code)
+            if r.get("held"):
+                continue                                # stopped by a user: stays stopped
             if self.should_restart(rec, state, code) and time.monotonic() >= self.next_try.get(r["name"], 0):
                 self.restart(r["name"])
 
@@ -91,9 +95,19 @@ class Monitor:
                 st.save(self.store, rec)
                 log(f"replica {cname} {state} (exit code {code}): out of rotation")
 
+    def readmit(self, cname: str, ip: str) -> None:
+        from runtime.services import apply_rotation
+        with st.service_lock(self.store, self.name, timeout=LOCK_WAIT):
+            rec = st.load(self.store, self.name)
+            for r in rec["replicas"]:
+                if r["name"] == cname and not r.get("active"):
+                    r["ip"], r["active"], r["held"] = ip, True, False
+                    apply_rotation(self.store, rec)
+                    st.save(self.store, rec)
+                    log(f"replica {cname} serves again: back in rotation at {ip}")
+
     def restart(self, cname: str) -> None:
         from runtime import containers
-        from runtime.services import apply_rotation, wait_ready
         now = time.monotonic()
         # a replica that dies soon after a restart waits longer before the next one
         if now - self.started.get(cname, 0) < 10:
@@ -115,21 +129,11 @@ class Monitor:
             except CockerError as e:
                 log(f"replica {cname}: restart failed: {e}")
                 return
-            port = r["port"]
-        try:
-            ip = wait_ready(self.store, cname, port)
-        except CockerError as e:
-            log(f"replica {cname}: restarted but not serving: {e}")
-            return
-        with st.service_lock(self.store, self.name, timeout=30):
-            rec = st.load(self.store, self.name)
-            for r in rec["replicas"]:
-                if r["name"] == cname:
-                    r["ip"], r["active"] = ip, True
-                    r["restarts"] = r.get("restarts", 0) + 1
-                    apply_rotation(self.store, rec)
-                    st.save(self.store, rec)
-                    log(f"replica {cname} restarted: back in rotation at {ip}")
+        from runtime.services import container_state, flush_neighbours
+        ip = container_state(self.store, cname)[2]
+        if ip:
+            flush_neighbours(None, ip)     # a new veth, a new MAC behind the same address
+        log(f"replica {cname} restarted; back in rotation once it serves")
 
 
 class _quiet_stop:
@@ -140,6 +144,15 @@ class _quiet_stop:
 
     def __exit__(self, et, ev, tb) -> bool:
         return et is not None and issubclass(et, (CockerError, OSError))
+
+
+def _answers(ip: str, port: int) -> bool:
+    import socket
+    try:
+        with socket.create_connection((ip, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def _reap() -> None:
@@ -169,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0                                  # another monitor is on duty
     with open(pidfile, "w") as f:
         f.write(f"{os.getpid()}\n")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM keeps its default action (die at once): a Python handler would also run in the
+    # short-lived children that libraries fork (pyroute2 enters namespaces that way), turning
+    # such a child into a second copy of this loop instead of letting it exit
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     log(f"monitoring service {a.name} (pid {os.getpid()})")
     try:
         Monitor(store, a.name).run()

@@ -469,6 +469,21 @@ def join(store, name: str, spec, port: int | None = None) -> dict:
     return rec
 
 
+def stop_member(store, name: str, cname: str, timeout: float = 10) -> None:
+    """`container stop` of a service's replica: out of rotation first, and held — the monitor
+    does not restart what a user stopped (it takes it back once it runs and serves again)."""
+    from runtime import containers
+    with st.service_lock(store, name):
+        rec = st.load(store, name)
+        for r in rec["replicas"]:
+            if r["name"] == cname:
+                r["active"], r["held"] = False, True
+        if rec.get("state") == "running":
+            apply_rotation(store, rec, drain=True)
+        st.save(store, rec)
+    containers.stop(store, cname, timeout=timeout)
+
+
 def _loaded_running(store, name: str) -> dict:
     rec = st.load(store, name)
     if rec.get("state") != "running":

@@ -201,8 +201,14 @@ def serve(home: str, socket_path: str = DEFAULT_SOCKET, listen: str | None = Non
             t.start()
             started.append(s)
         stop = threading.Event()
+        me = os.getpid()
+
+        def on_signal(*_) -> None:
+            if os.getpid() != me:       # a forked child of a library: just go
+                os._exit(0)
+            stop.set()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, on_signal)
         if ready:
             ready()
         while not stop.wait(1):

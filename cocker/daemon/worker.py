@@ -54,8 +54,14 @@ def container_start(store: Store, a: dict) -> dict:
 
 
 def container_stop(store: Store, a: dict) -> dict:
-    from runtime import containers
-    containers.stop(store, a["name"], timeout=float(a.get("timeout", 10)))
+    from runtime import containers, services
+    c = containers.load(store, a["name"])
+    svc = c.labels.get("service")
+    timeout = float(a.get("timeout", 10))
+    if svc and services.st.exists(store, svc):
+        services.stop_member(store, svc, c.name, timeout)   # out of nginx first, not restarted
+    else:
+        containers.stop(store, c.name, timeout=timeout)
     return {"name": a["name"], "stopped": True}
 
 
