@@ -6,14 +6,17 @@ import click
 
 from cocker.commands.image import image
 from cocker.output import print_json
-from builder import archive_formats as af
-from builder import exporters, importers
+
+# Spelled out here so that loading the image group does not import the codec (start-up time).
+IMPORT_FORMATS = ("rootfs-dir", "rootfs-tar", "cockerimage", "oci-dir", "oci-tar",
+                  "docker-archive", "docker-dir")
+EXPORT_FORMATS = ("oci", "docker-archive", "cockerimage", "rootfs")
 
 
 @image.command("import")
-@click.argument("source", type=click.Path(exists=True, dir_okay=True, file_okay=True))
+@click.argument("source", type=click.Path())
 @click.argument("ref", required=False)
-@click.option("--format", "fmt", type=click.Choice(af.FORMATS),
+@click.option("--format", "fmt", type=click.Choice(IMPORT_FORMATS),
               help="Source format (default: detected).")
 @click.option("--source-ref", help="Which image of a multi-image archive (its ref.name or tag).")
 @click.option("--compression", type=click.Choice(["zstd", "gzip"]), default="zstd",
@@ -26,6 +29,7 @@ def import_cmd(ctx, source: str, ref: str | None, fmt: str | None, source_ref: s
     """Import SOURCE as REF: a rootfs directory or tarball, an OCI layout (dir or tar),
     a `docker save` archive or a legacy NAME[:VERSION].cockerimage (REF defaults to
     the name in the file)."""
+    from builder import importers
     progress = ctx.progress()
     try:
         res = importers.import_image(ctx.store, source, ref, source_ref=source_ref,
@@ -42,7 +46,7 @@ def import_cmd(ctx, source: str, ref: str | None, fmt: str | None, source_ref: s
 @image.command("export")
 @click.argument("ref")
 @click.argument("dest", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(exporters.EXPORT_FORMATS),
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS),
               help="oci (a layout dir, or a tar if DEST ends in .tar), docker-archive, "
                    "cockerimage, rootfs (a dir, or .tar/.tar.gz/.tar.zst). "
                    "Default: cockerimage for *.cockerimage, else oci.")
@@ -53,6 +57,7 @@ def import_cmd(ctx, source: str, ref: str | None, fmt: str | None, source_ref: s
 @click.pass_obj
 def export_cmd(ctx, ref: str, dest: str, fmt: str | None, compression: str) -> None:
     """Write image REF to DEST."""
+    from builder import exporters
     progress = ctx.progress()
     try:
         path = exporters.export_image(ctx.store, ref, dest, fmt, compression=compression,
