@@ -99,17 +99,19 @@ def delete_tagged(tag: str) -> int:
     return n
 
 
-def gc_chains() -> None:
-    """Remove cocker's chains and jumps once no rule is left in any of them (under host_lock)."""
+def gc_chains() -> bool:
+    """Remove cocker's chains and jumps once no rule is left in any of them (under host_lock).
+    True if nothing of cocker's is left in iptables."""
     for table, chain in (("nat", DNAT_CHAIN), ("nat", POST_CHAIN), ("filter", FWD_CHAIN)):
         if _rules(table, chain):
-            return
+            return False
     for table, chain, builtin, match, _ in _JUMPS:
         while _iptables("-t", table, "-D", builtin, *match, "-j", chain, check=False).returncode == 0:
             pass
     for table, chain in (("nat", DNAT_CHAIN), ("nat", POST_CHAIN), ("filter", FWD_CHAIN)):
         if _has_chain(table, chain):
             _iptables("-t", table, "-X", chain, check=False)
+    return True
 
 
 def network_tag(store_tag: str, network: str) -> str:

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import multiprocessing
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -34,6 +35,12 @@ def http_get(url: str, wait: float = 10) -> str:
             if time.time() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def bridge_ports(bridge: str) -> set[str]:
+    out = subprocess.run(["ip", "-br", "link", "show", "master", bridge], capture_output=True,
+                         text=True, check=True).stdout
+    return {line.split()[0].split("@")[0] for line in out.splitlines() if line.strip()}
 
 
 def ping(env, ns_name: str, ip: str) -> bool:
@@ -105,8 +112,8 @@ def test_requested_ip_checked(netenv):
     subnet = ipaddress.ip_network(info["subnet"])
     a, b = netenv.netns(), netenv.netns()
     want = str(subnet.network_address + 77)
-    assert netenv.connect(info["name"], "a", a, ip=want)["ip"] == want
-    before = links()
+    ea = netenv.connect(info["name"], "a", a, ip=want)
+    assert ea["ip"] == want
     with pytest.raises(AlreadyExists, match="already in use by a"):
         net.connect(netenv.store, info["name"], "b", netenv.path(b), ip=want)
     for bad in ("10.0.0.5" if not subnet.overlaps(ipaddress.ip_network("10.0.0.0/24"))
@@ -120,8 +127,8 @@ def test_requested_ip_checked(netenv):
         net.connect(netenv.store, "no-such-net", "b", netenv.path(b))
     with pytest.raises(AlreadyExists):
         net.connect(netenv.store, info["name"], "a", netenv.path(b))
-    # Nothing half-made: no new link, no endpoint, b's namespace untouched.
-    assert links() == before
+    # Nothing half-made: no new port on the bridge, no endpoint, b's namespace untouched.
+    assert bridge_ports(info["bridge"]) == {ea["veth"]}
     assert set(ipam.load(netenv.store, info["name"])["endpoints"]) == {"a"}
     assert "eth0" not in netenv.run_in(b, "ip", "-br", "link").stdout
 
@@ -342,3 +349,86 @@ def test_reconnect_after_the_namespace_died(netenv):
     assert ep["veth"] not in links()
     assert not [r for r in netenv.rules() if ":p:svc" in r]  # old mappings went with it
     assert list(ipam.load(netenv.store, "bridge")["endpoints"]) == ["svc"]
+
+
+# ---- end to end: real containers through the CLI ---------------------------------------------
+
+@pytest.fixture
+def ctr_env(netenv, cocker):
+    """netenv plus a busybox image in its store; every container is removed afterwards."""
+    rt = pytest.importorskip("tests.support.runtime")
+    rt.build_busybox(netenv.store, "nbox", "1.0")
+    names: list[str] = []
+
+    def run(*args: str, name: str | None = None) -> str:
+        name = name or unique("ctr")
+        names.append(name)
+        cocker("container", "run", "-d", "--name", name, *args)
+        return name
+
+    def info(name: str) -> dict:
+        return json.loads(cocker("container", "inspect", name, "--json").stdout)
+
+    try:
+        yield netenv, run, info
+    finally:
+        for n in names:
+            cocker("container", "rm", "-f", n, check=False)
+
+
+def test_bridge_containers_reach_each_other(ctr_env, cocker):
+    env, run, info = ctr_env
+    a = run("nbox:1.0", "sleep", "300")
+    b = run("nbox:1.0", "sleep", "300")
+    ia, ib = info(a)["ip"], info(b)["ip"]
+    subnet = ipaddress.ip_network(env.subnet)  # the default network of this test's store
+    assert ipaddress.ip_address(ia) in subnet and ipaddress.ip_address(ib) in subnet and ia != ib
+    listed = {c["name"]: c["ip"] for c in json.loads(cocker("container", "ls", "--json").stdout)}
+    assert listed[a] == ia and listed[b] == ib
+    r = cocker("container", "exec", a, "ping", "-c", "1", "-W", "3", ib, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = cocker("container", "exec", b, "ip", "route", check=False)
+    assert "default via" in r.stdout and r.returncode == 0
+    veths = {e["veth"] for e in ipam.load(env.store, "bridge")["endpoints"].values()}
+    assert len(veths) == 2 and veths <= links()
+    cocker("container", "rm", "-f", a, b)
+    assert not veths & links()
+    assert env.bridge not in links() and not env.rules()
+    assert not ipam.load(env.store, "bridge")["endpoints"]
+
+
+def test_container_port_mapping_from_localhost(ctr_env, cocker):
+    env, run, info = ctr_env
+    port = free_port()
+    web = run("-p", f"127.0.0.1:{port}:80", "nbox:1.0", "httpd", "-f", "-p", "80", "-h", "/var/www")
+    cocker("container", "exec", web, "sh", "-c", "echo served by cocker > /var/www/index.html")
+    assert http_get(f"http://127.0.0.1:{port}/index.html") == "served by cocker\n"
+    assert any(f"--dport {port}" in r and "DNAT" in r for r in env.rules())
+    # The same host port for a second container: one clear line, nothing left behind.
+    before = bridge_ports(env.bridge)
+    other = unique("ctr")
+    r = cocker("container", "run", "-d", "--name", other, "-p", f"127.0.0.1:{port}:80",
+               "nbox:1.0", "sleep", "30", check=False)
+    cocker("container", "rm", "-f", other, check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"{port}" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert bridge_ports(env.bridge) == before
+    assert len([x for x in env.rules() if "DNAT" in x]) == 1
+    cocker("container", "rm", "-f", web)
+    assert not env.rules() and env.bridge not in links()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3)
+
+
+def test_container_fixed_ip_and_none(ctr_env, cocker):
+    env, run, info = ctr_env
+    want = str(ipaddress.ip_network(env.subnet).network_address + 50)
+    a = run("--ip", want, "nbox:1.0", "sleep", "300")
+    assert info(a)["ip"] == want
+    r = cocker("container", "run", "-d", "--name", unique("ctr"), "--ip", want, "nbox:1.0",
+               "sleep", "30", check=False)
+    assert r.returncode != 0 and "already in use" in r.stderr and "Traceback" not in r.stderr
+    n = run("--net", "none", "nbox:1.0", "sleep", "300")
+    out = cocker("container", "exec", n, "ip", "-o", "link").stdout
+    assert [line.split(":")[1].strip() for line in out.splitlines()] == ["lo"]
+    assert "UP" in out
