@@ -58,7 +58,7 @@ def raw_terminal(fd: int) -> Iterator[bool]:
     import tty
     old = termios.tcgetattr(fd)
     try:
-        tty.setraw(fd)
+        tty.setraw(fd, termios.TCSANOW)   # not TCSAFLUSH: keep what was typed already
         yield True
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, old)
