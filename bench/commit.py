@@ -140,11 +140,19 @@ def main() -> None:
         t_tar2 = timed(lambda: run(["sh", "-c", f"tar -C {c.upper_dir} -cf - . | zstd -q -T0 -3 "
                                                f"-o {out}"]))
         t_cocker2 = timed(lambda: run(cli + ["bench/commit:2"], env=env, cwd=os.path.dirname(HERE)))
+        from registry import layer_tar
+
+        def pack_only() -> None:
+            with open(out, "wb") as f:
+                layer_tar.pack_dir(c.upper_dir, f, overlay_upper=True)
+        t_pack = timed(pack_only)
+        os.unlink(out)
         t_bh = None if args.no_buildah else bench_buildah(work, c.upper_dir)
         print(f"{'':28}{'seconds':>9}{'size MB':>10}")
         print(f"{'tar -c | zstd -T0 -3':28}{min(t_tar, t_tar2):9.2f}{tar_size / 1e6:10.1f}")
         print(f"{'cocker container commit':28}{min(t_cocker, t_cocker2):9.2f}"
               f"{layer['size'] / 1e6:10.1f}")
+        print(f"{'  of which codec pack_dir':28}{t_pack:9.2f}   (registry.layer_tar, in-process)")
         if t_bh is not None:
             print(f"{'buildah commit (oci)':28}{t_bh:9.2f}")
         print(f"runs: tar {t_tar:.2f}/{t_tar2:.2f}  cocker {t_cocker:.2f}/{t_cocker2:.2f}")

@@ -303,6 +303,12 @@ def _copy_layer(store, st: _State, step: Step, plan: list, sde: int | None):
                 os.symlink(os.readlink(src), target)
                 os.lchown(target, uid, gid)
             else:
+                lower = _lookup(trees, rel)
+                if lower is not None and stat.S_ISDIR(lower.st_mode):
+                    # `copy = ["f", "/tmp"]`: /tmp is a directory in the image, copy into it
+                    inner = f"{rel}/{os.path.basename(src)}"
+                    _parents(stage, inner, trees, step, dirs_meta, now)
+                    target = os.path.join(stage, inner)
                 shutil.copyfile(src, target)
                 os.chown(target, uid, gid)
                 os.chmod(target, step.mode if step.mode is not None else mode)

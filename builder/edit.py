@@ -14,8 +14,7 @@ from typing import Callable
 from builder import commit as commitmod
 from builder import versioning
 from registry import image as imagemod
-from registry.errors import CockerError, NotFound
-from registry.reference import Reference
+from registry.errors import CockerError, NotFound, UsageError
 
 
 @dataclass
@@ -23,7 +22,8 @@ class EditResult:
     container: str
     kept: bool
     shell_exit: int
-    result: commitmod.CommitResult | None     # None: nothing changed
+    result: commitmod.CommitResult | None     # None: nothing changed (or detached)
+    detached: bool = False
 
 
 def edit(store, ref: str, *, to: str | None = None, bump: str | None = None,
@@ -31,6 +31,9 @@ def edit(store, ref: str, *, to: str | None = None, bump: str | None = None,
          message: str | None = None, author: str | None = None, force: bool = False,
          net: str = "none", log: Callable[[str], None] = lambda s: None) -> EditResult:
     from runtime import containers
+    if not os.isatty(0):
+        raise UsageError("image edit opens an interactive shell: run it on a terminal "
+                         "(for scripted changes use `cocker image build`)")
     img = imagemod.load(store, ref)
     if to:
         target = versioning.target(store, to, bump, force=force)
@@ -44,9 +47,9 @@ def edit(store, ref: str, *, to: str | None = None, bump: str | None = None,
         f"{target}")
     try:
         code = containers.run(store, spec, rm=False, interactive=True)
-        with contextlib.suppress(CockerError):
-            if containers.load(store, cname).state() == "running":
-                containers.stop(store, cname)
+        if containers.load(store, cname).state() == "running":
+            # detached (ctrl-p ctrl-q): the user wants it to go on; commit later by hand
+            return EditResult(cname, True, code, None, detached=True)
         try:
             res = commitmod.commit(store, cname, target, message=message, author=author,
                                    force=force, changes=[])

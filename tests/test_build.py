@@ -161,3 +161,22 @@ def test_copy_outside_the_context_or_missing_is_refused(store, busybox_image, tm
         p = cocker("image", "build", str(ctx), "--tag", "x:1", check=False)
         assert p.returncode != 0 and words in p.stderr and "cocker-build.toml:2:" in p.stderr
     assert store.list_refs("x") == []
+
+
+def test_copy_into_existing_dirs_keeps_their_attributes(store, busybox_image, tmp_path, cocker):
+    ctx = tmp_path / "c"
+    ctx.mkdir()
+    (ctx / "f").write_text("F\n")
+    (ctx / "cocker-build.toml").write_text(textwrap.dedent("""\
+        from = "busybox:1.0"
+        [[step]]
+        copy = ["f", "/tmp"]
+        [[step]]
+        copy = { from = "f", to = "/tmp/sub/", mode = "0700", owner = "1000:1000" }
+        """))
+    cocker("image", "build", str(ctx), "--tag", "cp:1")
+    with image_view(store, "cp:1") as m:
+        assert listing(m)["tmp/f"] == "F\n"
+        assert oct(os.stat(os.path.join(m, "tmp")).st_mode & 0o7777) == "0o1777"
+        st = os.stat(os.path.join(m, "tmp/sub/f"))
+        assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o700, 1000, 1000)

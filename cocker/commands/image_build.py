@@ -36,6 +36,7 @@ def build_cmd(ctx, context: str, recipe_path: str | None, tag: str | None, bump:
     from builder import build as buildmod
     from builder import recipe as recipemod
     from builder import versioning
+    from registry import reference as refmod
     from registry.errors import UsageError
     args: dict[str, str] = {}
     for a in build_args:
@@ -48,6 +49,9 @@ def build_cmd(ctx, context: str, recipe_path: str | None, tag: str | None, bump:
     ref = tag or recipe.tag
     if not ref:
         raise UsageError(f"{path}: no tag in the recipe; give --tag NAME[:VERSION]")
+    if bump and not tag:
+        ref = refmod.parse(ref).name     # --bump replaces the recipe tag's version
+
     target = versioning.target(ctx.store, ref, bump, force=force)
     log = _err if as_json else click.echo
     # A failing step's output was logged as it came; BuildFailed then exits non-zero.
@@ -82,14 +86,18 @@ def edit_cmd(ctx, ref: str, to: str | None, bump: str | None, keep: bool, shell:
     from builder import edit as editmod
     res = editmod.edit(ctx.store, ref, to=to, bump=bump, keep=keep, shell=shell, name=name,
                        message=message, author=author, force=force, net=net, log=_err)
+    if res.detached:
+        click.echo(f"detached: container {res.container} keeps running; commit it with "
+                   f"cocker container commit --pause {res.container} NAME --bump patch")
+        return
     if res.result is None:
         click.echo("no changes; nothing committed")
     else:
         s = res.result.summary()
         click.echo(f"{s['reference']}  {s['digest']}")
     if res.kept:
-        click.echo(f"container {res.container} kept: cocker container commit "
-                   f"{res.container} NAME --bump patch")
+        click.echo(f"container {res.container} kept: commit later changes with "
+                   f"cocker container commit {res.container} NAME --bump patch")
 
 
 @image.command("squash")
