@@ -166,3 +166,22 @@ def published() -> list[tuple[str, int, str, str]]:
             host = rule[rule.index("-d") + 1].split("/")[0] if "-d" in rule else "0.0.0.0"
             out.append((host, port, proto, _comment(rule) or ""))
     return out
+
+
+def forget_udp_flows(mappings: list[Mapping]) -> None:
+    """Drop conntrack entries for the UDP host ports: a flow seen before the mapping existed
+    (or pointing at a previous container) would otherwise bypass the new DNAT until it times
+    out. Best effort: without conntrack support there is nothing to forget."""
+    ports = {m.host_port for m in mappings if m.proto == "udp"}
+    if not ports:
+        return
+    try:
+        from pyroute2 import Conntrack
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+        with contextlib.closing(Conntrack()) as ct:
+            for port in ports:
+                for entry in list(ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=17, dport=port))):
+                    with contextlib.suppress(Exception):
+                        ct.delete(entry)
+    except Exception:  # noqa: BLE001 - best effort, see above
+        pass

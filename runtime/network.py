@@ -399,6 +399,7 @@ def publish(store, owner: str, ip: str, ports: list[str]) -> None:
         before = [portmap.from_json(p) for p in mine["ports"]]
         try:
             nat.add_port_rules(otag, ip, rec["bridge"], mappings)
+            nat.forget_udp_flows(mappings)
             mine["ports"] += [portmap.to_json(m) for m in mappings]
             table[owner] = mine
             portmap.save_table(store, table)
@@ -418,6 +419,8 @@ def unpublish(store, owner: str) -> None:
             _require_root("removing port mappings")
             with _in_netns(table.get(owner, {}).get("host_ns")):
                 nat.delete_tagged(nat.owner_tag(ipam.store_tag(store), owner))
+                nat.forget_udp_flows([portmap.from_json(p) for p in
+                                      table.get(owner, {}).get("ports", [])])
                 _gc_host()
         if table.pop(owner, None) is not None:
             portmap.save_table(store, table)

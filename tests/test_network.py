@@ -242,11 +242,13 @@ def test_port_mappings_from_localhost(netenv, tmp_path):
             "s.bind(('0.0.0.0',5353))\nwhile True:\n d,a=s.recvfrom(100)\n s.sendto(b'echo:'+d,a)\n")
     netenv.spawn(a, sys.executable, "-c", echo)
     tport, uport = free_port(), free_port()
+    early = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    early.sendto(b"too early", ("127.0.0.1", uport))  # a conntrack entry without DNAT
     net.publish(netenv.store, "web", ep["ip"], [f"127.0.0.1:{tport}:80", f"{uport}:5353/udp"])
     assert any("DNAT" in r and f"--dport {tport}" in r for r in netenv.rules())
     assert http_get(f"http://127.0.0.1:{tport}/index.html") == "hello from the netns\n"
     reply = b""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+    with early as u:  # the same flow as before the mapping: it must be NATed now
         u.settimeout(1)
         for _ in range(10):
             u.sendto(b"hi", ("127.0.0.1", uport))
