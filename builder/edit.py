@@ -29,7 +29,7 @@ class EditResult:
 def edit(store, ref: str, *, to: str | None = None, bump: str | None = None,
          keep: bool = False, shell: str = "/bin/sh", name: str | None = None,
          message: str | None = None, author: str | None = None, force: bool = False,
-         net: str = "none", log: Callable[[str], None] = lambda s: None) -> EditResult:
+         net: str = "bridge", log: Callable[[str], None] = lambda s: None) -> EditResult:
     from runtime import containers
     if not os.isatty(0):
         raise UsageError("image edit opens an interactive shell: run it on a terminal "

@@ -53,7 +53,8 @@ def drive(args: list[str], lines: list[str], timeout: float = 60) -> tuple[int, 
 
 
 def test_edit_commits_the_next_version(store, busybox_image, cleanup_containers):
-    code, out = drive(["image", "edit", "busybox:1.0", "-m", "edited by hand"],
+    code, out = drive(["image", "edit", "busybox:1.0", "-m", "edited by hand",
+                       "--net", "none"],
                       ["echo edited > /edited; rm /etc/motd", "exit"])
     assert code == 0, out
     assert "busybox:1.0.1" in out
@@ -69,7 +70,7 @@ def test_edit_commits_the_next_version(store, busybox_image, cleanup_containers)
 def test_edit_without_changes_and_keep(store, busybox_image, cleanup_containers):
     name = f"ed{os.getpid()}"
     code, out = drive(["image", "edit", "busybox:1.0", "--keep", "--name", name,
-                       "--to", "kept:1"], ["ls /", "exit"])
+                       "--to", "kept:1", "--net", "none"], ["ls /", "exit"])
     assert code == 0, out
     assert "no changes" in out and store.get_ref("kept", "1") is None
     from runtime import containers

@@ -74,8 +74,9 @@ def build_cmd(ctx, context: str, recipe_path: str | None, tag: str | None, bump:
 @click.option("--name", help="Container name (default edit-IMAGE-PID).")
 @click.option("-m", "--message", help="Comment for the new version's history.")
 @click.option("--author", help="Author recorded in the new version.")
-@click.option("--net", default="none", show_default=True,
-              help="Network of the edit container: none, host, bridge or a named network.")
+@click.option("--net", default="bridge", show_default=True,
+              help="Network of the edit container (as `container run`): bridge, host, none "
+                   "or a named network.")
 @click.option("--force", is_flag=True, help="Replace the target version if it exists.")
 @click.pass_obj
 def edit_cmd(ctx, ref: str, to: str | None, bump: str | None, keep: bool, shell: str,
