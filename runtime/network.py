@@ -23,7 +23,7 @@ import time
 from typing import Iterator
 
 from registry.errors import AlreadyExists, Conflict, NotFound, PermissionDenied, UsageError
-from runtime import ipam, nat, portmap
+from runtime import hostns, ipam, nat, portmap
 from runtime import netns as ns
 from runtime.netns import delete_netns, new_netns, setup_none  # noqa: F401  (public API)
 
@@ -41,80 +41,10 @@ def _locked(store) -> Iterator[None]:
         yield
 
 
-def _self_ns() -> str | None:
-    try:
-        return _ns_id("/proc/thread-self/ns/net")
-    except OSError:
-        return None
-
-
-HOST_NS_PIN = "/run/cocker/host-net"
-
-
-def _pin_host_ns() -> None:
-    """Bind-mount the namespace our bridges live in at HOST_NS_PIN (like `ip netns add`), so
-    a process elsewhere — a container's supervisor tearing down its network from inside the
-    container's namespace — can find its way back. Removed with cocker's last rule."""
-    me = _self_ns()
-    with contextlib.suppress(OSError):
-        if _ns_id(HOST_NS_PIN) == me:
-            return
-    from runtime import syscalls
-    with contextlib.suppress(OSError):
-        with open(os.path.join("/proc/self/mountinfo")) as f:
-            if any(line.split()[4] == HOST_NS_PIN for line in f):
-                return                      # pinned by a cocker in another namespace: leave it
-        os.makedirs(os.path.dirname(HOST_NS_PIN), exist_ok=True)
-        open(HOST_NS_PIN, "a").close()
-        syscalls.mount("/proc/thread-self/ns/net", HOST_NS_PIN, None, syscalls.MS_BIND)
-
-
-def _unpin_host_ns() -> None:
-    from runtime import syscalls
-    with contextlib.suppress(OSError):
-        if _ns_id(HOST_NS_PIN) == _self_ns():
-            syscalls.umount2(HOST_NS_PIN, syscalls.MNT_DETACH)
-    with contextlib.suppress(OSError):
-        os.unlink(HOST_NS_PIN)
-
-
 def _gc_host() -> None:
     """After a removal: drop the chains, and the namespace pin, once nothing of cocker's is left."""
     if nat.gc_chains():
-        _unpin_host_ns()
-
-
-@contextlib.contextmanager
-def _in_netns(want: str | None) -> Iterator[None]:
-    """Run the block in the namespace where a network's bridge lives (`want`, recorded when
-    the bridge was made), even when the caller sits elsewhere — e.g. a container's
-    supervisor, which tears down its network from inside the container's namespace."""
-    if not want or _self_ns() in (None, want):
-        yield
-        return
-    target = None
-    for cand in (HOST_NS_PIN, "/proc/1/ns/net"):
-        with contextlib.suppress(OSError):
-            fd = os.open(cand, os.O_RDONLY | os.O_CLOEXEC)
-            st = os.fstat(fd)
-            if f"{st.st_dev}:{st.st_ino}" == want:
-                target = fd
-                break
-            os.close(fd)
-    if target is None:
-        yield                               # nowhere better to go: do what we can here
-        return
-    from runtime import syscalls
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        syscalls.setns(target, syscalls.CLONE_NEWNET)   # this thread only; children inherit it
-        try:
-            yield
-        finally:
-            syscalls.setns(own, syscalls.CLONE_NEWNET)
-    finally:
-        os.close(own)
-        os.close(target)
+        hostns.unpin()
 
 
 def _alias(store, rec: dict) -> str:
@@ -150,8 +80,8 @@ def _bring_up(store, rec: dict) -> bool:
                             f"{rec['name']}'s bridge; choose another bridge name")
     _check_free_subnet(store, rec, subnet)
     ns.ensure_bridge(rec["bridge"], _alias(store, rec), rec["gateway"], subnet.prefixlen)
-    rec["host_ns"] = _self_ns()
-    _pin_host_ns()
+    rec["host_ns"] = hostns.self_ns()
+    hostns.pin()
     try:
         nat.ensure_network_rules(nat.network_tag(ipam.store_tag(store), rec["name"]),
                                  rec["subnet"], rec["bridge"])
@@ -237,7 +167,7 @@ def remove_network(store, name: str) -> None:
         if rec["endpoints"]:
             raise Conflict(f"network {name} is in use by {', '.join(sorted(rec['endpoints']))}; "
                            "remove those containers first")
-        with _in_netns(rec.get("host_ns")):
+        with hostns.entered(rec.get("host_ns")):
             _tear_down(store, rec)
         ipam.delete(store, name)
 
@@ -289,7 +219,7 @@ def connect(store, network: str, owner: str, netns_path: str, ip: str | None = N
         raise NotFound(f"network namespace {netns_path} does not exist")
     with _locked(store):
         rec = ipam.load_or_default(store, network)
-        ino = _ns_id(netns_path)
+        ino = hostns.ns_id(netns_path)
         old = rec["endpoints"].get(owner)
         if old is not None:
             if old.get("netns_id") == ino or _alive(old):
@@ -303,7 +233,7 @@ def connect(store, network: str, owner: str, netns_path: str, ip: str | None = N
         while ns.link_exists(veth):
             veth = ipam.veth_name(store, rec, owner)
         created = _bring_up(store, rec)
-        _pin_host_ns()
+        hostns.pin()
         prefix = ipaddress.ip_network(rec["subnet"]).prefixlen
         # Recorded before the kernel work: after a crash, cleanup_owner finds the veth.
         rec["endpoints"][owner] = {"ip": addr, "veth": veth, "ifname": ifname, "netns": netns_path,
@@ -331,7 +261,7 @@ def disconnect(store, network: str, owner: str) -> None:
         if rec is None or owner not in rec["endpoints"]:
             return
         _require_root("disconnecting from a bridge network")
-        with _in_netns(rec.get("host_ns")):
+        with hostns.entered(rec.get("host_ns")):
             _drop_endpoint(store, rec, owner)
             if rec.get("default") and not rec["endpoints"]:
                 _tear_down(store, rec)
@@ -339,15 +269,10 @@ def disconnect(store, network: str, owner: str) -> None:
             _gc_host()
 
 
-def _ns_id(path: str) -> str:
-    st = os.stat(path)
-    return f"{st.st_dev}:{st.st_ino}"
-
-
 def _alive(ep: dict) -> bool:
     """Is the namespace an endpoint was made for still there (same path, same namespace)?"""
     try:
-        return _ns_id(ep["netns"]) == ep.get("netns_id") and ns.link_exists(ep["veth"])
+        return hostns.ns_id(ep["netns"]) == ep.get("netns_id") and ns.link_exists(ep["veth"])
     except (OSError, KeyError):
         return False
 
@@ -384,7 +309,7 @@ def publish(store, owner: str, ip: str, ports: list[str]) -> None:
             raise NotFound(f"{owner} has no address {ip} on any bridge network")
         table = portmap.load_table(store)
         mine = table.get(owner, {"ip": ip, "bridge": rec["bridge"], "ports": [],
-                                 "host_ns": _self_ns()})
+                                 "host_ns": hostns.self_ns()})
         if mine["ip"] != ip:
             raise Conflict(f"{owner} already publishes ports for address {mine['ip']}")
         for m in mappings:
@@ -417,7 +342,7 @@ def unpublish(store, owner: str) -> None:
         table = portmap.load_table(store)
         if owner in table or os.geteuid() == 0:
             _require_root("removing port mappings")
-            with _in_netns(table.get(owner, {}).get("host_ns")):
+            with hostns.entered(table.get(owner, {}).get("host_ns")):
                 nat.delete_tagged(nat.owner_tag(ipam.store_tag(store), owner))
                 nat.forget_udp_flows([portmap.from_json(p) for p in
                                       table.get(owner, {}).get("ports", [])])
