@@ -604,3 +604,70 @@ def test_basic_auth_header_parsing():
     assert a.authenticate("Basic " + base64.b64encode(b":").decode()).who == "-"
     assert a.authenticate("Basic !!!") is None
     assert hashlib  # keep import for readers
+
+
+def test_eight_pulls_and_four_pushes_at_once(door, src, tmp_path):
+    import concurrent.futures as cf
+    for i in range(4):
+        make_image(src, f"conc/push{i}", "1", extra_layers=[os.urandom(1 << 20)])
+    make_image(src, "conc/pull", "1", extra_layers=[os.urandom(2 << 20)])
+    copy(refmod.parse("conc/pull:1"), src, HttpRepo(door.url, token=TOKEN))
+
+    def push(i: int) -> str:
+        return copy(refmod.parse(f"conc/push{i}:1"), src, HttpRepo(door.url, token=TOKEN)).digest
+
+    def pull(i: int) -> str:
+        back = LayoutRepo(str(tmp_path / f"pull{i}"), create=True)
+        res = copy(refmod.parse("conc/pull:1"), HttpRepo(door.url), back)
+        assert back.fsck() == []
+        return res.digest
+
+    with cf.ThreadPoolExecutor(12) as pool:
+        futs = [pool.submit(push, i) for i in range(4)] + [pool.submit(pull, i) for i in range(8)]
+        digests = [f.result(timeout=120) for f in futs]
+    assert len(set(digests[4:])) == 1
+    repo = LayoutRepo(door.root)
+    for i in range(4):
+        assert repo.get_ref(f"conc/push{i}", "1") == digests[i]
+
+
+def test_gc_during_a_push(tmp_path, src):
+    import threading
+    from srepo_server import http_store
+    srv = SrepoHttp(str(tmp_path / "repo"), str(tmp_path))
+    try:
+        make_image(src, "gcpush/app", "1", extra_layers=[os.urandom(6 << 20) for _ in range(3)])
+        repo = LayoutRepo(srv.root)
+        stop = threading.Event()
+        runs = []
+
+        def collect() -> None:
+            while not stop.is_set():
+                runs.append(http_store.gc(repo, grace=3600))
+
+        t = threading.Thread(target=collect)
+        t.start()
+        try:
+            copy(refmod.parse("gcpush/app:1"), src, HttpRepo(srv.url, token=TOKEN))
+        finally:
+            stop.set()
+            t.join(30)
+        assert runs and repo.fsck() == []
+        assert http_store.gc(repo, grace=3600) == (0, 0)
+        assert repo.get_ref("gcpush/app", "1") == src.get_ref("gcpush/app", "1")
+    finally:
+        srv.stop()
+
+
+def test_cocker_cli_push_and_pull_over_http(door, store, cocker, tmp_path):
+    d = make_image(store, "cli/app", "1.0")
+    env = {"COCKER_REGISTRY_TOKEN": TOKEN}
+    p = cocker("image", "push", "cli/app:1.0", "--repo", door.url + "/team", env=env)
+    assert d in p.stdout
+    assert LayoutRepo(door.root).get_ref("team/cli/app", "1.0") == d
+    store.delete_ref("cli/app", "1.0")
+    p = cocker("image", "pull", "cli/app", "--repo", door.url + "/team", env=env)
+    assert store.get_ref("cli/app", "1.0") == d
+    p = cocker("image", "push", "cli/app:1.0", "--repo", door.url + "/team", check=False,
+               env={"COCKER_REGISTRY_TOKEN": "not-a-valid-token"})
+    assert p.returncode != 0 and "Traceback" not in p.stderr

@@ -1,0 +1,165 @@
+"""Push and pull a ~500 MB image through srepo-server's HTTP door and through docker-registry
+(the CNCF distribution registry), skopeo as the client for both; then 8 concurrent pulls.
+
+    python3 bench/server_http.py [--size-mb 500] [--layers 5] [--pulls 8] [--workdir DIR]
+
+One run each, side by side, ratios printed (door time / docker-registry time: < 1 is faster).
+Both servers listen on 127.0.0.1; the door needs a token (as it would in use), the registry
+runs without auth (its default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from registry import digest as digestmod  # noqa: E402
+from registry import oci  # noqa: E402
+from registry.layout import LayoutRepo  # noqa: E402
+from tests.support.http_servers import TOKEN, DockerRegistry, SrepoHttp  # noqa: E402
+
+SKOPEO = shutil.which("skopeo")
+
+
+def make_big_image(root: str, size_mb: int, layers: int) -> tuple[LayoutRepo, int]:
+    """Random (incompressible) gzip layers, built once and reused from --workdir."""
+    repo = LayoutRepo(root, create=True)
+    if repo.get_ref("bench", "1"):
+        d = repo.get_ref("bench", "1")
+        m = oci.parse_manifest(repo.read_blob(d))
+        return repo, sum(x["size"] for x in m["layers"])
+    per = size_mb * (1 << 20) // layers
+    descs, diff_ids, total = [], [], 0
+    for i in range(layers):
+        tmp = repo.new_tmp_path("bench")
+        comp = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip framing, fastest level
+        rh, gh = hashlib.sha256(), hashlib.sha256()
+        size = 0
+        with open(tmp, "wb") as f:
+            header = _tar_header(f"layer{i}.bin", per)
+            body = [header]
+            left = per
+            while left:
+                n = min(left, 4 << 20)
+                body.append(os.urandom(n))
+                left -= n
+            pad = (-per) % 512
+            body.append(b"\0" * pad + b"\0" * 1024)
+            for part in body:
+                rh.update(part)
+                out = comp.compress(part)
+                gh.update(out)
+                f.write(out)
+                size += len(out)
+            out = comp.flush()
+            gh.update(out)
+            f.write(out)
+            size += len(out)
+        d = "sha256:" + gh.hexdigest()
+        repo.ingest(tmp, d)
+        descs.append(oci.descriptor(oci.LAYER_GZIP, d, size))
+        diff_ids.append("sha256:" + rh.hexdigest())
+        total += size
+    cfg = oci.canonical_json(oci.new_config(diff_ids, created="2024-01-01T00:00:00Z"))
+    repo.put_blob_bytes(digestmod.of_bytes(cfg), cfg)
+    man = oci.canonical_json(oci.new_manifest(cfg, descs))
+    md = digestmod.of_bytes(man)
+    repo.put_blob_bytes(md, man)
+    repo.put_ref("bench", "1", md)
+    return repo, total
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    import tarfile
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mode, ti.mtime = size, 0o644, 0
+    return ti.tobuf(format=tarfile.PAX_FORMAT)
+
+
+def skopeo(*args: str) -> float:
+    t = time.monotonic()
+    p = subprocess.run([SKOPEO, "copy", "-q", *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"skopeo copy {' '.join(args)} failed: {p.stderr.strip()}")
+    return time.monotonic() - t
+
+
+def concurrent_pulls(src_ref: str, dest_root: str, n: int, creds: list[str]) -> float:
+    os.makedirs(dest_root, exist_ok=True)
+    t = time.monotonic()
+    procs = []
+    for i in range(n):
+        dest = os.path.join(dest_root, f"p{i}")
+        procs.append(subprocess.Popen([SKOPEO, "copy", "-q", "--src-tls-verify=false", *creds,
+                                       src_ref, f"oci:{dest}:bench:1"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"concurrent pull failed: {err.decode().strip()}")
+    dt = time.monotonic() - t
+    shutil.rmtree(dest_root, ignore_errors=True)
+    return dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-mb", type=int, default=500)
+    ap.add_argument("--layers", type=int, default=5)
+    ap.add_argument("--pulls", type=int, default=8)
+    ap.add_argument("--workdir", help="keep the source image here between runs")
+    a = ap.parse_args()
+    if not SKOPEO or not shutil.which("docker-registry"):
+        raise SystemExit("needs skopeo and docker-registry")
+    work = a.workdir or tempfile.mkdtemp(prefix="bench-http-")
+    os.makedirs(work, exist_ok=True)
+    t = time.monotonic()
+    src, total = make_big_image(os.path.join(work, f"src-{a.size_mb}-{a.layers}"), a.size_mb,
+                                a.layers)
+    mb = total / (1 << 20)
+    print(f"image: {a.layers} gzip layers, {mb:.0f} MiB (built in {time.monotonic() - t:.1f}s)")
+    run = tempfile.mkdtemp(prefix="run-", dir=work)
+    door = SrepoHttp(os.path.join(run, "door-repo"), run, anonymous_read=False)
+    reg = DockerRegistry(run)
+    door_creds = ["--src-creds", f"bench:{TOKEN}"]
+    results: dict[str, dict[str, float]] = {"door": {}, "docker-registry": {}}
+    try:
+        for label, hp, push_creds, pull_creds in (
+                ("door", door.hostport, ["--dest-creds", f"bench:{TOKEN}"], door_creds),
+                ("docker-registry", reg.hostport, [], [])):
+            ref = f"docker://{hp}/bench/app:1"
+            results[label]["push"] = skopeo("--dest-tls-verify=false", *push_creds,
+                                            f"oci:{src.root}:bench:1", ref)
+            dest = os.path.join(run, f"pull-{label}")
+            results[label]["pull"] = skopeo("--src-tls-verify=false", *pull_creds, ref,
+                                            f"oci:{dest}:bench:1")
+            shutil.rmtree(dest, ignore_errors=True)
+            results[label]["pulls"] = concurrent_pulls(ref, os.path.join(run, f"cc-{label}"),
+                                                       a.pulls, pull_creds)
+    finally:
+        door.stop()
+        reg.stop()
+        shutil.rmtree(run, ignore_errors=True)
+        if not a.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"{'':24}{'srepo-server':>14}{'docker-registry':>18}{'ratio':>8}")
+    for key, what in (("push", "push (skopeo)"), ("pull", "pull (skopeo)"),
+                      ("pulls", f"{a.pulls} concurrent pulls")):
+        d, r = results["door"][key], results["docker-registry"][key]
+        print(f"{what:24}{d:>13.2f}s{r:>17.2f}s{d / r:>8.2f}")
+    for key, n in (("push", 1), ("pull", 1), ("pulls", a.pulls)):
+        d, r = results["door"][key], results["docker-registry"][key]
+        print(f"throughput {key:6} MiB/s: door {n * mb / d:7.0f}   docker-registry {n * mb / r:7.0f}")
+
+
+if __name__ == "__main__":
+    main()
