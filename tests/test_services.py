@@ -1,0 +1,215 @@
+"""Services: replicas (busybox httpd serving their hostnames) behind a real nginx in its own
+network namespace, reached from 127.0.0.1 through the published port.
+
+The scenario tests run in order on one service (module fixture): two replicas answer, scale
+to three, a killed replica costs no request and comes back, a rolling update under load costs
+no request, and `service rm` leaves nothing. Bad-input tests check that a refused create
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+
+import pytest
+
+from tests.conftest import run_cocker
+from tests.support.net import free_port, unique_subnet
+from tests.support.services import (HTTPD, Load, answers, force_cleanup, get, leftovers,
+                                    make_home, unique_name, wait_for)
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
+                                 reason="nginx is not installed")]
+
+
+@pytest.fixture(scope="module")
+def shome(tmp_path_factory) -> str:
+    return make_home(str(tmp_path_factory.mktemp("svc")))
+
+
+def cocker_in(home: str, *args: str, check: bool = True):
+    return run_cocker(*args, check=check, env={"COCKER_HOME": home, "COCKER_QUIET": "1"})
+
+
+@pytest.fixture(scope="module")
+def svc(shome):
+    """A service of 2 replicas published on 127.0.0.1:<free port>."""
+    name, port = unique_name("web"), free_port()
+    state = {"name": name, "port": port, "home": shome}
+    try:
+        cocker_in(shome, "service", "create", name, "--image", "web:1.0", "--replicas", "2",
+                  "--publish", f"127.0.0.1:{port}:8080", "--", *HTTPD)
+        state["bridge"] = json.loads(cocker_in(shome, "service", "inspect", name, "--json").stdout)["bridge"]
+        yield state
+    finally:
+        force_cleanup(shome, name)
+        assert leftovers(shome, name, state.get("bridge")) == []
+
+
+def replicas(home: str, name: str) -> list[dict]:
+    return json.loads(cocker_in(home, "service", "inspect", name, "--json").stdout)["replicas"]
+
+
+def test_two_replicas_both_answer(svc):
+    seen = answers(svc["port"], 30)
+    names = {r["name"] for r in replicas(svc["home"], svc["name"])}
+    assert seen == names and len(seen) == 2
+
+
+def test_ls_and_container_ls_show_the_service(svc):
+    out = json.loads(cocker_in(svc["home"], "service", "ls", "--json").stdout)
+    mine = [s for s in out if s["name"] == svc["name"]]
+    assert mine and mine[0]["running_replicas"] == 2 and mine[0]["image_ref"] == "web:1.0"
+    cs = json.loads(cocker_in(svc["home"], "container", "ls", "--json").stdout)
+    members = [c for c in cs if c.get("service") == svc["name"]]
+    assert len(members) == 2 and all(c["status"] == "running" for c in members)
+
+
+def test_scale_to_three(svc):
+    cocker_in(svc["home"], "service", "scale", svc["name"], "3")
+    seen = answers(svc["port"], 45)
+    assert len(seen) == 3
+    assert seen == {r["name"] for r in replicas(svc["home"], svc["name"])}
+
+
+def test_killed_replica_costs_no_request_and_comes_back(svc):
+    home, name = svc["home"], svc["name"]
+    victim = replicas(home, name)[0]["name"]
+    with Load(svc["port"]) as load:
+        cocker_in(home, "container", "kill", victim)
+        # it leaves the rotation, is restarted and serves again
+        wait_for(lambda: any(r["name"] == victim and r["status"] == "running" and r["active"]
+                             for r in replicas(home, name)), timeout=30)
+        wait_for(lambda: victim in load.bodies or None, timeout=10)
+    assert load.failures == []
+    assert load.ok > 20
+    assert answers(svc["port"], 45) == {r["name"] for r in replicas(home, name)}
+
+
+def test_rolling_update_costs_no_request(svc):
+    home, name = svc["home"], svc["name"]
+    before = {r["name"] for r in replicas(home, name)}
+    with Load(svc["port"]) as load:
+        cocker_in(home, "service", "update", name, "--image", "web:2.0")
+    assert load.failures == []
+    assert load.ok > 20
+    after = replicas(home, name)
+    assert len(after) == 3 and not ({r["name"] for r in after} & before)
+    info = json.loads(cocker_in(home, "service", "inspect", name, "--json").stdout)
+    assert info["image_ref"] == "web:2.0"
+    cs = {c["name"]: c for c in json.loads(cocker_in(home, "container", "ls", "--json").stdout)}
+    assert all(cs[r["name"]]["image"] == "web:2.0" for r in after)
+    assert not (before & set(cs))                     # the old replicas are gone
+
+
+def test_rm_leaves_nothing(svc):
+    home, name = svc["home"], svc["name"]
+    info = json.loads(cocker_in(home, "service", "inspect", name, "--json").stdout)
+    veths = []
+    for r in info["replicas"]:
+        veths.append(r["name"])
+    cocker_in(home, "service", "rm", name)
+    assert leftovers(home, name, svc["bridge"]) == []
+    with pytest.raises(OSError):
+        get(svc["port"], timeout=2)
+    out = cocker_in(home, "service", "inspect", name, check=False)
+    assert out.returncode != 0 and "no such service" in out.stderr
+
+
+# ---- bad input: a clear message and nothing half-created ---------------------------------
+
+def _refused(home: str, name: str, *args: str, expect: str) -> None:
+    p = cocker_in(home, *args, check=False)
+    assert p.returncode != 0, p.stdout
+    assert expect in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert leftovers(home, name) == []
+
+
+def test_bad_input_leaves_nothing(shome, tmp_path):
+    name = unique_name("bad")
+    try:
+        # an image that does not exist
+        _refused(shome, name, "service", "create", name, "--image", "nosuch:1.0",
+                 expect="does not exist")
+        # nginx not installed
+        p = run_cocker("service", "create", name, "--image", "web:1.0", check=False,
+                       env={"COCKER_HOME": shome, "COCKER_NGINX": str(tmp_path / "no-nginx")})
+        assert p.returncode != 0 and "nginx is not installed" in p.stderr
+        assert leftovers(shome, name) == []
+        # a port already bound
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            port = s.getsockname()[1]
+            _refused(shome, name, "service", "create", name, "--image", "web:1.0",
+                     "--publish", f"127.0.0.1:{port}:8080", "--", *HTTPD, expect="already in use")
+        # a replica that never serves: created, then everything undone
+        _refused(shome, name, "service", "create", name, "--image", "web:1.0", "--", "false",
+                 expect="replica")
+        # a JSON file with a wrong type, and one with an unknown field
+        f = tmp_path / "svc.json"
+        f.write_text(json.dumps({"name": name, "bridge-ip": "10.0.1.1", "replicas": "2"}))
+        _refused(shome, name, "service", "add", str(f), expect="'replicas' must be a whole number")
+        f.write_text(json.dumps({"name": name, "bridge_ip": "10.0.1.1"}))
+        _refused(shome, name, "service", "add", str(f), expect="unknown field 'bridge_ip'")
+    finally:
+        force_cleanup(shome, name)
+
+
+def test_duplicate_name_and_overlapping_subnet(shome):
+    a, b = unique_name("dup"), unique_name("ovl")
+    subnet = unique_subnet()
+    try:
+        cocker_in(shome, "service", "create", a, "--image", "web:1.0", "--replicas", "0",
+                  "--subnet", subnet)
+        bridge = json.loads(cocker_in(shome, "service", "inspect", a, "--json").stdout)["bridge"]
+        p = cocker_in(shome, "service", "create", a, "--image", "web:1.0", check=False)
+        assert p.returncode != 0 and f"service {a} already exists" in p.stderr
+        # the first service is untouched
+        assert json.loads(cocker_in(shome, "service", "inspect", a, "--json").stdout)["nginx"]["running"]
+        _refused(shome, b, "service", "create", b, "--image", "web:1.0", "--replicas", "0",
+                 "--subnet", subnet, expect="overlap")
+        cocker_in(shome, "service", "rm", a)
+        assert leftovers(shome, a, bridge) == []
+    finally:
+        force_cleanup(shome, a)
+        force_cleanup(shome, b)
+
+
+def test_brocker_files(shome, tmp_path):
+    """brocker's service file (+ cocker's fields) and a container file joining it, whose
+    `file` is served from /app."""
+    name, port = unique_name("brk"), free_port()
+    subnet = unique_subnet()
+    gw = subnet.rsplit(".", 1)[0] + ".1"
+    page = tmp_path / "index.html"
+    page.write_text("hello from brocker's file\n")
+    sfile, cfile = tmp_path / "service.json", tmp_path / "container.json"
+    sfile.write_text(json.dumps({"name": name, "bridge-ip": gw, "image": "web:1.0", "replicas": 0,
+                                 "publish": f"127.0.0.1:{port}:8080"}))
+    cfile.write_text(json.dumps({"service-name": name, "command": "httpd -f -p 8080 -h /app",
+                                 "copy-file": True, "file": str(page)}))
+    try:
+        cocker_in(shome, "service", "add", str(sfile))
+        info = json.loads(cocker_in(shome, "service", "inspect", name, "--json").stdout)
+        assert info["subnet"] == subnet and info["nginx"]["running"]
+        from registry.store import Store
+        from runtime import brocker_json, services
+        store = Store(shome)
+        bc = brocker_json.container_spec(json.loads(cfile.read_text()), store=store)
+        assert len(bc.spec.name) == 8                         # brocker's sha1 name
+        brocker_json.stage_files(store, bc.spec.name, bc.copies)
+        services.join(store, name, bc.spec, bc.port)
+        assert get(port) == (200, "hello from brocker's file")
+        cs = json.loads(cocker_in(shome, "container", "ls", "--json").stdout)
+        assert [c["service"] for c in cs if c["name"] == bc.spec.name] == [name]
+    finally:
+        force_cleanup(shome, name)
+    assert leftovers(shome, name) == []
+    assert not os.path.exists(os.path.join(shome, "brocker", bc.spec.name))
