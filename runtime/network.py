@@ -191,7 +191,7 @@ def _info(store, rec: dict, brief: bool = False) -> dict:
         active = False
     d = {"name": rec["name"], "subnet": rec["subnet"], "gateway": rec["gateway"],
          "bridge": rec["bridge"], "default": bool(rec.get("default")), "active": active,
-         "created": rec.get("created"), "endpoints": len(rec["endpoints"])}
+         "created": rec.get("created"), "endpoints": sorted(rec["endpoints"])}
     if not brief:
         ports = portmap.load_table(store)
         d["endpoints"] = {o: {"ip": e["ip"], "veth": e["veth"], "netns": e.get("netns"),

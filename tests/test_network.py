@@ -434,3 +434,22 @@ def test_container_fixed_ip_and_none(ctr_env, cocker):
     out = cocker("container", "exec", n, "ip", "-o", "link").stdout
     assert [line.split(":")[1].strip() for line in out.splitlines()] == ["lo"]
     assert "UP" in out
+
+
+def test_default_network_reconfigured(netenv):
+    """`network create bridge --subnet` changes the default network while it is unused."""
+    from tests.support.net import unique_subnet
+    other = unique_subnet()
+    info = net.create_network(netenv.store, "bridge", subnet=other)
+    assert info["subnet"] == other and info["bridge"] == netenv.bridge and not info["active"]
+    a = netenv.netns()
+    ep = netenv.connect("bridge", "a", a)
+    assert ipaddress.ip_address(ep["ip"]) in ipaddress.ip_network(other)
+    with pytest.raises(Conflict, match="in use by a"):
+        net.create_network(netenv.store, "bridge", subnet=netenv.subnet)
+    with pytest.raises(Conflict, match="in use by a"):
+        net.remove_network(netenv.store, "bridge")
+    assert [n["endpoints"] for n in net.list_networks(netenv.store)] == [["a"]]
+    net.disconnect(netenv.store, "bridge", "a")
+    net.remove_network(netenv.store, "bridge")  # back to the settings
+    assert net.get_network(netenv.store, "bridge")["subnet"] == netenv.subnet

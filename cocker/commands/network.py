@@ -36,7 +36,7 @@ def ls_cmd(ctx, as_json: bool) -> None:
         return
     print_table(["NAME", "SUBNET", "GATEWAY", "BRIDGE", "ENDPOINTS", "STATE"],
                 [[n["name"] + (" (default)" if n["default"] else ""), n["subnet"], n["gateway"],
-                  n["bridge"], n["endpoints"], "up" if n["active"] else "down"] for n in nets])
+                  n["bridge"], len(n["endpoints"]), "up" if n["active"] else "down"] for n in nets])
 
 
 @network.command("inspect")
