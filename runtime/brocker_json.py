@@ -296,3 +296,23 @@ def _service_image(store, service: str) -> str | None:
         return service_state.load(store, service)["spec"].get("image")
     except (NotFound, UsageError):
         return None
+
+
+def run_file(store, path: str, *, rm: bool = False, detach: bool = True,
+             interactive: bool = False) -> tuple[str, int | None]:
+    """`cocker container run -f FILE.json` (and brocker's /api/v1/container/run): a container
+    with a `service-name` joins that service (always in the background); one without runs
+    like any container. Returns (container name, exit code when run in the foreground)."""
+    from runtime import containers, services
+    bc = container_spec(read_json(path), store=store, what=path)
+    stage_files(store, bc.spec.name, bc.copies)
+    try:
+        if bc.service:
+            services.join(store, bc.service, bc.spec, bc.port)
+            return bc.spec.name, None
+        code = containers.run(store, bc.spec, rm=rm, detach=detach, interactive=interactive)
+    except BaseException:
+        if not os.path.exists(os.path.join(store.containers_dir, bc.spec.name)):
+            remove_app_dir(store, bc.spec.name)
+        raise
+    return bc.spec.name, None if detach else code

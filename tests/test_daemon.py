@@ -1,0 +1,249 @@
+"""The daemon: brocker's routes, cocker's own, commands through `--host`, a restart that loses
+nothing, and the rules for who may connect. All traffic on 127.0.0.1 or the unix socket."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import run_cocker
+from tests.support.net import free_port, unique_subnet
+from tests.support.services import force_cleanup, get, leftovers, make_home, unique_name, wait_for
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
+                                 reason="nginx is not installed")]
+
+
+class Daemon:
+    def __init__(self, home: str, sock: str, port: int | None, token_file: str | None = None):
+        self.home, self.sock, self.port, self.token_file = home, sock, port, token_file
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Daemon":
+        argv = [sys.executable, "-m", "cocker.main", "daemon", "--socket", self.sock]
+        if self.port:
+            argv += ["--listen", f"127.0.0.1:{self.port}"]
+        if self.token_file:
+            argv += ["--token-file", self.token_file]
+        env = dict(os.environ, COCKER_HOME=self.home)
+        env.pop("COCKER_HOST", None)
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.proc.stderr.read()}")
+            if os.path.exists(self.sock):
+                try:
+                    with socket.socket(socket.AF_UNIX) as s:
+                        s.connect(self.sock)
+                    return self
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError("daemon did not come up")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @property
+    def unix(self) -> str:
+        return f"unix://{self.sock}"
+
+    def call(self, method: str, path: str, body=None, *, tcp: bool = False, headers=None):
+        if tcp:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        else:
+            from cocker.daemon.client import UnixHTTPConnection
+            conn = UnixHTTPConnection(self.sock, timeout=120)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            conn.request(method, path, body=data, headers=headers or {})
+            r = conn.getresponse()
+            raw = r.read()
+            return r.status, (json.loads(raw) if raw.strip() else None)
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def dhome(tmp_path_factory) -> str:
+    return make_home(str(tmp_path_factory.mktemp("daemon")))
+
+
+@pytest.fixture(scope="module")
+def daemon(dhome, tmp_path_factory):
+    sock = str(tmp_path_factory.mktemp("sock") / "cocker.sock")
+    d = Daemon(dhome, sock, free_port()).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        assert not os.path.exists(sock)
+
+
+@pytest.fixture(scope="module")
+def brocker_service(daemon, dhome, tmp_path_factory):
+    """A service added through brocker's route, with one container joined through brocker's
+    container route (its `file` served from /app)."""
+    name, port = unique_name("dsv"), free_port()
+    gw = unique_subnet().rsplit(".", 1)[0] + ".1"
+    page = tmp_path_factory.mktemp("page") / "index.html"
+    page.write_text("served through the daemon\n")
+    state = {"name": name, "port": port}
+    try:
+        status, out = daemon.call("POST", "/api/v1/service/add",
+                                  {"name": name, "bridge-ip": gw, "image": "web:1.0",
+                                   "replicas": 0, "publish": f"127.0.0.1:{port}:8080"})
+        assert status == 201, out
+        state["bridge"] = out["bridge"]
+        status, out = daemon.call("POST", "/api/v1/container/run",
+                                  {"service-name": name, "command": "httpd -f -p 8080 -h /app",
+                                   "copy-file": True, "file": str(page)})
+        assert status == 201, out
+        state["member"] = out["name"]
+        yield state
+    finally:
+        force_cleanup(dhome, name)
+        assert leftovers(dhome, name, state.get("bridge")) == []
+
+
+def test_socket_is_root_only(daemon):
+    mode = os.stat(daemon.sock).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+
+
+def test_brocker_service_and_container_routes(daemon, brocker_service):
+    port, member = brocker_service["port"], brocker_service["member"]
+    assert get(port) == (200, "served through the daemon")
+    for method in ("GET", "POST"):
+        status, out = daemon.call(method, "/api/v1/container/list", tcp=True)
+        assert status == 200 and isinstance(out, list)
+        assert [c.get("service") for c in out if c["name"] == member] == [brocker_service["name"]]
+
+
+def test_brocker_exec_gives_the_containers_init_pid(daemon, brocker_service):
+    status, pid = daemon.call("POST", "/api/v1/container/exec", {"name": brocker_service["member"]},
+                              tcp=True)
+    assert status == 200 and isinstance(pid, int)
+    # brocker's client nsenters that pid: it lives in namespaces of its own
+    assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-o", "-4", "addr"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "eth0" in out
+
+
+def test_brocker_standalone_container_run_and_stop(daemon, dhome):
+    name = unique_name("solo")
+    try:
+        status, out = daemon.call("POST", "/api/v1/container/run",
+                                  {"name": name, "image": "web:1.0", "command": "sleep 300"})
+        assert status == 201 and out["status"] == "running", out
+        status, out = daemon.call("POST", "/api/v1/container/stop", {"name": name})
+        assert status == 200, out
+        status, info = daemon.call("GET", f"/api/v2/containers/{name}")
+        assert status == 200 and info["status"] == "exited"
+    finally:
+        run_cocker("container", "rm", "-f", name, check=False, env={"COCKER_HOME": dhome})
+
+
+def test_errors_are_json_with_statuses(daemon):
+    status, out = daemon.call("POST", "/api/v1/container/stop", {"name": "nosuch"})
+    assert status == 404 and "nosuch" in out["error"]
+    status, out = daemon.call("POST", "/api/v1/service/add", {"name": "x", "bridge-ip": 10})
+    assert status == 400 and "'bridge-ip'" in out["error"]
+    status, out = daemon.call("POST", "/api/v1/service/add", {"name": "x", "colour": "red"})
+    assert status == 400 and "unknown field 'colour'" in out["error"]
+    status, out = daemon.call("POST", "/api/v1/container/run", {"command": "true"})
+    assert status == 400 and "image" in out["error"]
+    status, out = daemon.call("GET", "/api/v1/nothing")
+    assert status == 404
+    status, out = daemon.call("DELETE", "/api/v1/container/list")
+    assert status == 405
+
+
+def test_v2_routes(daemon, brocker_service):
+    status, svcs = daemon.call("GET", "/api/v2/services")
+    assert status == 200 and brocker_service["name"] in [s["name"] for s in svcs]
+    status, imgs = daemon.call("GET", "/api/v2/images")
+    assert status == 200 and {"1.0", "2.0"} <= {i["version"] for i in imgs if i["name"] == "web"}
+    status, img = daemon.call("GET", "/api/v2/images/web%3A1.0")
+    assert status == 200 and img["digest"].startswith("sha256:")
+    status, out = daemon.call("POST", f"/api/v2/services/{brocker_service['name']}/scale",
+                              {"replicas": "two"})
+    assert status == 400
+
+
+def test_commands_through_host(daemon, dhome, brocker_service):
+    env = {"COCKER_HOME": "/nonexistent-home-not-used"}        # the daemon's store is used
+    p = run_cocker("--host", daemon.unix, "service", "ls", "--json", env=env)
+    assert brocker_service["name"] in [s["name"] for s in json.loads(p.stdout)]
+    p = run_cocker("--host", f"http://127.0.0.1:{daemon.port}", "container", "ls", "--json", env=env)
+    assert brocker_service["member"] in [c["name"] for c in json.loads(p.stdout)]
+    p = run_cocker("service", "inspect", "nosuch", check=False,
+                   env={**env, "COCKER_HOST": daemon.unix})
+    assert p.returncode == 1 and p.stderr.strip() == "cocker: error: no such service: nosuch"
+    p = run_cocker("--host", daemon.unix, "container", "run", "-it", "web:1.0", "sh", check=False)
+    assert p.returncode != 0 and "cannot go through a daemon" in p.stderr
+    assert not os.path.exists("/nonexistent-home-not-used")
+
+
+def test_restarted_daemon_loses_nothing(daemon, brocker_service):
+    _, before_c = daemon.call("GET", "/api/v1/container/list")
+    _, before_s = daemon.call("GET", f"/api/v2/services/{brocker_service['name']}")
+    daemon.stop()
+    assert not os.path.exists(daemon.sock)
+    # the service keeps serving without the daemon: nothing lived in it
+    assert get(brocker_service["port"]) == (200, "served through the daemon")
+    daemon.start()
+    _, after_c = daemon.call("GET", "/api/v1/container/list")
+    _, after_s = daemon.call("GET", f"/api/v2/services/{brocker_service['name']}")
+    key = lambda cs: sorted((c["name"], c["status"], c["ip"]) for c in cs)  # noqa: E731
+    assert key(after_c) == key(before_c)
+    assert after_s["replicas"] == before_s["replicas"]
+    assert after_s["monitor_pid"] == before_s["monitor_pid"]
+    p = run_cocker("--host", daemon.unix, "service", "inspect", brocker_service["name"])
+    assert brocker_service["member"] in p.stdout
+
+
+def test_tcp_rules(dhome, tmp_path):
+    p = run_cocker("daemon", "--socket", str(tmp_path / "x.sock"), "--listen", "0.0.0.0:1",
+                   check=False, env={"COCKER_HOME": dhome})
+    assert p.returncode != 0 and "without --token-file" in p.stderr
+    tok = tmp_path / "token"
+    tok.write_text("s3cret-token-for-the-test\n")
+    tok.chmod(0o600)
+    d = Daemon(dhome, str(tmp_path / "t.sock"), free_port(), str(tok)).start()
+    try:
+        status, _ = d.call("GET", "/api/v2/version", tcp=True)
+        assert status == 401
+        status, _ = d.call("GET", "/api/v2/version", tcp=True,
+                           headers={"Authorization": "Bearer wrong"})
+        assert status == 401
+        status, out = d.call("GET", "/api/v2/version", tcp=True,
+                             headers={"Authorization": "Bearer s3cret-token-for-the-test"})
+        assert status == 200 and out["api"] == [1, 2]
+        status, _ = d.call("GET", "/api/v2/version")            # the unix socket: uid checked
+        assert status == 200
+        p = run_cocker("--host", f"http://127.0.0.1:{d.port}", "image", "ls", check=False,
+                       env={"COCKER_TOKEN": "s3cret-token-for-the-test"})
+        assert p.returncode == 0 and "web" in p.stdout
+    finally:
+        d.stop()
