@@ -185,8 +185,16 @@ def relay_pty(master: int, stdin: int = 0) -> None:
         os.close(wake_w)
 
 
-def follow_log(c, from_start: bool = True, follow: bool = True) -> None:
-    """Print the container's log; with `follow`, keep printing until the container stops."""
+def log_size(c) -> int:
+    try:
+        return os.path.getsize(os.path.join(c.dir, "log"))
+    except OSError:
+        return 0
+
+
+def follow_log(c, from_start: bool = True, follow: bool = True, offset: int | None = None) -> None:
+    """Print the container's log (from `offset`, else its start or its end); with `follow`,
+    keep printing until the container stops."""
     path = os.path.join(c.dir, "log")
     try:
         f = open(path, "rb")
@@ -195,7 +203,9 @@ def follow_log(c, from_start: bool = True, follow: bool = True) -> None:
             return
         f = None
     try:
-        if f is not None and not from_start:
+        if f is not None and offset is not None:
+            f.seek(offset)
+        elif f is not None and not from_start:
             f.seek(0, os.SEEK_END)
         while True:
             alive = follow and c.supervisor_alive()

@@ -16,9 +16,7 @@ import errno
 import fcntl
 import json
 import os
-import random
 import re
-import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -234,7 +232,8 @@ def validate_name(name: str) -> str:
 
 def new_name(store) -> str:
     for _ in range(100):
-        n = f"{random.choice(_ADJ)}_{random.choice(_NOUN)}_{os.urandom(2).hex()}"
+        r = os.urandom(4)
+        n = f"{_ADJ[r[0] % len(_ADJ)]}_{_NOUN[r[1] % len(_NOUN)]}_{r[2:].hex()}"
         if not os.path.exists(os.path.join(store.containers_dir, n)):
             return n
     raise RuntimeFailure("could not find a free container name")
@@ -380,6 +379,7 @@ def create(store, spec: ContainerSpec) -> Container:
         atomic_write(os.path.join(cdir, "container.json"),
                      json.dumps(record, indent=1, sort_keys=True).encode())
     except BaseException:
+        import shutil
         shutil.rmtree(cdir, ignore_errors=True)
         raise
     return Container(store, name, record)
@@ -411,7 +411,7 @@ def _plan(c: Container, detached: bool):
 
 
 def _start(store, name: str, *, detached: bool, stdio=None, before_go=None,
-           foreground: bool = False) -> tuple[Container, int]:
+           foreground: bool = False, volatile: bool = False) -> tuple[Container, int]:
     """Start the container; returns it and the supervisor's pid once the workload exec'd."""
     _require_root()
     c = load(store, name)
@@ -422,6 +422,7 @@ def _start(store, name: str, *, detached: bool, stdio=None, before_go=None,
         if state == "dead":
             _cleanup_leftovers(c)
         plan, cg = _plan(c, detached)
+        plan.volatile = volatile
         r = c.record
         cg.create(cpus=r.get("cpus"), cpu_quota=r.get("cpu_quota"), memory=r.get("memory"),
                   pids_limit=r.get("pids_limit"))
@@ -498,12 +499,14 @@ def start(store, name: str, *, attach: bool = False) -> int | None:
     c = load(store, name)
     if attach and c.record.get("tty"):
         return _run_tty(store, name)
+    if not attach:
+        _start(store, name, detached=True)
+        return None
+    from runtime import attach as attachmod
+    offset = attachmod.log_size(c)
     _start(store, name, detached=True)
-    if attach:
-        from runtime import attach as attachmod
-        attachmod.follow_log(c, from_start=True)
-        return wait(store, name)
-    return None
+    attachmod.follow_log(c, offset=offset)     # this run's output only
+    return wait(store, name)
 
 
 def _run_tty(store, name: str) -> int:
@@ -534,7 +537,7 @@ def run(store, spec: ContainerSpec, *, rm: bool = False, detach: bool = False,
             return _run_tty(store, name)
         stdin = 0 if interactive else os.open(os.devnull, os.O_RDONLY)
         try:
-            code = _foreground(store, name, (stdin, 1, 2))
+            code = _foreground(store, name, (stdin, 1, 2), volatile=rm)
         finally:
             if stdin:
                 os.close(stdin)
@@ -552,8 +555,8 @@ def run(store, spec: ContainerSpec, *, rm: bool = False, detach: bool = False,
                 remove(store, name, force=True)
 
 
-def _foreground(store, name: str, stdio: tuple[int, int, int]) -> int:
-    c, pid = _start(store, name, detached=False, stdio=stdio, foreground=True)
+def _foreground(store, name: str, stdio: tuple[int, int, int], volatile: bool = False) -> int:
+    c, pid = _start(store, name, detached=False, stdio=stdio, foreground=True, volatile=volatile)
     old = {}
 
     def forward(sig, _frame):
@@ -593,7 +596,7 @@ def run_captured(store, spec: ContainerSpec, *, rm: bool = True) -> tuple[int, b
     null = os.open(os.devnull, os.O_RDONLY)
     try:
         try:
-            code = _foreground(store, c.name, (null, w, w))
+            code = _foreground(store, c.name, (null, w, w), volatile=rm)
         finally:
             os.close(w)
             os.close(null)
@@ -725,9 +728,27 @@ def remove(store, name: str, force: bool = False) -> None:
             os.rename(c.dir, doomed)
         except FileNotFoundError:
             return
-    shutil.rmtree(doomed, ignore_errors=True)
+    _rmtree(doomed)
     if os.path.exists(doomed):
         raise RuntimeFailure(f"could not remove {doomed} completely")
+
+
+def _rmtree(path: str) -> None:
+    """shutil.rmtree without importing shutil (and with it bz2/lzma) on `run --rm`'s path."""
+    try:
+        for root, dirs, files in os.walk(path, topdown=False):
+            for f in files:
+                os.unlink(os.path.join(root, f))
+            for d in dirs:
+                p = os.path.join(root, d)
+                if os.path.islink(p):
+                    os.unlink(p)
+                else:
+                    os.rmdir(p)
+        os.rmdir(path)
+    except OSError:
+        import shutil
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -828,6 +849,7 @@ def copy_out(store, name: str, src: str, dest: str) -> None:
 
 
 def _copy(src: str, dst: str) -> None:
+    import shutil
     try:
         if os.path.isdir(src) and not os.path.islink(src):
             shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)

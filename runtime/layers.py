@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 
 from registry import digest as digestmod
@@ -40,6 +39,7 @@ def ensure_layers(store, image, progress=None) -> list[str]:
 
 
 def _unpack_one(store, blob_digest: str, diff_id: str, path: str, progress=None) -> None:
+    import shutil
     from registry import layer_tar
     hexid = os.path.basename(path)
     with flock(os.path.join(store.layers_dir, LOCK_PREFIX + hexid), what=f"layer {hexid[:12]}"):
@@ -84,6 +84,7 @@ def used_diff_ids(store) -> set[str]:
 
 def gc(store, dry_run: bool = False, grace: float = 3600.0) -> int:
     """Remove layer trees no image or container uses; returns how many (would) go."""
+    import shutil
     used = used_diff_ids(store)
     n = 0
     now = time.time()
@@ -107,6 +108,7 @@ def gc(store, dry_run: bool = False, grace: float = 3600.0) -> int:
 
 
 def _remove_tree(store, path: str) -> None:
+    import shutil
     hexid = os.path.basename(path)
     with flock(os.path.join(store.layers_dir, LOCK_PREFIX + hexid), what=f"layer {hexid[:12]}"):
         # rename first so a reader never sees a half-deleted tree under the real name

@@ -104,6 +104,7 @@ class Plan:
     network: str | None = None  # bridge/named network to disconnect at the end
     published: bool = False
     host_netns_fd: int = -1
+    volatile: bool = False      # a throw-away container (--rm): overlay without syncs
 
 
 @dataclass
@@ -542,7 +543,8 @@ def _workload(plan: Plan, fds: tuple[int, int, int], err_w: int) -> None:
             sc.set_ctty(0)
             console = os.ttyname(0)
         from runtime import mounts
-        mounts.setup_rootfs(plan.cdir, plan.lowerdir, plan.volumes, plan.own_netns, console)
+        mounts.setup_rootfs(plan.cdir, plan.lowerdir, plan.volumes, plan.own_netns, console,
+                            plan.volatile)
         sc.sethostname(plan.hostname)
         if plan.own_netns:
             sc.loopback_up()

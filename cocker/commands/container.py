@@ -117,7 +117,24 @@ def run_cmd(ctx, image: str | None, command: tuple[str, ...], rm: bool, interact
     code = containers.run(ctx.store, spec, rm=rm, detach=detach, interactive=interactive or tty)
     if detach:
         click.echo(spec.name)
+        return code
+    _fast_exit(code)
     return code
+
+
+def _fast_exit(code: int) -> None:
+    """In the `cocker` process itself, leave with the container's code without the interpreter's
+    teardown (a noticeable part of a short `run`); never when called in-process (daemon, tests)."""
+    import os
+    import sys
+    if os.path.basename(sys.argv[0] if sys.argv else "") not in ("cocker", "main.py"):
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code)
 
 
 @click.command("start")

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Boot time: `cocker container run --rm IMAGE /bin/true` against `runc run` on the same busybox
+rootfs, interleaved in one run; medians and the ratio. Also the boot of a 50-layer image.
+
+    python3 bench/boot.py [--runs 20] [--layers 50]
+
+Needs root, runc and busybox-static. Both sides get a new network namespace (cocker --net none,
+runc's default spec), so the work compared is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+
+def cocker_argv() -> list[str]:
+    # the console script next to this interpreter (a pyenv shim would add its own start-up)
+    script = os.path.join(os.path.dirname(sys.executable), "cocker")
+    if os.path.isfile(script):
+        return [script]
+    return [sys.executable, "-m", "cocker.main"]
+
+
+def timed(argv: list[str], env: dict, cwd: str | None = None) -> float:
+    t0 = time.perf_counter()
+    p = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.decode()[-500:]}")
+    return dt
+
+
+def build_images(home: str, layers: int) -> str:
+    from builder.testimage import make_busybox_rootfs
+    from registry import image as imagemod
+    from registry import layer_tar, oci
+    from registry.store import Store
+    store = Store(home)
+    tmp = tempfile.mkdtemp(prefix="bootbench-")
+    try:
+        base = make_busybox_rootfs(os.path.join(tmp, "base"))
+        dirs = [base]
+        for i in range(1, layers):
+            d = os.path.join(tmp, f"l{i}")
+            os.makedirs(os.path.join(d, "layers"))
+            with open(os.path.join(d, "layers", str(i)), "w") as f:
+                f.write(f"{i}\n")
+            dirs.append(d)
+        packed = [layer_tar.pack_into(store, d) for d in dirs]
+        for name, upto in (("busybox", 1), ("layered", layers)):
+            cfg = oci.new_config([p.diff_id for p in packed[:upto]])
+            cfg["config"] = {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin:/sbin"]}
+            imagemod.publish(store, name, "1.0", cfg, [p.descriptor() for p in packed[:upto]],
+                             force=True)
+        bundle = os.path.join(home, "runc-bundle")
+        shutil.copytree(base, os.path.join(bundle, "rootfs"), symlinks=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    path = os.path.join(bundle, "config.json")
+    with open(path) as f:
+        spec = json.load(f)
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["/bin/true"]
+    spec["root"]["readonly"] = False
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    return bundle
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--layers", type=int, default=50)
+    args = ap.parse_args()
+    if os.geteuid() != 0 or not shutil.which("runc"):
+        raise SystemExit("needs root and runc")
+    # byte-compile once, as an installed package would be (the environment may forbid it)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "cocker", "registry", "runtime"],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    home = tempfile.mkdtemp(prefix="cocker-bootbench-")
+    env = dict(os.environ, COCKER_HOME=home)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    try:
+        bundle = build_images(home, args.layers)
+        ck = cocker_argv()
+        run_ck = ck + ["container", "run", "--rm", "--net", "none", "busybox:1.0", "/bin/true"]
+        first_layered = timed(ck + ["container", "run", "--rm", "--net", "none", "layered:1.0",
+                                    "/bin/true"], env)      # includes unpacking 50 layers
+        timed(run_ck, env)                                  # warm-up: layer tree, caches
+        timed(["runc", "run", "bootbench-warm"], env, cwd=bundle)
+        cocker_t, runc_t, layered_t = [], [], []
+        for i in range(args.runs):
+            runc_t.append(timed(["runc", "run", f"bootbench-{os.getpid()}-{i}"], env, cwd=bundle))
+            cocker_t.append(timed(run_ck, env))
+            layered_t.append(timed(ck + ["container", "run", "--rm", "--net", "none",
+                                         "layered:1.0", "/bin/true"], env))
+        py_t = [timed([sys.executable, "-c", "pass"], env) for _ in range(5)]
+        mc, mr, ml = (statistics.median(x) for x in (cocker_t, runc_t, layered_t))
+        print(f"runs: {args.runs} each, interleaved; load average {os.getloadavg()[0]:.1f}")
+        print(f"runc run /bin/true                         median {mr * 1000:7.1f} ms")
+        print(f"cocker container run --rm /bin/true        median {mc * 1000:7.1f} ms")
+        print(f"ratio cocker/runc                                 {mc / mr:7.2f}x")
+        print(f"cocker, {args.layers}-layer image                      median {ml * 1000:7.1f} ms"
+              f"  (first boot incl. unpack {first_layered * 1000:.0f} ms)")
+        print(f"(python interpreter start alone: median {statistics.median(py_t) * 1000:.1f} ms)")
+    finally:
+        subprocess.run(ck + ["container", "ls", "-a"], env=env, stdout=subprocess.DEVNULL)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
