@@ -83,6 +83,7 @@ class SftpRepo(Repository):
         self._sessions: list[paramiko.SFTPClient] = []
         self._slock = threading.Lock()
         self._clock_skew: float | None = None
+        self._swept = False
         self._open_layout(create)
 
     # sessions ------------------------------------------------------------------------
@@ -427,7 +428,25 @@ class SftpRepo(Repository):
 
     @_remote_errors
     def upload(self, digest: str, size: int | None = None) -> BlobWriter:
+        if not self._swept:
+            self._swept = True
+            self._sweep_uploads()
         return _SftpUpload(self, digestmod.validate(digest), size)
+
+    def _sweep_uploads(self) -> None:
+        """Partials a dead push left long ago go at the next push (not only at gc)."""
+        s = self.sftp()
+        try:
+            entries = s.listdir_attr(self.path("tmp", "uploads"))
+            if not entries:
+                return
+            now = self.remote_now()
+        except IOError:
+            return
+        for a in entries:
+            if now - float(a.st_mtime or 0) > GC_GRACE:
+                with contextlib.suppress(IOError):
+                    s.remove(self.path("tmp", "uploads", a.filename))
 
     def all_blobs(self) -> list[tuple[str, paramiko.SFTPAttributes]]:
         out = []

@@ -422,3 +422,22 @@ def test_legacy_cockerimage_repo(machines, tmp_path, sshd):
     p = machines.run(machines.a, "image", "push", "tools:2.0", "--repo", url, "--legacy",
                      check=False)
     assert "already exists" in one_line_error(p)
+
+
+def test_pulled_image_boots(machines, tmp_path, busybox_rootfs):
+    """The round trip ends in a running container on the second machine."""
+    import gzip
+    import io
+    import tarfile
+    pytest.importorskip("runtime.containers")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for entry in sorted(os.listdir(busybox_rootfs)):
+            tf.add(os.path.join(busybox_rootfs, entry), arcname=entry)
+    make_test_image(Store(machines.a), "bb", "1.0", [gzip.compress(buf.getvalue(), 1)])
+    url = mode_url(machines.sshd, str(tmp_path / "remote"), "sftp")
+    machines.run(machines.a, "image", "push", "bb:1.0", "--repo", url, "--init")
+    machines.run(machines.b, "image", "pull", "bb", "--repo", url)
+    p = machines.run(machines.b, "container", "run", "--rm", "--net", "none", "bb:1.0",
+                     "/bin/echo", "booted", check=False)
+    assert p.returncode == 0 and "booted" in p.stdout, p.stderr
