@@ -22,6 +22,8 @@ from registry.fsutil import flock
 DNAT_CHAIN = "COCKER"
 POST_CHAIN = "COCKER-POSTROUTING"
 FWD_CHAIN = "COCKER-FORWARD"
+IN_CHAIN = "COCKER-INPUT"
+CHAINS = (("nat", DNAT_CHAIN), ("nat", POST_CHAIN), ("filter", FWD_CHAIN), ("filter", IN_CHAIN))
 # (table, chain, builtin chain, jump match, insert at the top?)
 _JUMPS = [
     ("nat", DNAT_CHAIN, "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL"], False),
@@ -29,6 +31,7 @@ _JUMPS = [
     ("nat", POST_CHAIN, "POSTROUTING", [], False),
     # At the top of FORWARD so a DROP policy or rule set by other software cannot shadow us.
     ("filter", FWD_CHAIN, "FORWARD", [], True),
+    ("filter", IN_CHAIN, "INPUT", [], True),
 ]
 HOST_LOCK = "/run/cocker/net.lock"
 
@@ -91,7 +94,7 @@ def _add_rule(table: str, chain: str, tag: str, *spec: str) -> None:
 def delete_tagged(tag: str) -> int:
     """Delete every rule in cocker's chains whose comment is exactly `tag`."""
     n = 0
-    for table, chain in (("nat", DNAT_CHAIN), ("nat", POST_CHAIN), ("filter", FWD_CHAIN)):
+    for table, chain in CHAINS:
         for rule in _rules(table, chain):
             if _comment(rule) == tag:
                 _iptables("-t", table, "-D", *rule[1:], check=False)
@@ -102,13 +105,13 @@ def delete_tagged(tag: str) -> int:
 def gc_chains() -> bool:
     """Remove cocker's chains and jumps once no rule is left in any of them (under host_lock).
     True if nothing of cocker's is left in iptables."""
-    for table, chain in (("nat", DNAT_CHAIN), ("nat", POST_CHAIN), ("filter", FWD_CHAIN)):
+    for table, chain in CHAINS:
         if _rules(table, chain):
             return False
     for table, chain, builtin, match, _ in _JUMPS:
         while _iptables("-t", table, "-D", builtin, *match, "-j", chain, check=False).returncode == 0:
             pass
-    for table, chain in (("nat", DNAT_CHAIN), ("nat", POST_CHAIN), ("filter", FWD_CHAIN)):
+    for table, chain in CHAINS:
         if _has_chain(table, chain):
             _iptables("-t", table, "-X", chain, check=False)
     return True
@@ -130,6 +133,10 @@ def ensure_network_rules(tag: str, subnet: str, bridge: str) -> None:
     _add_rule("nat", POST_CHAIN, tag, "-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE")
     _add_rule("nat", POST_CHAIN, tag, "-s", "127.0.0.0/8", "-o", bridge, "-j", "MASQUERADE")
     _add_rule("filter", FWD_CHAIN, tag, "-i", bridge, "-j", "ACCEPT")
+    # route_localnet on the bridge (needed for mappings on 127.0.0.1) would also let a
+    # container open connections to the host's loopback-only services: only replies may pass.
+    _add_rule("filter", IN_CHAIN, tag, "-i", bridge, "-d", "127.0.0.0/8", "-m", "conntrack",
+              "!", "--ctstate", "RELATED,ESTABLISHED", "-j", "DROP")
     _add_rule("filter", FWD_CHAIN, tag, "-o", bridge, "-m", "conntrack", "--ctstate",
               "RELATED,ESTABLISHED", "-j", "ACCEPT")
 

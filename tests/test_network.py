@@ -453,3 +453,23 @@ def test_default_network_reconfigured(netenv):
     net.disconnect(netenv.store, "bridge", "a")
     net.remove_network(netenv.store, "bridge")  # back to the settings
     assert net.get_network(netenv.store, "bridge")["subnet"] == netenv.subnet
+
+
+def test_namespace_cannot_reach_host_loopback(netenv):
+    """route_localnet on the bridge (for mappings on 127.0.0.1) must not open the host's
+    loopback-only services to a container that routes 127.0.0.1 to its gateway."""
+    a = netenv.netns()
+    ep = netenv.connect("bridge", "evil", a)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        for cmd in (["ip", "addr", "del", "127.0.0.1/8", "dev", "lo"],
+                    ["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"],
+                    ["sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1"],
+                    ["ip", "route", "add", "127.0.0.1/32", "via", ep["gateway"], "dev", "eth0"]):
+            assert netenv.run_in(a, *cmd).returncode == 0, cmd
+        probe = (f"import socket\ntry:\n socket.create_connection(('127.0.0.1',{port}),timeout=2)\n"
+                 " print('CONNECTED')\nexcept OSError as e:\n print('refused', e)\n")
+        out = netenv.run_in(a, sys.executable, "-c", probe).stdout
+        assert "CONNECTED" not in out and "refused" in out
