@@ -168,9 +168,11 @@ class Nginx:
             time.sleep(0.01)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the master and its workers (fast shutdown, then SIGKILL); no error if gone."""
+        """Stop the master and its workers (fast shutdown, then SIGKILL); no error if gone.
+        Workers orphaned by a master killed with -9 are found through the namespace."""
         pid = self.pid()
         if pid is None:
+            self.kill_strays()
             return
         kids = _children(pid)
         with _ignore_gone():
@@ -182,6 +184,16 @@ class Nginx:
             if _alive(p):
                 with _ignore_gone():
                     os.kill(p, signal.SIGKILL)
+        self.kill_strays()
+
+    def kill_strays(self) -> None:
+        """SIGKILL every nginx process left in this nginx's own network namespace."""
+        if not self.netns_path:
+            return
+        for p in netns_pids(self.netns_path):
+            if _is_nginx(p):
+                with _ignore_gone():
+                    os.kill(p, signal.SIGKILL)
 
 
 class _ignore_gone:
@@ -190,6 +202,25 @@ class _ignore_gone:
 
     def __exit__(self, et, ev, tb) -> bool:
         return et is ProcessLookupError
+
+
+def netns_pids(netns_path: str) -> list[int]:
+    """Processes whose network namespace is the one bound at `netns_path`."""
+    try:
+        want = os.stat(netns_path)
+    except OSError:
+        return []
+    out = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{p}/ns/net")
+        except OSError:
+            continue
+        if (st.st_ino, st.st_dev) == (want.st_ino, want.st_dev):
+            out.append(int(p))
+    return out
 
 
 def _alive(pid: int) -> bool:

@@ -58,6 +58,7 @@ class Monitor:
         rec = st.load(self.store, self.name)
         if rec.get("state") != "running":
             return
+        self.check_nginx(rec)
         for r in rec["replicas"]:
             state, code, ip = container_state(self.store, r["name"])
             if state == "running":
@@ -70,6 +71,25 @@ class Monitor:
                 continue                                # stopped by a user: stays stopped
             if self.should_restart(rec, state, code) and time.monotonic() >= self.next_try.get(r["name"], 0):
                 self.restart(r["name"])
+
+    def check_nginx(self, rec: dict) -> None:
+        """nginx died (killed, OOM): start it again with the current upstream list."""
+        from runtime.services import nginx_for, upstream
+        ng = nginx_for(self.store, rec)
+        if ng.running() or not ng.netns_path or not os.path.exists(ng.netns_path):
+            return
+        with st.service_lock(self.store, self.name, timeout=LOCK_WAIT):
+            rec = st.load(self.store, self.name)
+            ng = nginx_for(self.store, rec)
+            if ng.running() or rec.get("state") != "running":
+                return
+            ng.kill_strays()                      # workers of a master killed with -9
+            ng.write_config(upstream(rec))
+            with _quiet_stop():
+                os.unlink(ng.pid_file)
+            rec["nginx"]["pid"] = ng.start()
+            st.save(self.store, rec)
+            log(f"nginx was not running: started again (pid {rec['nginx']['pid']})")
 
     def should_restart(self, rec: dict, state: str, code: int | None) -> bool:
         policy = rec["spec"].get("restart", "always")
