@@ -14,6 +14,7 @@ diffed against the lower layers instead (see builder.treediff).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -127,6 +128,5 @@ def pack_by_diff(store, new_top_first: list[str], old_top_first: list[str], *,
 
 
 def _has_entries(path: str) -> bool:
-    import os
     with os.scandir(path) as it:
         return any(True for _ in it)

@@ -302,6 +302,12 @@ class _Parser:
     # values ----------------------------------------------------------------------------
     def _change(self, where: list, kind: str, v: Any, used: dict) -> Change:
         v = self._subst_any(v, where, used)
+        if isinstance(v, dict):
+            for k, item in v.items():        # one entry at a time, so the error names its line
+                try:
+                    changesmod.make(kind, {k: item})
+                except ValueError as e:
+                    raise self.fail(where + [k], str(e)) from None
         try:
             return changesmod.make(kind, v)
         except ValueError as e:

@@ -136,6 +136,9 @@ def test_squash_recipe_makes_one_layer(store, busybox_image, context, cocker,
     ('from = "busybox:1.0"\n[[step]]\nrun = "x"\ncopy = ["a", "/b"]\n', 4, "exactly one"),
     ('from = "busybox:1.0"\nbogus = 1\n', 2, "unknown key 'bogus'"),
     ('from = "busybox:1.0"\n[[step]\n', 2, "invalid TOML"),
+    ('from = "busybox:1.0"\n[config.env]\nOK = "1"\n"NOT OK" = "2"\n', 4, "variable name"),
+    ('from = "busybox:1.0"\n[[step]]\nrun = "true"\n[[step]]\nenv = { A = "1" }\n'
+     'net = "host"\n', 6, "only goes with run"),
 ])
 def test_recipe_errors_name_the_line(store, tmp_path, cocker, body, line, words):
     (tmp_path / "cocker-build.toml").write_text(body)
