@@ -180,6 +180,10 @@ def _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w) -> None
         os.close(info_r)
         os.close(go_w)
         os.close(err_r)
+        # nothing of the caller's may live on in the container: above all not an flock'd fd
+        # (the container lock held around start), which a long-lived supervisor would keep held
+        keep = {0, 1, 2, info_w, go_r, err_w, *(stdio or ())}
+        _close_fds_except(keep)
         flags = sc.CLONE_NEWPID | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
         if plan.own_netns:
             flags |= sc.CLONE_NEWNET
@@ -200,6 +204,19 @@ def _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w) -> None
     except BaseException as e:                   # noqa: BLE001
         _say(info_w, f"E{_describe(e)}\n")
         os._exit(1)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    try:
+        fds = [int(x) for x in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _say(fd: int, text: str) -> None:
