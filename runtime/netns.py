@@ -16,6 +16,7 @@ from typing import Iterator
 from registry.errors import AlreadyExists, NotFound, PermissionDenied, RuntimeFailure, UsageError
 
 NETNS_DIR = "/run/netns"
+LOOPBACK_INDEX = 1          # lo is interface 1 in every network namespace
 _NS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -35,8 +36,16 @@ def iproute(netns_path: str | None = None) -> Iterator:
     if netns_path is not None and not os.path.exists(netns_path):
         raise NotFound(f"network namespace {netns_path} does not exist")
     try:
-        # flags=0: never create a namespace behind the caller's back.
-        ipr = IPRoute() if netns_path is None else IPRoute(netns=netns_path, flags=0)
+        if netns_path is None:
+            ipr = IPRoute()
+        else:
+            from runtime import hostns
+            try:
+                with hostns.inside(netns_path):
+                    ipr = IPRoute()
+            except OSError:
+                # flags=0: never create a namespace behind the caller's back.
+                ipr = IPRoute(netns=netns_path, flags=0)
     except OSError as e:
         raise _netlink_error(e, f"cannot open netlink in {netns_path or 'the host'}") from None
     try:
@@ -45,14 +54,31 @@ def iproute(netns_path: str | None = None) -> Iterator:
         ipr.close()
 
 
+def _get_link(ipr, name: str):
+    # One RTM_GETLINK by name, not a dump of every link on the host.
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except Exception as e:
+        if getattr(e, "code", None) == errno.ENODEV:
+            return None
+        raise
+
+
 def link_index(ipr, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+    link = _get_link(ipr, name)
+    return None if link is None else link["index"]
 
 
 def link_exists(name: str) -> bool:
     with iproute() as ipr:
         return link_index(ipr, name) is not None
+
+
+def link_alias_by_name(name: str) -> tuple[int, str | None] | None:
+    """(index, alias) of a host interface, or None when there is no such interface."""
+    with iproute() as ipr:
+        link = _get_link(ipr, name)
+    return None if link is None else (link["index"], link.get_attr("IFLA_IFALIAS"))
 
 
 def link_alias(ipr, index: int) -> str | None:
@@ -107,7 +133,7 @@ def setup_none(netns_path: str) -> None:
     """cocker's CUSTOM network: an empty namespace with only the loopback up."""
     with iproute(netns_path) as ns:
         try:
-            ns.link("set", index=link_index(ns, "lo"), state="up")
+            ns.link("set", index=LOOPBACK_INDEX, state="up")
         except Exception as e:
             raise _netlink_error(e, f"cannot bring lo up in {netns_path}") from None
 
@@ -213,32 +239,26 @@ def add_veth(host_name: str, bridge: str, netns_path: str, ifname: str, address:
     if not os.path.exists(netns_path):
         raise NotFound(f"network namespace {netns_path} does not exist")
     with iproute() as ipr:
-        if link_index(ipr, host_name) is not None:
-            raise AlreadyExists(f"interface {host_name} already exists")
         br = link_index(ipr, bridge)
         if br is None:
             raise RuntimeFailure(f"bridge {bridge} has disappeared")
         fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            ipr.link("add", ifname=host_name, kind="veth",
+            # Enslaved and up in the same request that creates it.
+            ipr.link("add", ifname=host_name, kind="veth", master=br, state="up",
                      peer={"ifname": ifname, "net_ns_fd": fd})
         except Exception as e:
+            if getattr(e, "code", None) == errno.EEXIST:
+                raise AlreadyExists(f"interface {host_name} already exists") from None
             raise _netlink_error(e, f"cannot create veth {host_name} for {netns_path}") from None
         finally:
             os.close(fd)
-        try:
-            idx = link_index(ipr, host_name)
-            ipr.link("set", index=idx, master=br, state="up")
-        except Exception as e:
-            with contextlib.suppress(Exception):
-                ipr.link("del", ifname=host_name)
-            raise _netlink_error(e, f"cannot attach {host_name} to {bridge}") from None
     try:
         with iproute(netns_path) as ns:
             idx = link_index(ns, ifname)
             ns.addr("add", index=idx, address=address, prefixlen=prefixlen)
             ns.link("set", index=idx, state="up")
-            ns.link("set", index=link_index(ns, "lo"), state="up")
+            ns.link("set", index=LOOPBACK_INDEX, state="up")
             ns.route("add", dst="0.0.0.0/0", gateway=gateway)
     except Exception as e:
         delete_link(host_name)
@@ -250,11 +270,8 @@ def add_veth(host_name: str, bridge: str, netns_path: str, ifname: str, address:
 def delete_link(name: str) -> bool:
     """Delete an interface if it exists (a veth takes its peer with it)."""
     with iproute() as ipr:
-        idx = link_index(ipr, name)
-        if idx is None:
-            return False
         try:
-            ipr.link("del", index=idx)
+            ipr.link("del", ifname=name)
         except Exception as e:
             if getattr(e, "code", None) == errno.ENODEV:
                 return False

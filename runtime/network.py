@@ -65,17 +65,17 @@ def _check_free_subnet(store, rec: dict, subnet: ipaddress.IPv4Network) -> None:
 
 
 def _is_ours(store, rec: dict) -> bool:
-    with ns.iproute() as ipr:
-        idx = ns.link_index(ipr, rec["bridge"])
-        return idx is not None and ns.link_alias(ipr, idx) == _alias(store, rec)
+    found = ns.link_alias_by_name(rec["bridge"])
+    return found is not None and found[1] == _alias(store, rec)
 
 
 def _bring_up(store, rec: dict) -> bool:
     """Make sure the bridge, its address and its rules exist. True if the bridge was created."""
     subnet = ipaddress.ip_network(rec["subnet"])
-    if _is_ours(store, rec):
+    found = ns.link_alias_by_name(rec["bridge"])
+    if found is not None and found[1] == _alias(store, rec):
         return False
-    if ns.link_exists(rec["bridge"]):
+    if found is not None:
         raise AlreadyExists(f"interface {rec['bridge']} already exists and is not network "
                             f"{rec['name']}'s bridge; choose another bridge name")
     _check_free_subnet(store, rec, subnet)
@@ -229,20 +229,29 @@ def connect(store, network: str, owner: str, netns_path: str, ip: str | None = N
             _drop_endpoint(store, rec, owner)
             ip = ip or old["ip"]
         addr = ipam.allocate(rec, owner, ip)
-        veth = ipam.veth_name(store, rec, owner)
-        while ns.link_exists(veth):
-            veth = ipam.veth_name(store, rec, owner)
         created = _bring_up(store, rec)
         hostns.pin()
         prefix = ipaddress.ip_network(rec["subnet"]).prefixlen
+        veth = ipam.veth_name(store, rec, owner)
         # Recorded before the kernel work: after a crash, cleanup_owner finds the veth.
         rec["endpoints"][owner] = {"ip": addr, "veth": veth, "ifname": ifname, "netns": netns_path,
                                    "netns_id": ino, "created": int(time.time())}
         try:
             ipam.save(store, rec)
-            ns.add_veth(veth, rec["bridge"], netns_path, ifname, addr, prefix, rec["gateway"])
-        except BaseException:
-            ns.delete_link(veth)
+            for _ in range(8):
+                try:
+                    ns.add_veth(veth, rec["bridge"], netns_path, ifname, addr, prefix,
+                                rec["gateway"])
+                    break
+                except AlreadyExists:       # a name taken by someone else: the next one
+                    veth = ipam.veth_name(store, rec, owner)
+                    rec["endpoints"][owner]["veth"] = veth
+                    ipam.save(store, rec)
+            else:
+                raise AlreadyExists(f"no free veth name for {owner}")
+        except BaseException as e:
+            if not isinstance(e, AlreadyExists):    # never delete a name someone else holds
+                ns.delete_link(veth)
             rec["endpoints"].pop(owner, None)
             if created and rec.get("default") and not rec["endpoints"]:
                 _tear_down(store, rec)
@@ -262,11 +271,12 @@ def disconnect(store, network: str, owner: str) -> None:
             return
         _require_root("disconnecting from a bridge network")
         with hostns.entered(rec.get("host_ns")):
-            _drop_endpoint(store, rec, owner)
+            dropped_rules = _drop_endpoint(store, rec, owner)
             if rec.get("default") and not rec["endpoints"]:
                 _tear_down(store, rec)
+            elif dropped_rules:
+                _gc_host()
             ipam.save(store, rec)
-            _gc_host()
 
 
 def _alive(ep: dict) -> bool:
@@ -277,18 +287,20 @@ def _alive(ep: dict) -> bool:
         return False
 
 
-def _drop_endpoint(store, rec: dict, owner: str) -> None:
+def _drop_endpoint(store, rec: dict, owner: str) -> bool:
     """Delete the owner's veth and its port mappings on this address; release the address
-    (the caller saves the record)."""
+    (the caller saves the record). True if iptables rules were removed."""
     ep = rec["endpoints"][owner]
     table = portmap.load_table(store)
+    dropped = False
     if owner in table and table[owner].get("ip") == ep["ip"]:
         # The address is about to be reused: its DNAT rules must not outlive it.
-        nat.delete_tagged(nat.owner_tag(ipam.store_tag(store), owner))
+        dropped = nat.delete_tagged(nat.owner_tag(ipam.store_tag(store), owner)) > 0
         del table[owner]
         portmap.save_table(store, table)
     ns.delete_link(ep["veth"])
     del rec["endpoints"][owner]
+    return dropped
 
 
 # ---- port mappings ----------------------------------------------------------------------
