@@ -20,6 +20,7 @@ from registry.reference import Reference
 from registry.repository import ANY, RefRecord, Repository
 
 CHUNK = 1 << 20
+PARALLEL_MIN = 4 << 20
 
 
 @dataclass
@@ -119,7 +120,10 @@ def copy(ref: Reference | RefRecord, src: Repository, dst: Repository, *,
         progress.total(f"{target.name}:{target.version}",
                        sum(int(sizes[d] or 0) for d in missing))
     if missing:
-        pool = cf.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(missing))))
+        # Parallel streams pay off for big blobs; small ones ride along on a free worker
+        # (each extra worker may cost the transport a new channel or server process).
+        big = sum(1 for d in missing if int(sizes.get(d) or 0) >= PARALLEL_MIN)
+        pool = cf.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(missing), big + 1)))
         try:
             futs = {pool.submit(copy_blob, src, dst, d, sizes[d], progress): d for d in missing}
             for fut in cf.as_completed(futs):

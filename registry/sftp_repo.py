@@ -61,13 +61,10 @@ def _remote_errors(fn: Callable) -> Callable:
             return fn(self, *a, **kw)
         except CockerError:
             raise
-        except (paramiko.SSHException, EOFError, socket.error) as e:
-            if isinstance(e, OSError) and e.errno is not None and not isinstance(
-                    e, (ConnectionError, socket.timeout)):
-                raise self._os_error(e, "") from None
+        except (paramiko.SSHException, EOFError, ConnectionError, socket.timeout) as e:
             raise TransportError(f"{self.describe()}: connection lost ({e or type(e).__name__})"
                                  ) from None
-        except OSError as e:
+        except OSError as e:  # an SFTP status: no such file, permission, failure
             raise self._os_error(e, "") from None
     return wrapper
 
@@ -657,7 +654,15 @@ class _SftpUpload(BlobWriter):
             if self.repo._stat(self.dest) is not None:
                 self.s.remove(self.partial)  # another client finished it first
             else:
-                self.s.posix_rename(self.partial, self.dest)
+                try:
+                    self.s.posix_rename(self.partial, self.dest)
+                except IOError:
+                    # A server without posix-rename: plain rename refuses to overwrite,
+                    # which for an immutable blob only means someone else won the race.
+                    if self.repo._stat(self.dest) is None:
+                        self.s.rename(self.partial, self.dest)
+                    else:
+                        self.s.remove(self.partial)
             self.done = True
         except CockerError:
             raise
