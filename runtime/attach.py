@@ -30,6 +30,13 @@ def connect(c) -> socket.socket:
     return s
 
 
+def send_winsize(sock: socket.socket, fd: int = 0) -> None:
+    ws = winsize(fd) if os.isatty(fd) else None
+    if ws:
+        with contextlib.suppress(OSError):
+            sock.sendall(frame(T_WINSIZE, struct.pack(">HH", *ws)))
+
+
 def winsize(fd: int) -> tuple[int, int] | None:
     import fcntl
     import termios

@@ -515,6 +515,7 @@ def _run_tty(store, name: str) -> int:
 
     def connect_first(c: Container) -> None:
         holder["sock"] = attachmod.connect(c)
+        attachmod.send_winsize(holder["sock"])     # the pty has its size before the shell starts
 
     c, _ = _start(store, name, detached=True, before_go=connect_first)
     code = attachmod.session(holder["sock"])

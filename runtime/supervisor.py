@@ -282,6 +282,7 @@ def _supervisor(plan: Plan, stdio, info_w: int, go_r: int, err_w: int) -> None:
     if S.listener is not None:                  # a client that connected before "go"
         S.listener.setblocking(False)
         _accept(S)
+        _early_client_frames(S)
     if plan.tty:
         fds = (slave, slave, slave)
     elif stdio is not None:
@@ -422,13 +423,7 @@ def _tty_loop(S: _Sup) -> None:
                 if not data:
                     _drop_client(S)
                     continue
-                for kind, payload in S.reader.feed(data):
-                    if kind == T_DATA:
-                        _write_all(S.master, payload)
-                    elif kind == T_WINSIZE and len(payload) == 4:
-                        rows, cols = struct.unpack(">HH", payload)
-                        fcntl.ioctl(S.master, termios.TIOCSWINSZ,
-                                    struct.pack("HHHH", rows, cols, 0, 0))
+                _client_frames(S, data)
     # drain what the workload wrote last
     if master_open:
         os.set_blocking(S.master, False)
@@ -442,6 +437,38 @@ def _tty_loop(S: _Sup) -> None:
             _log(S, data)
             _send_client(S, frame(T_DATA, data))
     S.final_client = S.client
+
+
+def _client_frames(S: _Sup, data: bytes) -> None:
+    import fcntl
+    import termios
+    for kind, payload in S.reader.feed(data):
+        if kind == T_DATA:
+            _write_all(S.master, payload)
+        elif kind == T_WINSIZE and len(payload) == 4:
+            rows, cols = struct.unpack(">HH", payload)
+            fcntl.ioctl(S.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _early_client_frames(S: _Sup) -> None:
+    """What a client sent before "go" (its window size): applied before the workload starts."""
+    if S.client is None:
+        return
+    S.client.setblocking(False)
+    try:
+        while True:
+            data = S.client.recv(65536)
+            if not data:
+                break
+            _client_frames(S, data)
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:
+        _drop_client(S)
+        return
+    finally:
+        if S.client is not None:
+            S.client.setblocking(True)
 
 
 def _log(S: _Sup, data: bytes) -> None:

@@ -115,3 +115,23 @@ def test_bridge_containers_talk_and_port_mapping(rt, cname):
     assert_no_leftovers(store, b)
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     assert f":{port}" not in rules and f"--dport {port}" not in rules
+
+
+def test_bad_network_input_leaves_nothing(rt, cname):
+    import socket
+    store, cli = rt
+    before = sorted(os.listdir(store.containers_dir))
+    with socket.socket() as s:                       # a port a host process holds
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        p = cli("container", "run", "-d", "--name", cname, "-p", f"127.0.0.1:{port}:80",
+                "busybox:1.0", "sleep", "60", check=False)
+    assert p.returncode != 0 and str(port) in p.stderr and "Traceback" not in p.stderr
+    assert sorted(os.listdir(store.containers_dir)) == before
+    assert_no_leftovers(store, cname)
+    p = cli("container", "run", "--rm", "--name", cname, "--ip", "192.0.2.7", "busybox:1.0",
+            "true", check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
+    assert sorted(os.listdir(store.containers_dir)) == before
+    assert_no_leftovers(store, cname)

@@ -75,11 +75,10 @@ def test_run_it_with_window_size(rt, cname):
     store, _ = rt
     c = PtyClient("container", "run", "-it", "--rm", "--name", cname, "--net", "none",
                   "busybox:1.0", "sh", rows=33, cols=101)
-    c.expect(b"# ")
+    c.send(b"stty size\n")            # the size is there from the start
+    c.expect(b"33 101")
     c.send(b"echo $((6*7))\n")
     c.expect(b"42")
-    c.send(b"stty size\n")
-    c.expect(b"33 101")
     c.resize(40, 120)                 # forwarded to the container's pty as it changes
     time.sleep(0.3)
     c.send(b"stty size\n")
