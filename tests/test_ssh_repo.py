@@ -441,3 +441,26 @@ def test_pulled_image_boots(machines, tmp_path, busybox_rootfs):
     p = machines.run(machines.b, "container", "run", "--rm", "--net", "none", "bb:1.0",
                      "/bin/echo", "booted", check=False)
     assert p.returncode == 0 and "booted" in p.stdout, p.stderr
+
+
+def test_sftp_lock_waits_for_holder_and_breaks_a_dead_one(tmp_path, sshd, monkeypatch):
+    from registry import sftp_repo
+    from registry.copy import copy
+    from registry.errors import LockBusy
+    from registry.repos import open_repo
+    store = Store(str(tmp_path / "home"))
+    make_test_image(store, "app", "1.0", [tar_layer({"a": b"a"})])
+    kw = dict(identity=sshd.client_key, known_hosts=sshd.known_hosts, config_path=None)
+    url = mode_url(sshd, str(tmp_path / "remote"), "sftp")
+    with open_repo(url, init=True, **kw) as repo:
+        lock = tmp_path / "remote" / "refs" / ".lock"
+        lock.mkdir()
+        (lock / "owner").write_text("otherhost 999 1.0 deadbeef")
+        monkeypatch.setattr(sftp_repo, "STALE_LOCK", 60.0)
+        with pytest.raises(LockBusy):
+            with repo.lock(timeout=0.5):
+                pass
+        monkeypatch.setattr(sftp_repo, "STALE_LOCK", 0.3)  # the holder died: broken after this
+        copy(store.resolve(reference.parse("app:1.0")), store, repo)
+    assert not lock.exists()
+    assert [str(r) for r in LayoutRepo(str(tmp_path / "remote")).list_refs()] == ["app:1.0"]
