@@ -316,8 +316,9 @@ def _check_net(store, net: str, ip: str | None, ports: list[str]) -> None:
 
 
 # lifecycle ---------------------------------------------------------------------------------
-def create(store, spec: ContainerSpec) -> Container:
-    """Resolve the image to its digest, check every option, then make the container's directory."""
+def create(store, spec: ContainerSpec, *, durable: bool = True) -> Container:
+    """Resolve the image to its digest, check every option, then make the container's directory.
+    `durable=False` (a throw-away container) skips the fsyncs of its record."""
     _require_root()
     from registry import image as imagemod
     from runtime import cgroups, layers, mounts
@@ -351,7 +352,8 @@ def create(store, spec: ContainerSpec) -> Container:
     labels.update(spec.labels or {})
     record = {
         "name": name,
-        "image": f"{img.name}:{img.version}",
+        "image": (f"{img.name}@{img.digest}" if img.version.startswith("sha256:")
+                  else f"{img.name}:{img.version}"),
         "digest": img.digest,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "layers": img.diff_ids,
@@ -375,9 +377,12 @@ def create(store, spec: ContainerSpec) -> Container:
         for sub in ("upper", "work", "rootfs"):
             os.mkdir(os.path.join(cdir, sub), 0o755)
         mounts.lower_links(cdir, layer_paths)
-        from registry.fsutil import atomic_write
-        atomic_write(os.path.join(cdir, "container.json"),
-                     json.dumps(record, indent=1, sort_keys=True).encode())
+        if durable:
+            from registry.fsutil import atomic_write
+            atomic_write(os.path.join(cdir, "container.json"),
+                         json.dumps(record, indent=1, sort_keys=True).encode())
+        else:
+            write_json(os.path.join(cdir, "container.json"), record)
     except BaseException:
         import shutil
         shutil.rmtree(cdir, ignore_errors=True)
@@ -395,7 +400,8 @@ def _plan(c: Container, detached: bool):
         from registry import image as imagemod
         from registry.repository import RefRecord
         from runtime import layers
-        img = imagemod.load_record(c.store, RefRecord(c.image.rsplit(":", 1)[0], "_", c.digest))
+        name = re.split(r"[:@]", c.image, maxsplit=1)[0]
+        img = imagemod.load_record(c.store, RefRecord(name, "_", c.digest))
         paths = layers.ensure_layers(c.store, img)
     lowerdir = mounts.lower_links(c.dir, paths)
     volumes = [mounts.parse_volume(v) for v in r.get("volumes", [])]
@@ -528,7 +534,7 @@ def _run_tty(store, name: str) -> int:
 def run(store, spec: ContainerSpec, *, rm: bool = False, detach: bool = False,
         interactive: bool = False) -> int:
     """create + start; in the foreground, return the command's exit code."""
-    c = create(store, spec)
+    c = create(store, spec, durable=not rm)
     name = c.name
     try:
         if detach:
