@@ -17,14 +17,14 @@ import time
 from typing import Iterator
 
 from registry.errors import AlreadyExists, CockerError, NotFound, UsageError
-from registry.fsutil import atomic_write, flock
+from registry.fsutil import disk_error, flock
 
 DEFAULT_NETWORK = "bridge"
 DEFAULT_BRIDGE = "cocker0"
 DEFAULT_SUBNET = "10.88.0.0/16"
 # Named networks without --subnet get the first free /24 from this private pool.
 AUTO_POOL = ipaddress.ip_network("10.89.0.0/16")
-RESERVED = {"host", "none", "default", "container"}
+RESERVED = {"host", "none", "default", "container", "ports"}  # ports.json is the port table
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
@@ -132,9 +132,26 @@ def load_or_default(store, name: str) -> dict:
     return rec
 
 
+def write_state(path: str, obj) -> None:
+    """Replace a state file atomically (tmp + rename; writers hold the network lock).
+    No fsync, on purpose: the state describes kernel objects (veths, bridges, rules) that do
+    not survive a power loss either, and a crashed process loses nothing from the page cache.
+    It keeps connect/disconnect quick on a busy disk."""
+    data = json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n"
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise disk_error(e, path) from e
+
+
 def save(store, rec: dict) -> None:
-    atomic_write(record_path(store, rec["name"]),
-                 json.dumps(rec, indent=2, sort_keys=True).encode() + b"\n")
+    write_state(record_path(store, rec["name"]), rec)
 
 
 def delete(store, name: str) -> None:

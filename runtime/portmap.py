@@ -11,7 +11,6 @@ import os
 import socket
 
 from registry.errors import AlreadyExists, CockerError, UsageError
-from registry.fsutil import atomic_write
 from runtime.nat import Mapping
 
 
@@ -97,7 +96,8 @@ def load_table(store) -> dict:
 
 
 def save_table(store, table: dict) -> None:
-    atomic_write(table_path(store), json.dumps(table, indent=2, sort_keys=True).encode() + b"\n")
+    from runtime.ipam import write_state
+    write_state(table_path(store), table)
 
 
 def to_json(m: Mapping) -> dict:
