@@ -113,6 +113,9 @@ def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, s
                 cg_ns = fd          # joined by the command once it is in the cgroup (v2 rule)
                 continue
             sc.setns(fd, sc.NS_FLAGS[ns])
+        if tty:
+            import fcntl  # noqa: F401 - set_ctty needs them after the chroot, where the
+            import termios  # noqa: F401 - host's python library is out of reach
         os.fchdir(rootfd)
         os.chroot(".")
         child = os.fork()

@@ -583,12 +583,13 @@ def _workload(plan: Plan, fds: tuple[int, int, int], err_w: int) -> None:
         if plan.tty:
             sc.set_ctty(0)
             console = os.ttyname(0)
+        if plan.own_netns:
+            sc.loopback_up()        # before pivot_root: it imports modules from the host's python
         from runtime import mounts
         mounts.setup_rootfs(plan.cdir, plan.lowerdir, plan.volumes, plan.own_netns, console,
                             plan.volatile)
         sc.sethostname(plan.hostname)
-        if plan.own_netns:
-            sc.loopback_up()
+        # from here on the root is the image's: no more imports
         env = dict(e.split("=", 1) if "=" in e else (e, "") for e in plan.env)
         if plan.user:
             _switch_user(plan.user, env)

@@ -7,7 +7,6 @@ time matters, so it pulls in nothing but ctypes, fcntl and socket.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
