@@ -473,3 +473,21 @@ def test_namespace_cannot_reach_host_loopback(netenv):
                  " print('CONNECTED')\nexcept OSError as e:\n print('refused', e)\n")
         out = netenv.run_in(a, sys.executable, "-c", probe).stdout
         assert "CONNECTED" not in out and "refused" in out
+
+
+def test_container_on_a_named_network(ctr_env, cocker):
+    env, run, info = ctr_env
+    name = unique("svc")
+    created = net.create_network(env.store, name)
+    a = run("--net", name, "nbox:1.0", "sleep", "300")
+    b = run("--net", name, "nbox:1.0", "sleep", "300")
+    ia, ib = info(a)["ip"], info(b)["ip"]
+    assert ipaddress.ip_address(ia) in ipaddress.ip_network(created["subnet"])
+    assert cocker("container", "exec", a, "ping", "-c", "1", "-W", "3", ib).returncode == 0
+    assert env.bridge not in links()  # the default bridge was never needed
+    r = cocker("network", "rm", name, check=False)
+    assert r.returncode != 0 and "in use" in r.stderr
+    cocker("container", "rm", "-f", a, b)
+    assert set(net.get_network(env.store, name)["endpoints"]) == set()
+    cocker("network", "rm", name)
+    assert created["bridge"] not in links()
