@@ -149,6 +149,8 @@ class Monitor:
             except CockerError as e:
                 log(f"replica {cname}: restart failed: {e}")
                 return
+            r["restarts"] = r.get("restarts", 0) + 1
+            st.save(self.store, rec)
         from runtime.services import container_state, flush_neighbours
         ip = container_state(self.store, cname)[2]
         if ip:
