@@ -152,7 +152,11 @@ def ensure_bridge(name: str, alias: str, gateway: str, prefixlen: int) -> bool:
         created = False
         try:
             if idx is None:
-                ipr.link("add", ifname=name, kind="bridge")
+                # A fixed MAC: otherwise the bridge takes the lowest MAC of its ports and
+                # changes it as containers come and go, which breaks their ARP caches.
+                mac = bytearray(os.urandom(6))
+                mac[0] = (mac[0] & 0xFE) | 0x02             # unicast, locally administered
+                ipr.link("add", ifname=name, kind="bridge", address=":".join(f"{b:02x}" for b in mac))
                 created = True
                 idx = link_index(ipr, name)
                 ipr.link("set", index=idx, ifalias=alias)
