@@ -26,6 +26,7 @@ import paramiko
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
+from registry.sftp_repo import finish_pipelined
 from registry.errors import (AlreadyExists, CockerError, NotFound, TransportError,
                              UnsafeArchive)
 
@@ -147,15 +148,23 @@ class LegacyRepo:
         except IOError:
             pass
         tmp = posixpath.join(self.dir, f".{fn}.{secrets.token_hex(6)}.partial")
+        written = 0
         try:
             with self.sftp.open(tmp, "wb", bufsize=CHUNK) as f:
                 f.set_pipelined(True)
                 while chunk := src.read(CHUNK):
                     f.write(chunk)
+                    written += len(chunk)
                     if progress:
                         progress(len(chunk))
+                finish_pipelined(f)
+            if int(self.sftp.stat(tmp).st_size or 0) != written:
+                raise CockerError(f"{self.describe()}: the remote kept a short {fn}; "
+                                  "is its disk full?")
             self.sftp.posix_rename(tmp, dest)
         except CockerError:
+            with contextlib.suppress(Exception):
+                self.sftp.remove(tmp)
             raise
         except (IOError, paramiko.SSHException, EOFError) as e:
             with contextlib.suppress(Exception):

@@ -516,6 +516,20 @@ class SftpRepo(Repository):
         return self.url
 
 
+def finish_pipelined(f: paramiko.SFTPFile) -> None:
+    """Flush and wait for every pipelined write's status, raising on the first failure.
+
+    paramiko's close() sends the last buffered writes and never reads their statuses,
+    so a write the server refused (disk full) would pass silently."""
+    f.flush()
+    reqs = getattr(f, "_reqs", None)
+    while reqs:
+        t, _msg = f.sftp._read_response(reqs.popleft())  # raises IOError on a bad status
+        if t != paramiko.sftp.CMD_STATUS:
+            raise TransportError("SFTP server sent a malformed write reply")
+    f.close()
+
+
 class _Reader:
     """A blob read stream whose errors come out as CockerErrors."""
 
@@ -641,8 +655,13 @@ class _SftpUpload(BlobWriter):
         if self.done:
             return
         try:
-            self.f.close()  # waits for every pipelined write's status
+            finish_pipelined(self.f)
             self.f = None
+            st = self.s.stat(self.partial)
+            if int(st.st_size or 0) != self.count:
+                raise CockerError(f"{self.repo.describe()}: the remote kept {st.st_size} of "
+                                  f"{self.count} bytes of {digestmod.short(self.digest)}; "
+                                  "is its disk full?")
             got = "sha256:" + self._h.hexdigest()
             if got != self.digest or (self.size is not None and self.count != self.size):
                 # Bad bytes must not survive to poison a resume.

@@ -242,7 +242,7 @@ def test_cut_transfer_resumes_and_fsck_is_clean(tmp_path, sshd, mode):
 def test_killed_push_then_retry_resumes(machines, tmp_path):
     url = mode_url(machines.sshd, str(tmp_path / "remote"), "sftp")
     st = Store(machines.a)
-    big = tar_layer({"blob": os.urandom(160 << 20)})
+    big = tar_layer({"blob": os.urandom(96 << 20)})
     make_test_image(st, "app", "1.0", [big])
     uploads = tmp_path / "remote" / "tmp" / "uploads"
     proc = subprocess.Popen([sys.executable, "-m", "cocker.main", "--home", machines.a, "image",
@@ -464,3 +464,23 @@ def test_sftp_lock_waits_for_holder_and_breaks_a_dead_one(tmp_path, sshd, monkey
         copy(store.resolve(reference.parse("app:1.0")), store, repo)
     assert not lock.exists()
     assert [str(r) for r in LayoutRepo(str(tmp_path / "remote")).list_refs()] == ["app:1.0"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_full_remote_disk_one_line_and_remote_unchanged(machines, tmp_path, mode):
+    url = mode_url(machines.sshd, str(tmp_path / "small"), mode)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(small)], check=True)
+    try:
+        st = Store(machines.a)
+        make_test_image(st, "tiny", "1.0", [tar_layer({"a": b"a"})])
+        machines.run(machines.a, "image", "push", "tiny:1.0", "--repo", url, "--init")
+        make_test_image(st, "big", "1.0", [tar_layer({"b": os.urandom(8 << 20)})])
+        p = machines.run(machines.a, "image", "push", "big:1.0", "--repo", url, check=False)
+        line = one_line_error(p)
+        assert "disk" in line or "space" in line, line
+        remote = LayoutRepo(str(small))
+        assert [str(r) for r in remote.list_refs()] == ["tiny:1.0"] and remote.fsck() == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
