@@ -191,6 +191,27 @@ def test_v2_routes(daemon, brocker_service):
     assert status == 400
 
 
+def test_v2_container_routes(daemon, dhome):
+    name = unique_name("v2c")
+    try:
+        status, out = daemon.call("POST", "/api/v2/containers/run",
+                                  {"image": "web:1.0", "command": ["sleep", "300"], "name": name})
+        assert status == 201 and out["status"] == "running", out
+        status, out = daemon.call("POST", f"/api/v2/containers/{name}/exec", {"argv": ["hostname"]})
+        assert status == 200 and out == {"exit_code": 0, "stdout": f"{name}\n", "stderr": ""}
+        status, out = daemon.call("POST", "/api/v2/containers/run", {"image": "web:1.0", "name": name,
+                                                                      "command": ["true"]})
+        assert status == 409, out
+        status, _ = daemon.call("DELETE", f"/api/v2/containers/{name}")
+        assert status == 409                                   # running, no force
+        status, _ = daemon.call("DELETE", f"/api/v2/containers/{name}?force=1")
+        assert status == 200
+        status, _ = daemon.call("GET", f"/api/v2/containers/{name}")
+        assert status == 404
+    finally:
+        run_cocker("container", "rm", "-f", name, check=False, env={"COCKER_HOME": dhome})
+
+
 def test_commands_through_host(daemon, dhome, brocker_service):
     env = {"COCKER_HOME": "/nonexistent-home-not-used"}        # the daemon's store is used
     p = run_cocker("--host", daemon.unix, "service", "ls", "--json", env=env)

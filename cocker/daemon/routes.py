@@ -179,7 +179,7 @@ def v2_container_action(req: Request, m) -> tuple[int, Any]:
         argv = body.get("argv")
         if not isinstance(argv, list) or not argv:
             raise UsageError("exec needs {\"argv\": [...]}")
-        return 200, run_cli(req.home, ["container", "exec", name, "--", *argv])
+        return 200, run_cli(req.home, ["container", "exec", name, *argv])
     op = {"start": "container_start", "stop": "container_stop", "kill": "container_kill"}[action]
     return 200, worker(req.home, op, {**body, "name": name})
 
