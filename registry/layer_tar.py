@@ -20,7 +20,9 @@ import io
 import os
 import shutil
 import stat
+import queue
 import tarfile
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator
@@ -86,9 +88,46 @@ class _HashingWriter:
         pass
 
 
+class _Worker:
+    """Applies `fn` to every chunk on a thread of its own, so reading files, hashing the
+    tar and compressing it overlap (hashlib and zstd release the GIL while they work)."""
+
+    def __init__(self, fn: Any, depth: int = 8) -> None:
+        self.fn = fn
+        self.q: queue.Queue = queue.Queue(depth)
+        self.err: BaseException | None = None
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while True:
+            chunk = self.q.get()
+            if chunk is None:
+                return
+            if self.err is None:
+                try:
+                    self.fn(chunk)
+                except BaseException as e:  # handed to the producer at its next put/close
+                    self.err = e
+
+    def put(self, chunk: Any) -> None:
+        if self.err is not None:
+            raise self.err
+        self.q.put(chunk)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.t.join()
+        if self.err is not None:
+            raise self.err
+
+
 class _LayerWriter:
     """Takes the uncompressed tar stream: hashes it (diff_id), compresses it, and the
-    compressed bytes are hashed (digest) as they are written. One pass, no re-reading."""
+    compressed bytes are hashed (digest) as they are written. One pass, no re-reading;
+    hashing and compressing each run on their own thread.
+
+    Chunks given to write() must not be modified afterwards (they are queued)."""
 
     def __init__(self, out: BinaryIO, compression: str, level: int | None = None) -> None:
         if compression not in oci.LAYER_TYPE_FOR:
@@ -100,18 +139,16 @@ class _LayerWriter:
         self._zobj = None
         self._zw = None
         if compression == "zstd":
-            # Any thread count >= 1 gives the same bytes (zstd's MT format is deterministic
-            # across worker counts), so the digest does not depend on the machine.
-            c = zstandard.ZstdCompressor(level=level or ZSTD_LEVEL,
-                                         threads=max(1, os.cpu_count() or 1))
+            c = zstandard.ZstdCompressor(level=level or ZSTD_LEVEL, threads=zstd_threads())
             self._zw = c.stream_writer(self.sink, closefd=False, write_size=CHUNK)
         elif compression == "gzip":
             # wbits=31: gzip wrapper with mtime 0 and no file name, so it is reproducible.
             self._zobj = zlib.compressobj(level or GZIP_LEVEL, zlib.DEFLATED, 31)
+        self._hasher = _Worker(self.h.update)
+        self._compressor = _Worker(self._compress)
+        self._closed = False
 
-    def write(self, data: Any) -> None:
-        self.h.update(data)
-        self.size += len(data)
+    def _compress(self, data: Any) -> None:
         if self._zw is not None:
             self._zw.write(data)
         elif self._zobj is not None:
@@ -121,7 +158,27 @@ class _LayerWriter:
         else:
             self.sink.write(data)
 
+    def write(self, data: Any) -> None:
+        self.size += len(data)
+        self._hasher.put(data)
+        self._compressor.put(data)
+
+    def _close_workers(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._hasher.close()
+            finally:
+                self._compressor.close()
+
+    def abort(self) -> None:
+        try:
+            self._close_workers()
+        except BaseException:
+            pass
+
     def finish(self) -> PackedLayer:
+        self._close_workers()
         if self._zw is not None:
             self._zw.flush(zstandard.FLUSH_FRAME)
         elif self._zobj is not None:
@@ -129,6 +186,13 @@ class _LayerWriter:
         diff_id = "sha256:" + self.h.hexdigest()
         return PackedLayer("sha256:" + self.sink.h.hexdigest(), diff_id, self.sink.size,
                            self.size, oci.LAYER_TYPE_FOR[self.compression])
+
+
+def zstd_threads() -> int:
+    """zstd workers: twice the CPUs (capped), so compression keeps pace with our reader and
+    hashers. Any count >= 1 gives the same bytes (zstd's multi-threaded format does not
+    depend on the worker count), so digests do not depend on the machine."""
+    return min(max(2, 2 * (os.cpu_count() or 1)), 16)
 
 
 def detect_compression(head: bytes) -> str:
@@ -208,15 +272,15 @@ def pack_tar_stream(stream: BinaryIO, out: BinaryIO, *, compression: str = "zstd
     w = _LayerWriter(out, compression, level)
     try:
         r = open_layer(stream)
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while n := r.readinto(buf):
-            w.write(view[:n])
+        while chunk := r.read(CHUNK):
+            w.write(chunk)
             if progress is not None:
-                progress.update(n)
+                progress.update(len(chunk))
+        return w.finish()
     except _DECOMPRESS_ERRORS as e:
         raise CorruptImage(f"layer does not decompress: {e}") from None
-    return w.finish()
+    finally:
+        w.abort()
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,6 +335,35 @@ def _walk(root: str) -> Iterator[tuple[str, str, os.stat_result]]:
         stack.extend(reversed(subdirs))
 
 
+_NUL8 = bytes(8)
+_USTAR_MAGIC = tarfile.POSIX_MAGIC
+
+
+def _fast_header(ti: tarfile.TarInfo) -> bytes | None:
+    """The ustar header tarfile would write for a plain entry (ASCII names up to 100
+    bytes, no PAX records, small numbers), built directly: tobuf costs ~10x more and
+    most entries of a rootfs are plain. None when tobuf must do it."""
+    name = ti.name + "/" if ti.type == tarfile.DIRTYPE and not ti.name.endswith("/") else ti.name
+    if (ti.pax_headers or len(name) > 100 or len(ti.linkname) > 100 or not name.isascii()
+            or not ti.linkname.isascii() or not 0 <= ti.uid < 0o7777777
+            or not 0 <= ti.gid < 0o7777777 or not 0 <= ti.size < 0o77777777777
+            or not 0 <= ti.mtime < 0o77777777777 or ti.uname or ti.gname):
+        return None
+    dev = ti.type in (tarfile.CHRTYPE, tarfile.BLKTYPE)
+    if dev and not (0 <= ti.devmajor < 0o7777777 and 0 <= ti.devminor < 0o7777777):
+        return None
+    buf = b"".join((
+        name.encode().ljust(100, b"\0"),
+        b"%07o\0" % (ti.mode & 0o7777), b"%07o\0" % ti.uid, b"%07o\0" % ti.gid,
+        b"%011o\0" % ti.size, b"%011o\0" % int(ti.mtime),
+        b"        ", ti.type, ti.linkname.encode().ljust(100, b"\0"), _USTAR_MAGIC,
+        bytes(64),
+        b"%07o\0" % ti.devmajor if dev else _NUL8, b"%07o\0" % ti.devminor if dev else _NUL8,
+        bytes(167),
+    ))
+    return buf[:148] + b"%06o\0" % sum(buf) + buf[155:]
+
+
 class _TarEmitter:
     """Headers and bodies into a _LayerWriter, batched so small files cost few calls."""
 
@@ -279,15 +372,14 @@ class _TarEmitter:
         self.buf = bytearray()
         self.progress = progress
         self.pos = 0
-        self._chunk = bytearray(CHUNK)
 
     def _flush(self) -> None:
         if self.buf:
-            self.w.write(self.buf)
+            self.w.write(self.buf)  # handed over: the writer's threads own it now
             self.buf = bytearray()
 
     def header(self, ti: tarfile.TarInfo) -> None:
-        b = ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        b = _fast_header(ti) or ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         self.buf += b
         self.pos += len(b)
         if len(self.buf) >= CHUNK:
@@ -307,16 +399,14 @@ class _TarEmitter:
                 left -= len(data)
             elif fd >= 0:
                 self._flush()
-                view = memoryview(self._chunk)
-                with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-                    while left > 0:
-                        n = f.readinto(view[:min(CHUNK, left)])
-                        if not n:
-                            break
-                        self.w.write(view[:n])
-                        left -= n
-                        if self.progress is not None:
-                            self.progress.update(n)
+                while left > 0:
+                    data = os.read(fd, min(CHUNK, left))
+                    if not data:
+                        break
+                    self.w.write(data)
+                    left -= len(data)
+                    if self.progress is not None:
+                        self.progress.update(len(data))
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -426,6 +516,7 @@ def pack_dir(src: str, out: BinaryIO, *, compression: str = "zstd",
     except OSError as e:
         raise disk_error(e, e.filename or src) from e
     finally:
+        w.abort()
         if bar is not None and hasattr(progress, "bar"):
             bar.close()
 
@@ -638,7 +729,7 @@ class _Unpacker:
         base = parts[-1]
         pdir = comps[:-1]
         if base.startswith(WHITEOUT_PREFIX):
-            self._whiteout(pdir, base, ti.name)
+            self._whiteout(pdir, base, ti)
             return
         parent = self._dir(pdir, ti.name)
         if ti.isdir():
@@ -740,7 +831,8 @@ class _Unpacker:
         except PermissionError:
             raise CockerError(f"entry {entry!r}: creating an overlay whiteout needs root") from None
 
-    def _whiteout(self, pdir: tuple[str, ...], base: str, entry: str) -> None:
+    def _whiteout(self, pdir: tuple[str, ...], base: str, ti: tarfile.TarInfo) -> None:
+        entry = ti.name
         parent = self._dir(pdir, entry)
         if base == OPAQUE:
             if self.whiteouts == "overlay":
@@ -763,6 +855,10 @@ class _Unpacker:
         if self.whiteouts == "overlay":
             self._replace(parent, name)
             self._mknod_whiteout(parent, name, entry)
+            # The whiteout's own owner and time, so packing this tree again is identical.
+            if self.root_owner:
+                os.chown(name, ti.uid, ti.gid, dir_fd=parent, follow_symlinks=False)
+            os.utime(name, ns=self._times(ti), dir_fd=parent, follow_symlinks=False)
             self.written.add(pdir + (name,))
         elif pdir + (name,) not in self.written:
             # A whiteout only hides lower layers, never an entry of its own layer.

@@ -62,6 +62,14 @@ def test_same_tree_twice_same_digest(rich_tree):
     assert a.size == len(blob_a)
 
 
+def test_digest_does_not_depend_on_cpu_count(rich_tree, monkeypatch):
+    a = _pack(rich_tree)[0].digest
+    monkeypatch.setattr(layer_tar, "zstd_threads", lambda: 1)
+    b = _pack(rich_tree)[0].digest
+    monkeypatch.setattr(layer_tar, "zstd_threads", lambda: 7)
+    assert a == b == _pack(rich_tree)[0].digest
+
+
 def test_source_date_epoch_makes_copies_identical(rich_tree, tmp_path):
     copy = str(tmp_path / "copy")
     subprocess.run(["cp", "-a", rich_tree, copy], check=True)
@@ -217,3 +225,20 @@ def test_pack_tar_stream_keeps_diff_id(rich_tree):
     out = io.BytesIO()
     again = layer_tar.pack_tar_stream(io.BytesIO(blob), out, compression="zstd")
     assert again.diff_id == layer.diff_id and again.media_type.endswith("zstd")
+
+
+@pytest.mark.parametrize("name,kind,extra", [
+    ("bin", tarfile.DIRTYPE, {}), ("bin/sh", tarfile.SYMTYPE, {"linkname": "busybox"}),
+    ("etc/passwd", tarfile.REGTYPE, {"size": 1234}), ("x", tarfile.LNKTYPE, {"linkname": "y"}),
+    ("dev/null", tarfile.CHRTYPE, {"devmajor": 1, "devminor": 3}), ("p", tarfile.FIFOTYPE, {}),
+    ("d" * 99, tarfile.DIRTYPE, {}), ("big", tarfile.REGTYPE, {"size": 9 << 30}),
+])
+def test_fast_header_matches_tarfile(name, kind, extra):
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.uid, ti.gid, ti.mode, ti.mtime = kind, 1234, 99, 0o4755, 1_700_000_000
+    ti.uname = ti.gname = ""
+    for k, v in extra.items():
+        setattr(ti, k, v)
+    assert layer_tar._fast_header(ti) == ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    ti.pax_headers = {"SCHILY.xattr.user.x": "1"}
+    assert layer_tar._fast_header(ti) is None  # anything PAX goes through tarfile
