@@ -248,7 +248,10 @@ def create(store, spec: ServiceSpec, *, start_monitor: bool = True) -> dict:
     os.makedirs(st.services_dir(store), exist_ok=True)
     with st.global_lock(store), st.service_lock(store, spec.name):
         if st.exists(store, spec.name):
-            raise AlreadyExists(f"service {spec.name} already exists")
+            state = st.load(store, spec.name).get("state")
+            hint = "" if state == "running" else \
+                f" ({state}: left by a crash; `cocker service rm {spec.name}` cleans it up)"
+            raise AlreadyExists(f"service {spec.name} already exists{hint}")
         sdir = st.service_dir(store, spec.name)
         netname = network_name(spec.name)
         rec = {
