@@ -417,7 +417,8 @@ def _plan(c: Container, detached: bool):
 
 
 def _start(store, name: str, *, detached: bool, stdio=None, before_go=None,
-           foreground: bool = False, volatile: bool = False) -> tuple[Container, int]:
+           foreground: bool = False, volatile: bool = False,
+           autoremove: bool = False) -> tuple[Container, int]:
     """Start the container; returns it and the supervisor's pid once the workload exec'd."""
     _require_root()
     c = load(store, name)
@@ -428,7 +429,8 @@ def _start(store, name: str, *, detached: bool, stdio=None, before_go=None,
         if state == "dead":
             _cleanup_leftovers(c)
         plan, cg = _plan(c, detached)
-        plan.volatile = volatile
+        plan.volatile = volatile or autoremove
+        plan.autoremove = autoremove
         r = c.record
         cg.create(cpus=r.get("cpus"), cpu_quota=r.get("cpu_quota"), memory=r.get("memory"),
                   pids_limit=r.get("pids_limit"))
@@ -515,7 +517,7 @@ def start(store, name: str, *, attach: bool = False) -> int | None:
     return wait(store, name)
 
 
-def _run_tty(store, name: str) -> int:
+def _run_tty(store, name: str, autoremove: bool = False) -> int:
     from runtime import attach as attachmod
     holder: dict = {}
 
@@ -523,7 +525,7 @@ def _run_tty(store, name: str) -> int:
         holder["sock"] = attachmod.connect(c)
         attachmod.send_winsize(holder["sock"])     # the pty has its size before the shell starts
 
-    c, _ = _start(store, name, detached=True, before_go=connect_first)
+    c, _ = _start(store, name, detached=True, before_go=connect_first, autoremove=autoremove)
     code = attachmod.session(holder["sock"])
     if code is None:               # detached by the user (ctrl-p ctrl-q): it keeps running
         return 0
@@ -538,10 +540,10 @@ def run(store, spec: ContainerSpec, *, rm: bool = False, detach: bool = False,
     name = c.name
     try:
         if detach:
-            _start(store, name, detached=True)
+            _start(store, name, detached=True, autoremove=rm)
             return 0
         if spec.tty:
-            return _run_tty(store, name)
+            return _run_tty(store, name, autoremove=rm)
         stdin = 0 if interactive else os.open(os.devnull, os.O_RDONLY)
         try:
             code = _foreground(store, name, (stdin, 1, 2), volatile=rm)

@@ -105,6 +105,7 @@ class Plan:
     published: bool = False
     host_netns_fd: int = -1
     volatile: bool = False      # a throw-away container (--rm): overlay without syncs
+    autoremove: bool = False    # `run -d --rm`: the supervisor deletes the container at the end
 
 
 @dataclass
@@ -538,6 +539,14 @@ def _finish(S: _Sup, code: int) -> None:
     if S.listener is not None:
         try:
             os.unlink(os.path.join(plan.cdir, "attach.sock"))
+        except OSError:
+            pass
+    if plan.autoremove:
+        doomed = os.path.join(os.path.dirname(plan.cdir), f".rm-{plan.name}.{time.time_ns()}")
+        try:
+            os.rename(plan.cdir, doomed)
+            from runtime.containers import _rmtree
+            _rmtree(doomed)
         except OSError:
             pass
 

@@ -179,3 +179,12 @@ def test_paused_freezes(rt, cname):
         assert open(upper).read() == first
     assert wait_for(lambda: open(upper).read() != first, 5)
     containers.stop(store, cname, timeout=2)
+
+
+def test_detached_rm_removes_itself(rt, cname):
+    store, cli = rt
+    cli("container", "run", "-d", "--rm", "--name", cname, "--net", "none", "busybox:1.0",
+        "sh", "-c", "sleep 0.3; exit 3")
+    assert wait_for(lambda: not os.path.exists(os.path.join(store.containers_dir, cname)), 15)
+    assert_no_leftovers(store, cname)
+    assert not [n for n in os.listdir(store.containers_dir) if cname in n]

@@ -110,8 +110,6 @@ def run_cmd(ctx, image: str | None, command: tuple[str, ...], rm: bool, interact
         if not image:
             raise UsageError("run needs an IMAGE (or -f FILE)")
         spec = _make_spec(image, command, tty, kw)
-    if detach and rm:
-        raise UsageError("--rm and --detach together: use `rm` after it stops")
     if detach and not spec.name:
         spec.name = containers.new_name(ctx.store)
     code = containers.run(ctx.store, spec, rm=rm, detach=detach, interactive=interactive or tty)
