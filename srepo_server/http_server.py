@@ -65,6 +65,20 @@ class Body:
             cb()
 
     def read(self, n: int = 1 << 20) -> bytes:
+        """Up to `n` bytes (b"" at the end); chunked bodies are gathered across chunks, so
+        clients that send many small chunks still cost one write per ~`n` bytes."""
+        if not self.chunked:
+            return self._piece(n)
+        parts, got = [], 0
+        while got < n and not self.done:
+            piece = self._piece(n - got)
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+        return b"".join(parts)
+
+    def _piece(self, n: int) -> bytes:
         if self.done:
             return b""
         self._first()
