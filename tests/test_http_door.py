@@ -669,3 +669,25 @@ def test_cocker_cli_push_and_pull_over_http(door, store, cocker, tmp_path):
     p = cocker("image", "push", "cli/app:1.0", "--repo", door.url + "/team", check=False,
                env={"COCKER_REGISTRY_TOKEN": "not-a-valid-token"})
     assert p.returncode != 0 and "Traceback" not in p.stderr
+
+
+@pytest.mark.skipif(not DOCKER_REGISTRY, reason="docker-registry not installed")
+def test_httprepo_bearer_token_flow_against_docker_registry(src, tmp_path):
+    from tests.support.http_servers import TokenRegistry
+    reg = TokenRegistry(str(tmp_path))
+    try:
+        d = make_image(src, "tok/app", "1", extra_layers=[os.urandom(5 << 20)])
+        with pytest.raises(AuthError):
+            copy(refmod.parse("tok/app:1"), src, HttpRepo(reg.url))  # no credentials
+        with pytest.raises(AuthError):
+            copy(refmod.parse("tok/app:1"), src,
+                 HttpRepo(reg.url, username=reg.USER, password="wrong"))
+        remote = HttpRepo(reg.url, username=reg.USER, password=reg.PASSWORD)
+        copy(refmod.parse("tok/app:1"), src, remote)
+        assert "repository:tok/app:pull,push" in reg.issued
+        back = LayoutRepo(str(tmp_path / "back"), create=True)
+        copy(refmod.parse("tok/app:1"),
+             HttpRepo(reg.url, username=reg.USER, password=reg.PASSWORD), back)
+        assert back.get_ref("tok/app", "1") == d and back.fsck() == []
+    finally:
+        reg.stop()

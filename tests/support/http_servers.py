@@ -3,6 +3,7 @@ each on 127.0.0.1 at a free port, stopped by pid."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import io
@@ -173,3 +174,114 @@ def request(url: str, method: str = "GET", data: bytes | None = None,
             return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, e.read()
+
+
+class TokenRegistry:
+    """docker-registry in token-auth mode, with a small token service beside it that signs
+    JWTs (RS256, x5c) for one user, the way Docker Hub, Harbor or GitLab hand out tokens."""
+
+    USER, PASSWORD = "tokenuser", "token-password-1"
+
+    def __init__(self, workdir: str) -> None:
+        import datetime
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self.dir = os.path.join(workdir, f"token-registry-{os.getpid()}")
+        os.makedirs(self.dir, exist_ok=True)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test token issuer")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=2))
+                .sign(key, hashes.SHA256()))
+        bundle = os.path.join(self.dir, "root.pem")
+        with open(bundle, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        der = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+        self.issued: list[str] = []
+        outer = self
+
+        def b64url(b: bytes) -> str:
+            return base64.urlsafe_b64encode(b).decode().rstrip("=")
+
+        def sign(scope: str) -> str:
+            from cryptography.hazmat.primitives.asymmetric import padding
+            access = []
+            for s in filter(None, scope.split(" ")):
+                typ, _, rest = s.partition(":")
+                nm, _, actions = rest.rpartition(":")
+                access.append({"type": typ, "name": nm, "actions": actions.split(",")})
+            t = int(time.time())
+            header = {"typ": "JWT", "alg": "RS256", "x5c": [der]}
+            claims = {"iss": "test-issuer", "sub": outer.USER, "aud": "test-registry",
+                      "exp": t + 600, "nbf": t - 10, "iat": t, "jti": os.urandom(8).hex(),
+                      "access": access}
+            signing = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+            sig = key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())
+            return signing + "." + b64url(sig)
+
+        class TokenHandler(BaseHTTPRequestHandler):
+            def log_message(self, *a) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                import urllib.parse
+                q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                want = "Basic " + base64.b64encode(
+                    f"{outer.USER}:{outer.PASSWORD}".encode()).decode()
+                if self.headers.get("Authorization") != want:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                scope = " ".join(q.get("scope", []))
+                outer.issued.append(scope)
+                body = json.dumps({"token": sign(scope), "expires_in": 600}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.token_server = ThreadingHTTPServer(("127.0.0.1", 0), TokenHandler)
+        self.token_server.daemon_threads = True
+        threading.Thread(target=self.token_server.serve_forever, daemon=True).start()
+        realm = f"http://127.0.0.1:{self.token_server.server_address[1]}/token"
+        self.port = free_port()
+        cfg = os.path.join(self.dir, "config.yml")
+        with open(cfg, "w") as f:
+            f.write(json.dumps({
+                "version": 0.1, "log": {"level": "error", "accesslog": {"disabled": True}},
+                "storage": {"filesystem": {"rootdirectory": os.path.join(self.dir, "data")},
+                            "delete": {"enabled": True}},
+                "http": {"addr": f"127.0.0.1:{self.port}"},
+                "auth": {"token": {"realm": realm, "service": "test-registry",
+                                   "issuer": "test-issuer", "rootcertbundle": bundle}},
+            }))
+        self.proc = subprocess.Popen([DOCKER_REGISTRY, "serve", cfg], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(os.path.join(self.dir, "err.log"), "ab"))
+        wait_port(self.port, self.proc)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.token_server.shutdown()
+        self.token_server.server_close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
