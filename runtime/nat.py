@@ -160,6 +160,10 @@ def add_port_rules(tag: str, ip: str, bridge: str, mappings: list[Mapping]) -> N
                   str(m.host_port), "-j", "DNAT", "--to-destination", f"{ip}:{m.ctr_port}")
         _add_rule("filter", FWD_CHAIN, tag, "-d", f"{ip}/32", "-o", bridge, "-p", m.proto,
                   "-m", m.proto, "--dport", str(m.ctr_port), "-j", "ACCEPT")
+        # A container reaching its own published port through a host address: without
+        # SNAT the packet would come back to it from itself and be dropped as a martian.
+        _add_rule("nat", POST_CHAIN, tag, "-s", f"{ip}/32", "-d", f"{ip}/32", "-p", m.proto,
+                  "-m", m.proto, "--dport", str(m.ctr_port), "-j", "MASQUERADE")
 
 
 def published() -> list[tuple[str, int, str, str]]:

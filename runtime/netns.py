@@ -257,6 +257,13 @@ def add_veth(host_name: str, bridge: str, netns_path: str, ifname: str, address:
             raise _netlink_error(e, f"cannot create veth {host_name} for {netns_path}") from None
         finally:
             os.close(fd)
+        try:
+            # Hairpin: a container reaching its own published port through a host address
+            # gets its packets back out of the port they came in on.
+            ipr.brport("set", index=link_index(ipr, host_name), mode=1)
+        except Exception as e:
+            delete_link(host_name)
+            raise _netlink_error(e, f"cannot set up bridge port {host_name}") from None
     try:
         with iproute(netns_path) as ns:
             idx = link_index(ns, ifname)

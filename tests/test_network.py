@@ -491,3 +491,26 @@ def test_container_on_a_named_network(ctr_env, cocker):
     assert set(net.get_network(env.store, name)["endpoints"]) == set()
     cocker("network", "rm", name)
     assert created["bridge"] not in links()
+
+
+def test_published_ports_from_other_namespaces(netenv, tmp_path):
+    """Through the gateway address (the test bridge's own address): another namespace reaches
+    a published port, and so does the publishing namespace itself (hairpin)."""
+    info = net.create_network(netenv.store, unique("n"))
+    a, b = netenv.netns(), netenv.netns()
+    ea = netenv.connect(info["name"], "a", a)
+    eb = netenv.connect(info["name"], "b", b)
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("hairpin\n")
+    for n in (a, b):
+        netenv.spawn(n, "busybox", "httpd", "-f", "-p", "80", "-h", str(www))
+    pa, pb = free_port(), free_port()
+    net.publish(netenv.store, "a", ea["ip"], [f"{pa}:80"])
+    net.publish(netenv.store, "b", eb["ip"], [f"{pb}:80"])
+    fetch = ("import sys,time,urllib.request\nfor i in range(30):\n try:\n"
+             "  sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=3).read().decode());break\n"
+             " except OSError:\n  time.sleep(0.2)\n")
+    for port in (pb, pa):
+        r = netenv.run_in(a, sys.executable, "-c", fetch, f"http://{info['gateway']}:{port}/index.html")
+        assert r.stdout == "hairpin\n", (port, r.stderr)
