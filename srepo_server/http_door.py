@@ -93,11 +93,15 @@ def _check_digest(d: str | None, code: str = "DIGEST_INVALID") -> str:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"  # even a garbage request line gets a status line
     server_version = "srepo-server/0.1"
     sys_version = ""
     server: Server
 
     # plumbing ------------------------------------------------------------------------
+    def version_string(self) -> str:
+        return self.server_version
+
     @property
     def app(self) -> App:
         return self.server.app
@@ -142,6 +146,11 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
         self.close_connection = True
+
+    def finish(self) -> None:
+        super().finish()
+        if getattr(self, "_linger", False):
+            _lingering_close(self.connection)
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -262,8 +271,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # headers already went out; nothing sane to add
             return
         b = self._body_obj
-        if (b is None and (self._declared_length() or 0) > 0) or (b is not None and not b.done):
+        if (b is None and self._declared_length() != 0) or (b is not None and not b.done):
             self.close_connection = True  # don't read a body we refuse
+            self._linger = True
         try:
             self._error(e)
         except OSError:
@@ -538,6 +548,27 @@ class Handler(BaseHTTPRequestHandler):
         headers = {"OCI-Filters-Applied": "artifactType"} if art else {}
         self._json(200, {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": items},
                    headers, content_type=oci.INDEX)
+
+
+def _lingering_close(sock, seconds: float = 2.0, limit: int = 64 << 20) -> None:
+    """Half-close, then swallow what the client is still sending for a moment.
+
+    Closing a socket with unread data makes the kernel send a reset, which can destroy our
+    error answer (413, 401) before the client reads it; this is what web servers call a
+    lingering close."""
+    import socket
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + seconds
+        sock.settimeout(0.5)
+        got = 0
+        while got < limit and time.monotonic() < deadline:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            got += len(chunk)
+    except OSError:
+        pass
 
 
 def _blocking_sendfile(sock, fd: int, offset: int, count: int, timeout: float) -> int:
