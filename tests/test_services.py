@@ -113,6 +113,26 @@ def test_rolling_update_costs_no_request(svc):
     assert not (before & set(cs))                     # the old replicas are gone
 
 
+def test_failed_update_keeps_the_service(svc, tmp_path):
+    """An update whose new replica never serves stops there: the old replicas keep serving."""
+    from builder.testimage import make_busybox_rootfs
+    home, name = svc["home"], svc["name"]
+    rootfs = make_busybox_rootfs(str(tmp_path / "rootfs"))
+    with open(os.path.join(rootfs, "www"), "w") as f:      # `mkdir -p /www` fails: no httpd
+        f.write("not a directory\n")
+    cocker_in(home, "image", "import", rootfs, "broken:1.0")
+    before = {r["name"] for r in replicas(home, name)}
+    with Load(svc["port"]) as load:
+        p = cocker_in(home, "service", "update", name, "--image", "broken:1.0", check=False)
+    assert p.returncode != 0 and "0 of 3 replicas updated" in p.stderr, p.stderr
+    assert load.failures == [] and load.ok > 5
+    assert {r["name"] for r in replicas(home, name)} == before
+    info = json.loads(cocker_in(home, "service", "inspect", name, "--json").stdout)
+    assert info["image_ref"] == "web:2.0"
+    cs = json.loads(cocker_in(home, "container", "ls", "--json").stdout)
+    assert {c["name"] for c in cs if c.get("service") == name} == before   # the failed one is gone
+
+
 def test_rm_leaves_nothing(svc):
     home, name = svc["home"], svc["name"]
     info = json.loads(cocker_in(home, "service", "inspect", name, "--json").stdout)
@@ -202,21 +222,26 @@ def test_brocker_files(shome, tmp_path):
                                  "publish": f"127.0.0.1:{port}:8080"}))
     cfile.write_text(json.dumps({"service-name": name, "command": "httpd -f -p 8080 -h /app",
                                  "copy-file": True, "file": str(page)}))
+    member = "-"
     try:
         cocker_in(shome, "service", "add", str(sfile))
         info = json.loads(cocker_in(shome, "service", "inspect", name, "--json").stdout)
         assert info["subnet"] == subnet and info["nginx"]["running"]
-        from registry.store import Store
-        from runtime import brocker_json, services
-        store = Store(shome)
-        bc = brocker_json.container_spec(json.loads(cfile.read_text()), store=store)
-        assert len(bc.spec.name) == 8                         # brocker's sha1 name
-        brocker_json.stage_files(store, bc.spec.name, bc.copies)
-        services.join(store, name, bc.spec, bc.port)
+        p = cocker_in(shome, "container", "run", "-f", str(cfile))
+        member = p.stdout.strip()
+        assert len(member) == 8                               # brocker's sha1 name
         assert get(port) == (200, "hello from brocker's file")
         cs = json.loads(cocker_in(shome, "container", "ls", "--json").stdout)
-        assert [c["service"] for c in cs if c["name"] == bc.spec.name] == [name]
+        assert [c["service"] for c in cs if c["name"] == member] == [name]
+        assert os.path.exists(os.path.join(shome, "brocker", member, "app", "index.html"))
+        # without a service and without copy-file: a lone container, the file bind-mounted
+        lone = tmp_path / "lone.json"
+        lone.write_text(json.dumps({"name": f"{name}-lone", "image": "web:1.0",
+                                    "command": ["cat", "/app/index.html"], "file": str(page)}))
+        p = cocker_in(shome, "container", "run", "-f", str(lone))
+        assert p.stdout == "hello from brocker's file\n"
+        cocker_in(shome, "container", "rm", f"{name}-lone")
     finally:
         force_cleanup(shome, name)
     assert leftovers(shome, name) == []
-    assert not os.path.exists(os.path.join(shome, "brocker", bc.spec.name))
+    assert not os.path.exists(os.path.join(shome, "brocker", member))
