@@ -296,6 +296,7 @@ def _drop_endpoint(store, rec: dict, owner: str) -> bool:
     if owner in table and table[owner].get("ip") == ep["ip"]:
         # The address is about to be reused: its DNAT rules must not outlive it.
         dropped = nat.delete_tagged(nat.owner_tag(ipam.store_tag(store), owner)) > 0
+        nat.forget_udp_flows([portmap.from_json(p) for p in table[owner].get("ports", [])])
         del table[owner]
         portmap.save_table(store, table)
     ns.delete_link(ep["veth"])
