@@ -98,6 +98,19 @@ def test_export_then_import_round_trip(world, tmp_path, fmt, dest):
     assert not [n for n in os.listdir(tmp_path) if "cocker-tmp" in n]
 
 
+def test_docker_dir_and_cli_format_lists(world, tmp_path):
+    from cocker.commands import image_io
+    assert image_io.IMPORT_FORMATS == af.FORMATS
+    assert image_io.EXPORT_FORMATS == exporters.EXPORT_FORMATS
+    path = exporters.export_image(world.store, "bb:1.0", str(tmp_path / "d.tar"), "docker-archive")
+    extracted = tmp_path / "extracted"
+    extracted.mkdir()
+    subprocess.run(["tar", "-C", str(extracted), "-xf", path], check=True)
+    store = _fresh(tmp_path)
+    res = importers.import_image(store, str(extracted))
+    assert res.format == af.DOCKER_DIR and res.ref == "bb:1.0" and res.digest == world.digest
+
+
 def test_plain_oci_layout_names_the_version(world, tmp_path):
     out = exporters.export_image(world.store, "bb:1.0", str(tmp_path / "l"), "oci")
     index = json.load(open(os.path.join(out, "index.json")))
