@@ -73,21 +73,15 @@ class Monitor:
                 self.restart(r["name"])
 
     def check_nginx(self, rec: dict) -> None:
-        """nginx died (killed, OOM): start it again with the current upstream list."""
-        from runtime.services import nginx_for, upstream
-        ng = nginx_for(self.store, rec)
-        if ng.running() or not ng.netns_path or not os.path.exists(ng.netns_path):
+        """nginx died (killed, OOM, a reboot): bring the service's front end back."""
+        from runtime.services import nginx_for, revive_frontend
+        if nginx_for(self.store, rec).running():
             return
         with st.service_lock(self.store, self.name, timeout=LOCK_WAIT):
             rec = st.load(self.store, self.name)
-            ng = nginx_for(self.store, rec)
-            if ng.running() or rec.get("state") != "running":
+            if nginx_for(self.store, rec).running() or rec.get("state") != "running":
                 return
-            ng.kill_strays()                      # workers of a master killed with -9
-            ng.write_config(upstream(rec))
-            with _quiet_stop():
-                os.unlink(ng.pid_file)
-            rec["nginx"]["pid"] = ng.start()
+            revive_frontend(self.store, rec)
             st.save(self.store, rec)
             log(f"nginx was not running: started again (pid {rec['nginx']['pid']})")
 

@@ -494,6 +494,31 @@ def _loaded_running(store, name: str) -> dict:
     return rec
 
 
+def revive_frontend(store, rec: dict) -> None:
+    """nginx is not running (killed; or a reboot took its namespace, veth and port mappings
+    while the record stayed): make what is missing again — the namespace, its endpoint at the
+    same address, the port mappings — and start nginx with the current upstream list.
+    The caller holds the service's lock and saves the record."""
+    from runtime import network
+    name = rec["name"]
+    owner = nginx_owner(name)
+    nginx_for(store, rec).stop()
+    nspath = rec.get("nginx", {}).get("netns_path")
+    if not nspath or not os.path.exists(nspath):
+        network.unpublish(store, owner)
+        network.disconnect(store, rec["network"], owner)      # the endpoint of a lost namespace
+        nspath = network.new_netns(netns_name(name))
+        ep = network.connect(store, rec["network"], owner, nspath, ip=rec["nginx"].get("ip"))
+        rec["nginx"].update(netns_path=nspath, ip=ep["ip"])
+        if rec.get("publish"):
+            network.publish(store, owner, ep["ip"], [f"{p}:{NGINX_PORT}" for p in rec["publish"]])
+    ng = nginx_for(store, rec)
+    ng.write_config(upstream(rec))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(ng.pid_file)
+    rec["nginx"]["pid"] = ng.start()
+
+
 # ---- rm ---------------------------------------------------------------------------------
 
 def remove(store, name: str) -> None:

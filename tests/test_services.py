@@ -133,6 +133,26 @@ def test_failed_update_keeps_the_service(svc, tmp_path):
     assert {c["name"] for c in cs if c.get("service") == name} == before   # the failed one is gone
 
 
+def test_killed_nginx_comes_back(svc):
+    """nginx killed with -9 (master and workers): the monitor starts it again."""
+    home, name = svc["home"], svc["name"]
+    pid = json.loads(cocker_in(home, "service", "inspect", name, "--json").stdout)["nginx"]["pid"]
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        workers = [int(x) for x in f.read().split()]
+    for p in [pid, *workers]:
+        os.kill(p, 9)
+
+    def serving():
+        try:
+            return get(svc["port"], timeout=2)[0] == 200
+        except OSError:
+            return False
+    wait_for(serving, timeout=15)
+    info = json.loads(cocker_in(home, "service", "inspect", name, "--json").stdout)
+    assert info["nginx"]["running"] and info["nginx"]["pid"] != pid
+    assert answers(svc["port"], 45) == {r["name"] for r in replicas(home, name)}
+
+
 def test_rm_leaves_nothing(svc):
     home, name = svc["home"], svc["name"]
     info = json.loads(cocker_in(home, "service", "inspect", name, "--json").stdout)
