@@ -156,14 +156,16 @@ def ensure_bridge(name: str, alias: str, gateway: str, prefixlen: int) -> bool:
                 # changes it as containers come and go, which breaks their ARP caches.
                 mac = bytearray(os.urandom(6))
                 mac[0] = (mac[0] & 0xFE) | 0x02             # unicast, locally administered
-                ipr.link("add", ifname=name, kind="bridge", address=":".join(f"{b:02x}" for b in mac))
+                ipr.link("add", ifname=name, kind="bridge",
+                         address=":".join(f"{b:02x}" for b in mac))
                 created = True
                 idx = link_index(ipr, name)
                 ipr.link("set", index=idx, ifalias=alias)
             elif link_alias(ipr, idx) != alias:
                 raise AlreadyExists(f"interface {name} already exists and is not this cocker "
                                     "network's bridge; choose another bridge name")
-            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
+            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                    for a in ipr.get_addr(index=idx, family=2)}
             if (gateway, prefixlen) not in have:
                 ipr.addr("add", index=idx, address=gateway, prefixlen=prefixlen)
             ipr.link("set", index=idx, state="up")
