@@ -30,7 +30,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from registry.errors import AlreadyExists, CockerError, Conflict, LockBusy, NotFound, UsageError
+from registry.errors import AlreadyExists, CockerError, Conflict, NotFound, UsageError
 from runtime import service_state as st
 from runtime.nginx import Nginx, nginx_binary
 from runtime.service_state import ServiceSpec
@@ -657,5 +657,5 @@ def ensure_all_monitors(store) -> None:
                 ensure_monitor(store, n)
 
 
-__all__ = ["create", "inspect", "list_services", "scale", "update", "join", "remove",
-           "ensure_monitor", "ensure_all_monitors", "LockBusy"]
+__all__ = ["create", "inspect", "list_services", "scale", "update", "join", "stop_member",
+           "remove", "ensure_monitor", "ensure_all_monitors", "revive_frontend"]

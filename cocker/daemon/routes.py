@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from registry import errors
-from registry.errors import CockerError, NotFound, UsageError
+from registry.errors import CockerError, UsageError
 
 CLI_TIMEOUT = 3600
 WORKER_TIMEOUT = 600
@@ -298,4 +298,4 @@ def dispatch(req: Request) -> tuple[int, Any]:
     return 404, {"error": f"no route {req.method} {path}", "type": "NotFound"}
 
 
-__all__ = ["dispatch", "Request", "run_cli", "worker", "NotFound"]
+__all__ = ["dispatch", "Request", "run_cli", "worker"]
