@@ -33,6 +33,15 @@ def cocker_argv() -> list[str]:
     return [sys.executable, "-m", "cocker.main"]
 
 
+def cocker_plain_argv() -> list[str]:
+    """cocker as a regular (non-editable) install would start: no .pth processing (this
+    machine's editable-install finder and sandbox CA hook cost tens of ms), same code."""
+    import site
+    paths = [ROOT] + site.getsitepackages()
+    boot = f"import sys; sys.path[:0] = {paths!r}; from cocker.main import main; main()"
+    return [sys.executable, "-S", "-c", boot]
+
+
 def timed(argv: list[str], env: dict, cwd: str | None = None) -> float:
     t0 = time.perf_counter()
     p = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -101,18 +110,22 @@ def main() -> None:
                                     "/bin/true"], env)      # includes unpacking 50 layers
         timed(run_ck, env)                                  # warm-up: layer tree, caches
         timed(["runc", "run", "bootbench-warm"], env, cwd=bundle)
-        cocker_t, runc_t, layered_t = [], [], []
+        plain = cocker_plain_argv() + run_ck[len(ck):]
+        cocker_t, runc_t, layered_t, plain_t = [], [], [], []
         for i in range(args.runs):
             runc_t.append(timed(["runc", "run", f"bootbench-{os.getpid()}-{i}"], env, cwd=bundle))
             cocker_t.append(timed(run_ck, env))
+            plain_t.append(timed(plain, env))
             layered_t.append(timed(ck + ["container", "run", "--rm", "--net", "none",
                                          "layered:1.0", "/bin/true"], env))
         py_t = [timed([sys.executable, "-c", "pass"], env) for _ in range(5)]
-        mc, mr, ml = (statistics.median(x) for x in (cocker_t, runc_t, layered_t))
+        mc, mr, ml, mp = (statistics.median(x) for x in (cocker_t, runc_t, layered_t, plain_t))
         print(f"runs: {args.runs} each, interleaved; load average {os.getloadavg()[0]:.1f}")
         print(f"runc run /bin/true                         median {mr * 1000:7.1f} ms")
         print(f"cocker container run --rm /bin/true        median {mc * 1000:7.1f} ms")
         print(f"ratio cocker/runc                                 {mc / mr:7.2f}x")
+        print(f"  same, started as a regular install (-S)   median {mp * 1000:7.1f} ms"
+              f"  ratio {mp / mr:.2f}x")
         print(f"cocker, {args.layers}-layer image                      median {ml * 1000:7.1f} ms"
               f"  (first boot incl. unpack {first_layered * 1000:.0f} ms)")
         print(f"(python interpreter start alone: median {statistics.median(py_t) * 1000:.1f} ms)")

@@ -260,6 +260,7 @@ def load(store, name: str) -> Container:
 
 
 def list_containers(store, all: bool = True) -> list[Container]:  # noqa: A002 - the API's name
+    _sweep_removed(store)
     out = []
     with contextlib.suppress(FileNotFoundError):
         for n in sorted(os.listdir(store.containers_dir)):
@@ -347,7 +348,7 @@ def create(store, spec: ContainerSpec, *, durable: bool = True) -> Container:
         raise UsageError(f"invalid hostname {hostname!r}")
     if spec.restart not in ("no", "always", "on-failure", "unless-stopped"):
         raise UsageError(f"--restart {spec.restart!r}: no, always, on-failure or unless-stopped")
-    layer_paths = layers.ensure_layers(store, img)
+    layers.ensure_layers(store, img)
     labels = dict(cfg.get("Labels") or {})
     labels.update(spec.labels or {})
     record = {
@@ -376,7 +377,6 @@ def create(store, spec: ContainerSpec, *, durable: bool = True) -> Container:
     try:
         for sub in ("upper", "work", "rootfs"):
             os.mkdir(os.path.join(cdir, sub), 0o755)
-        mounts.lower_links(cdir, layer_paths)
         if durable:
             from registry.fsutil import atomic_write
             atomic_write(os.path.join(cdir, "container.json"),
@@ -529,8 +529,10 @@ def _run_tty(store, name: str, autoremove: bool = False) -> int:
     code = attachmod.session(holder["sock"])
     if code is None:               # detached by the user (ctrl-p ctrl-q): it keeps running
         return 0
-    got = wait(store, name, timeout=30)
-    return code if got is None else got
+    # the exit frame comes before the supervisor's last breath: wait for it to finish tearing
+    # down (with autoremove, the container may be gone already)
+    _wait_unlocked(c, 30)
+    return code
 
 
 def run(store, spec: ContainerSpec, *, rm: bool = False, detach: bool = False,
@@ -538,6 +540,7 @@ def run(store, spec: ContainerSpec, *, rm: bool = False, detach: bool = False,
     """create + start; in the foreground, return the command's exit code."""
     c = create(store, spec, durable=not rm)
     name = c.name
+    clean = False
     try:
         if detach:
             _start(store, name, detached=True, autoremove=rm)
@@ -550,6 +553,7 @@ def run(store, spec: ContainerSpec, *, rm: bool = False, detach: bool = False,
         finally:
             if stdin:
                 os.close(stdin)
+        clean = True
         return code
     except StartFailed:
         rm = True                       # nothing of a container that could not start is kept
@@ -561,7 +565,7 @@ def run(store, spec: ContainerSpec, *, rm: bool = False, detach: bool = False,
     finally:
         if rm and (not detach or c.state() != "running"):
             with contextlib.suppress(CockerError):
-                remove(store, name, force=True)
+                remove(store, name, force=True, background=clean)
 
 
 def _foreground(store, name: str, stdio: tuple[int, int, int], volatile: bool = False) -> int:
@@ -718,9 +722,10 @@ def _cleanup_leftovers(c: Container) -> None:
         write_json(os.path.join(c.dir, "state.json"), st)
 
 
-def remove(store, name: str, force: bool = False) -> None:
+def remove(store, name: str, force: bool = False, *, background: bool = False) -> None:
     """Delete the container (with `force`, stop a running one first, and clean what a crashed
-    supervisor left behind)."""
+    supervisor left behind). With `background`, the container is gone at once (renamed away)
+    and its files are deleted by a detached process (`run --rm` need not wait for the disk)."""
     _require_root()
     c = load(store, name)
     state = c.state()
@@ -737,9 +742,41 @@ def remove(store, name: str, force: bool = False) -> None:
             os.rename(c.dir, doomed)
         except FileNotFoundError:
             return
+    if background and _rmtree_detached(doomed):
+        return
     _rmtree(doomed)
     if os.path.exists(doomed):
         raise RuntimeFailure(f"could not remove {doomed} completely")
+
+
+def _rmtree_detached(path: str) -> bool:
+    try:
+        pid = os.fork()
+    except OSError:
+        return False
+    if pid == 0:
+        try:
+            os.setsid()
+            if os.fork() == 0:
+                # hold none of the caller's pipes open: its reader must see EOF now
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                os.closerange(3, 65536)
+                _rmtree(path)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    return True
+
+
+def _sweep_removed(store, grace: float = 600.0) -> None:
+    """Directories of removals that died halfway (.rm-*), after a grace period."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for e in os.scandir(store.containers_dir):
+            if e.name.startswith(".rm-") and now - e.stat(follow_symlinks=False).st_mtime > grace:
+                _rmtree(e.path)
 
 
 def _rmtree(path: str) -> None:

@@ -19,16 +19,22 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
 # host side ----------------------------------------------------------------------------
+MAX_OPTIONS = 3900       # the kernel takes one page of mount options; keep room for the rest
+
+
 def lower_links(cdir: str, layer_paths: list[str]) -> str:
-    """Short relative names for the layers (bottom -> top) under `cdir`; returns the lowerdir
-    option value (top first, as overlay wants it). Relative to `cdir`, so 50+ layers fit in the
-    one page the kernel allows for mount options."""
-    ldir = os.path.join(cdir, LINKS)
-    os.makedirs(ldir, exist_ok=True)
+    """The lowerdir option value (top first, as overlay wants it) for the layers (bottom -> top),
+    relative to `cdir` (the overlay is mounted from there). Paths like ../../layers/<hex> when
+    they fit in a page; else short links containers/<name>/L/<n>, so 50+ layers still fit."""
     if not layer_paths:                       # an image without layers: one empty lower dir
         empty = os.path.join(cdir, "empty")
         os.makedirs(empty, exist_ok=True)
         layer_paths = [empty]
+    direct = ":".join(os.path.relpath(p, cdir) for p in reversed(layer_paths))
+    if len(direct) < MAX_OPTIONS - 100:
+        return direct
+    ldir = os.path.join(cdir, LINKS)
+    os.makedirs(ldir, exist_ok=True)
     for i, p in enumerate(layer_paths):
         link = os.path.join(ldir, str(i))
         with contextlib.suppress(FileNotFoundError):
@@ -221,13 +227,12 @@ def setup_rootfs(cdir: str, lowerdir: str, volumes: list[tuple[str, str, bool]],
 
 # host side again: the merged tree of a stopped container (cp, builds) ------------------------------
 def is_mounted(path: str) -> bool:
-    path = os.path.realpath(path)
-    with contextlib.suppress(OSError):
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                if line.split()[4] == path:
-                    return True
-    return False
+    """Whether something is mounted on `path` here (an overlay: another device than its parent;
+    two stats instead of reading the whole mount table)."""
+    try:
+        return os.path.ismount(path)
+    except OSError:
+        return False
 
 
 def unmount_all(path: str) -> None:

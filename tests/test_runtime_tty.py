@@ -84,7 +84,8 @@ def test_run_it_with_window_size(rt, cname):
     c.send(b"stty size\n")
     c.expect(b"40 120")
     c.send(b"exit 5\n")
-    assert c.wait() == 5
+    code = c.wait()
+    assert code == 5, c.out[-800:]
     assert not os.path.exists(os.path.join(store.containers_dir, cname))
 
 
