@@ -328,7 +328,9 @@ def inspect(store, name: str) -> dict:
         state, code, _ip = container_state(store, r["name"])
         reps.append({**r, "status": state, "exit_code": code})
     out["replicas"] = reps
-    out["desired_replicas"] = rec["spec"]["replicas"]
+    # the template's replicas plus the containers that joined (brocker's container files)
+    out["desired_replicas"] = rec["spec"]["replicas"] + sum(
+        1 for r in rec["replicas"] if r.get("origin") == "joined")
     out["running_replicas"] = sum(1 for r in reps if r["status"] == "running")
     ng = nginx_for(store, rec)
     out["nginx"] = {**rec.get("nginx", {}), "running": ng.running(), "pid": ng.pid(),

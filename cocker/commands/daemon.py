@@ -28,5 +28,8 @@ def daemon(ctx, socket_path: str | None, listen: str | None, token_file: str | N
     def ready() -> None:
         click.echo(f"cocker daemon: serving {ctx.store.home} on unix://{path}"
                    + (f" and http://{listen}" if listen else ""), err=True)
+        if listen and not token_file:
+            click.echo("cocker daemon: warning: TCP without --token-file: every local user can "
+                       "use this API (it runs containers as root)", err=True)
 
     server.serve(ctx.store.home, path, listen, token_file, verbose=verbose, ready=ready)
