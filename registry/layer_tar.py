@@ -397,6 +397,8 @@ class _TarEmitter:
                 data = os.read(fd, size) if size else b""
                 self.buf += data
                 left -= len(data)
+                if self.progress is not None and data:
+                    self.progress.update(len(data))
             elif fd >= 0:
                 self._flush()
                 while left > 0:
