@@ -165,8 +165,8 @@ class Container:
         try:
             with open(f"/proc/{sup}/task/{sup}/children") as f:
                 kids = [int(x) for x in f.read().split()]
-        except OSError:
-            kids = []
+        except OSError:               # kernels without CONFIG_PROC_CHILDREN: scan for them
+            kids = sorted(_children_by_scan(sup), key=lambda p: _start_or_max(p))
         return kids[0] if kids else None
 
     @property
@@ -218,6 +218,26 @@ class Container:
 
 
 # helpers --------------------------------------------------------------------------------
+def _children_by_scan(ppid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    data = f.read()
+                if int(data[data.rindex(b")") + 2:].split()[1]) == ppid:
+                    out.append(int(d))
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def _start_or_max(pid: int) -> int:
+    from runtime.syscalls import process_start_time
+    t = process_start_time(pid)
+    return t if t is not None else 1 << 62
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise PermissionDenied("containers need root (namespaces, mounts and cgroups)")
