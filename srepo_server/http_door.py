@@ -244,6 +244,7 @@ class Handler(BaseHTTPRequestHandler):
             with self.server.count_lock:
                 self.server.busy -= 1
             self._settle_body()
+            self._expect = False  # per request; the next one on this connection starts afresh
             self._access_log(time.monotonic() - start)
 
     def _settle_body(self) -> None:
@@ -261,10 +262,10 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 b = self._body()
             except ApiError:
-                self.close_connection = True
+                self.close_connection = self._linger = True
                 return
         if not b.done and not b.drain():
-            self.close_connection = True
+            self.close_connection = self._linger = True
 
     def _finish_error(self, e: ApiError) -> None:
         if self._status:
