@@ -259,6 +259,9 @@ def test_umoci_round_trip(world, tmp_path):
     layout = exporters.export_image(world.store, "bb:1.0", str(tmp_path / "l"), "oci",
                                     compression="gzip")
     assert "cocker image import" in _run("umoci", "stat", "--image", f"{layout}:1.0")
+    # umoci also addresses the store itself by its name:version ref.names.
+    assert "cocker image import" in _run("umoci", "stat", "--image",
+                                         f"{world.store.root}:bb:1.0")
     bundle = str(tmp_path / "bundle")
     _run("umoci", "unpack", "--image", f"{layout}:1.0", bundle)
     assert snapshot(os.path.join(bundle, "rootfs")) == world.expected
