@@ -26,7 +26,7 @@ import paramiko
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from registry.sftp_repo import finish_pipelined
+from registry.sftp_repo import finish_pipelined, open_sftp
 from registry.errors import (AlreadyExists, CockerError, NotFound, TransportError,
                              UnsafeArchive)
 
@@ -77,7 +77,7 @@ class LegacyRepo:
                  own_client: bool = True) -> None:
         self.client, self.dir, self.url, self.own_client = client, directory or ".", url, own_client
         try:
-            self.sftp = client.open_sftp()
+            self.sftp = open_sftp(client)
             st = self.sftp.stat(self.dir)
         except IOError as e:
             if getattr(e, "errno", None) == errno.ENOENT:

@@ -49,7 +49,18 @@ WATCH = 0.5  # how long a younger partial is watched for growth before it is cla
 # round trips per MiB than paramiko's 32 KiB default.
 REQUEST_SIZE = 128 * 1024
 BUFSIZE = 1 << 20
-PREFETCH_REQUESTS = 128
+PREFETCH_REQUESTS = 32
+SFTP_WINDOW = 2 << 20
+MAX_PACKET = 2 ** 17
+
+
+def open_sftp(client: paramiko.SSHClient) -> paramiko.SFTPClient:
+    """An SFTP session with a small receive window: paramiko's channel buffer deletes
+    consumed bytes from the front of one array, so each of the many small reads SFTP
+    makes costs O(buffered bytes); 2 MiB keeps that cheap (5x less CPU than 128 MiB on a
+    pull) and the pipe still full."""
+    return paramiko.SFTPClient.from_transport(client.get_transport(), window_size=SFTP_WINDOW,
+                                              max_packet_size=MAX_PACKET)
 
 
 def _remote_errors(fn: Callable) -> Callable:
@@ -89,7 +100,7 @@ class SftpRepo(Repository):
         s = getattr(self._local, "sftp", None)
         if s is None:
             try:
-                s = self.client.open_sftp()
+                s = open_sftp(self.client)
             except (paramiko.SSHException, EOFError, OSError) as e:
                 raise TransportError(f"{self.describe()}: cannot start SFTP ({e})") from None
             self._local.sftp = s

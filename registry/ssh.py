@@ -27,7 +27,9 @@ from paramiko.auth_strategy import AuthFailure, AuthStrategy, InMemoryPrivateKey
 
 from registry.errors import AuthError, TransportError
 
-# 128 MiB windows: a blob stream never stalls waiting for WINDOW_ADJUST on a fast link.
+# 128 MiB windows on exec channels: a blob stream never stalls waiting for WINDOW_ADJUST
+# on a fast link (reads there are large, so a full buffer costs nothing; SFTP sessions use
+# a small window, see registry.sftp_repo.open_sftp).
 WINDOW_SIZE = 2 ** 27
 # The largest packet we accept; OpenSSH then sends up to this much per packet (its
 # limit is 256 KiB), which cuts paramiko's per-packet Python work on pulls about 3x.
