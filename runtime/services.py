@@ -542,7 +542,13 @@ def remove(store, name: str) -> None:
             errors.append(f"{what}: {_msg(e)}")
 
     with st.global_lock(store), st.service_lock(store, name):
-        rec = st.load(store, name)
+        try:
+            rec = st.load(store, name)
+        except NotFound:
+            # an unreadable record: remove what a service of this name would have made
+            rec = {"name": name, "network": network_name(name), "replicas": [],
+                   "nginx": {"netns": netns_name(name),
+                             "netns_path": os.path.join("/run/netns", netns_name(name))}}
         rec["state"] = "removing"
         st.save(store, rec)
         owner = nginx_owner(name)
