@@ -144,14 +144,23 @@ def container_state(store, cname: str) -> tuple[str, int | None, str | None]:
     return c.state(), getattr(c, "exit_code", None), getattr(c, "ip", None)
 
 
-def flush_neighbours(netns: str | None = None, ip: str | None = None) -> None:
-    """Forget cached MAC addresses. A replica that comes back (restart, or a new replica that
-    got a freed address) has a new veth with a new MAC; a stale ARP entry would send nginx's
-    (or the host's) packets to the old one until the kernel notices, seconds later."""
-    cmd = ["ip"] + (["-n", netns] if netns else []) + ["neigh", "flush"]
-    cmd += ["to", ip] if ip else ["all"]
-    subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=10, check=False)
+def flush_neighbours(netns_path: str | None = None, ip: str | None = None) -> None:
+    """Forget cached MAC addresses (all, or `ip`'s) in the host or in a namespace.
+
+    A replica that comes back (a restart, or a new replica given a freed address) has a new
+    veth with a new MAC; a stale ARP entry would send nginx's (or the host's) packets to the
+    old one until the kernel notices, seconds later."""
+    import socket as _socket
+    from runtime.netns import iproute
+    try:
+        with iproute(netns_path) as ipr:
+            for n in ipr.get_neighbours(family=_socket.AF_INET):
+                dst = n.get_attr("NDA_DST")
+                if dst and (ip is None or dst == ip):
+                    with contextlib.suppress(Exception):   # gone already, or a permanent entry
+                        ipr.neigh("del", dst=dst, ifindex=n["ifindex"])
+    except (CockerError, OSError):
+        pass          # no cache to clean is no reason to fail a reload
 
 
 def wait_ready(store, cname: str, port: int, timeout: float = READY_TIMEOUT) -> str:
@@ -208,7 +217,9 @@ def upstream(rec: dict) -> list[str]:
 def apply_rotation(store, rec: dict, *, drain: bool = False) -> None:
     """Make nginx's upstream what the record says, gracefully."""
     ng = nginx_for(store, rec)
-    flush_neighbours(rec.get("nginx", {}).get("netns"))
+    nspath = rec.get("nginx", {}).get("netns_path")
+    if nspath and os.path.exists(nspath):
+        flush_neighbours(nspath)
     ng.reload(upstream(rec), drain=drain)
 
 
