@@ -149,3 +149,19 @@ def test_concurrent_imports_into_one_store(home, busybox_rootfs, tmp_path):
     assert store.fsck() == []
     index = json.load(open(os.path.join(home, "index.json")))
     assert len(index["manifests"]) == len(refs)
+
+
+@pytest.mark.root
+def test_full_disk_is_one_line_and_leaves_no_ref(busybox_rootfs, tmp_path, cocker):
+    home = tmp_path / "tiny"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(home)], check=True)
+    try:
+        p = cocker("image", "import", busybox_rootfs, "big:1", check=False,
+                   env={"COCKER_HOME": str(home)})
+        one_line_error(p)
+        assert "no space left" in p.stderr
+        store = Store(str(home))
+        assert store.list_refs() == [] and store.fsck() == []
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=True)
