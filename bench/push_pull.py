@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from registry import digest as dm  # noqa: E402
 from registry import image as imagemod  # noqa: E402
 from registry import oci  # noqa: E402
+from registry import reference  # noqa: E402
 from registry.store import Store  # noqa: E402
 from tests.support.sshd import free_port, start_sshd, tar_layer  # noqa: E402
 
@@ -137,6 +138,21 @@ def main() -> None:
             shutil.rmtree(pull_home)
             shutil.rmtree(remote)
 
+        # The same pushes in one process (no interpreter start-up): what the protocol costs.
+        from registry.copy import copy
+        from registry.repos import open_repo
+        kw = dict(identity=sshd.client_key, known_hosts=sshd.known_hosts, config_path=None)
+        for mode in ("sftp", "smart"):
+            remote = os.path.join(base, f"inproc-{mode}")
+            t = time.monotonic()
+            with open_repo(sshd.url(remote) + f"?mode={mode}", init=True, **kw) as repo:
+                copy(st.resolve(reference.parse("bench:1.0")), st, repo)
+                results[f"in-process {mode} full push"] = time.monotonic() - t
+                t = time.monotonic()
+                copy(st.resolve(reference.parse("bench:1.1")), st, repo)
+                results[f"in-process {mode} incremental push"] = time.monotonic() - t
+            shutil.rmtree(remote)
+
         # skopeo + docker-registry over plain HTTP
         if shutil.which("skopeo") and shutil.which("docker-registry"):
             port = free_port()
@@ -168,7 +184,8 @@ def main() -> None:
         print()
         w = max(len(k) for k in results)
         for k, v in results.items():
-            mbps = f"{total / v / 1e6:7.1f} MB/s" if "again" not in k and "incr" not in k else ""
+            mbps = f"{total / v / 1e6:7.1f} MB/s" if not any(
+                w in k for w in ("again", "incr")) else ""
             print(f"{k:<{w}}  {v:7.2f} s  {mbps}")
         print("\nratios (lower is better for cocker):")
         for mode in ("sftp", "smart"):
@@ -181,6 +198,10 @@ def main() -> None:
             inc = results[f"cocker {mode} incremental push"] / results[f"cocker {mode} push"]
             print(f"  cocker {mode} incremental / full push: {inc * 100:.1f}%   "
                   f"repeated push: {results[f'cocker {mode} push again']:.2f} s")
+            inc = (results[f"in-process {mode} incremental push"]
+                   / results[f"in-process {mode} full push"])
+            print(f"  in one process (no start-up): {mode} incremental / full push: "
+                  f"{inc * 100:.1f}%")
         print(json.dumps({k: round(v, 3) for k, v in results.items()}))
     finally:
         if reg is not None:
