@@ -209,19 +209,25 @@ class ChannelStream:
 
     def readline(self, limit: int = -1) -> bytes:
         limit = limit if limit and limit > 0 else 1 << 62
+        parts: list[bytes] = []
+        size = 0
+        buf, self._buf = self._buf, b""
         while True:
-            i = self._buf.find(b"\n", 0, limit)
+            i = buf.find(b"\n", 0, limit - size)
             if i >= 0:
-                out, self._buf = self._buf[:i + 1], self._buf[i + 1:]
-                return out
-            if len(self._buf) >= limit:
-                out, self._buf = self._buf[:limit], self._buf[limit:]
-                return out
-            d = self._recv(65536)
-            if not d:
-                out, self._buf = self._buf, b""
-                return out
-            self._buf += d
+                parts.append(buf[:i + 1])
+                self._buf = buf[i + 1:]
+                return b"".join(parts)
+            if size + len(buf) >= limit:
+                take = limit - size
+                parts.append(buf[:take])
+                self._buf = buf[take:]
+                return b"".join(parts)
+            parts.append(buf)
+            size += len(buf)
+            buf = self._recv(1 << 20)
+            if not buf:
+                return b"".join(parts)
 
     def write(self, data: bytes) -> int:
         self.chan.sendall(data)
@@ -386,7 +392,8 @@ class SmartRepo(Repository):
                 if self._count < self._max:
                     self._count += 1
                     break
-                if self._busy and all(t == me for t in self._busy.values()):
+                if (len(self._busy) == self._count
+                        and all(t == me for t in self._busy.values())):
                     raise UsageError(f"{self.describe()}: this thread already holds every "
                                      "connection (a blob stream left open?)")
                 self._cond.wait()
@@ -532,6 +539,8 @@ class _BlobReader:
     def __init__(self, lease: _Lease, conn: _Conn, length: int) -> None:
         self._lease, self._conn, self.left = lease, conn, length
         self._done = False
+        if length == 0:
+            self._finish(None)
 
     def readable(self) -> bool:
         return True

@@ -198,6 +198,10 @@ class _Server(paramiko.ServerInterface):
         try:
             if ns is None:
                 self.door.log(f"{who} refused command {command[:200]!r}")
+                # paramiko sends the exec request's success reply after this thread started;
+                # let it go first so the client sees our message and status, not a closed
+                # channel.
+                time.sleep(0.2)
                 chan.sendall_stderr(b"srepo-server: this server only speaks the smart protocol "
                                     b"(exec `srepo [PREFIX]`)\n")
                 status = 127

@@ -552,3 +552,38 @@ def test_client_reports_transport_errors(served):
         r.list_refs()
     with pytest.raises(InvalidReference):
         r.blob_size("sha256:nothex")
+
+
+def test_channel_stream_framing():
+    from registry.smart import ChannelStream
+    a, b = socket.socketpair()
+    try:
+        s = ChannelStream(b)
+        a.sendall(b"one\ntwo" + b"x" * 100 + b"\n" + b"y" * 50)
+        assert s.readline(1000) == b"one\n"
+        assert s.readline(10) == b"twoxxxxxxx"  # cut at the limit, like io.BufferedReader
+        assert s.readline(1000) == b"x" * 93 + b"\n"
+        assert s.read(20) == b"y" * 20
+        def feed() -> None:
+            a.sendall(b"z" * (3 << 20))
+            a.shutdown(socket.SHUT_WR)
+        t = threading.Thread(target=feed)
+        t.start()
+        assert s.read(30) == b"y" * 30
+        assert s.read(3 << 20) == b"z" * (3 << 20)
+        assert s.read(5) == b"" and s.readline(10) == b""
+        t.join(10)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_smart_repo_over_channel_stream(served, local, tmp_path):
+    from registry.smart import ChannelStream
+    make_image(local, "cs", "1", sizes=(2 << 20, 10))
+    s = ChannelStream(served.pair())
+    with SmartRepo(s, s, closer=s.close) as r:
+        copy(parse("cs:1"), local, r)
+        back = LayoutRepo(str(tmp_path / "back"), create=True)
+        copy(parse("cs:1"), r, back)
+    assert back.fsck() == [] and back.get_ref("cs", "1") == local.get_ref("cs", "1")
