@@ -145,9 +145,8 @@ def test_brocker_exec_gives_the_containers_init_pid(daemon, brocker_service):
     assert status == 200 and isinstance(pid, int)
     # brocker's client nsenters that pid: it lives in namespaces of its own
     assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
-    out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-o", "-4", "addr"],
-                         capture_output=True, text=True, check=True).stdout
-    assert "eth0" in out
+    with open(f"/proc/{pid}/net/dev") as f:                   # its network namespace's links
+        assert "eth0:" in f.read()
 
 
 def test_brocker_standalone_container_run_and_stop(daemon, dhome):

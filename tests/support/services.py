@@ -7,7 +7,6 @@ import http.client
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -104,8 +103,25 @@ class Load:
 
 
 def _links() -> set[str]:
-    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    return {line.split(": ")[1].split("@")[0] for line in out.splitlines() if ": " in line}
+    return set(os.listdir("/sys/class/net"))
+
+
+def monitor_pids(home: str, name: str) -> list[int]:
+    """Processes running `runtime.service_monitor --home HOME NAME` (also the supervisors of
+    containers it restarted, which are forked from it: they mean a container is left)."""
+    want = ["-m", "runtime.service_monitor", "--home", home, name]
+    out = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")[:-1]
+        except OSError:
+            continue
+        if argv[-len(want):] == want:
+            out.append(int(p))
+    return out
 
 
 def _nginx_pids_for(prefix: str) -> list[int]:
@@ -148,8 +164,7 @@ def leftovers(home: str, name: str, bridge: str | None = None) -> list[str]:
     pids = _nginx_pids_for(os.path.join(sdir, "nginx"))
     if pids:
         left.append(f"nginx processes {pids}")
-    mon = subprocess.run(["pgrep", "-f", f"runtime.service_monitor --home {home} {name}$"],
-                         capture_output=True, text=True).stdout.split()
+    mon = monitor_pids(home, name)
     if mon:
         left.append(f"monitor {mon}")
     return left
@@ -168,8 +183,7 @@ def force_cleanup(home: str, name: str) -> None:
     if os.path.exists(pidfile):
         try:
             pid = int(open(pidfile).read())
-            if subprocess.run(["pgrep", "-f", f"runtime.service_monitor --home {home} {name}$"],
-                              capture_output=True, text=True).stdout.split() == [str(pid)]:
+            if monitor_pids(home, name) == [pid]:
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
             pass
