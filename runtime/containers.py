@@ -770,14 +770,15 @@ def remove(store, name: str, force: bool = False, *, background: bool = False) -
 
 
 def _rmtree_detached(path: str) -> bool:
+    from runtime import syscalls as sc
     try:
-        pid = os.fork()
+        pid = sc.fork()
     except OSError:
         return False
     if pid == 0:
         try:
             os.setsid()
-            if os.fork() == 0:
+            if sc.fork() == 0:
                 # hold none of the caller's pipes open: its reader must see EOF now
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):

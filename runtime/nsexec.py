@@ -49,7 +49,7 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
         if os.isatty(0):
             from runtime.attach import copy_winsize
             copy_winsize(0, master)
-    pid = os.fork()
+    pid = sc.fork()
     if pid == 0:
         _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user,
                 slave, err_w)
@@ -118,7 +118,7 @@ def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, s
             import termios  # noqa: F401 - host's python library is out of reach
         os.fchdir(rootfd)
         os.chroot(".")
-        child = os.fork()
+        child = sc.fork()
         if child == 0:
             _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, cg_ns)
         os.close(err_w)

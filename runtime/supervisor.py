@@ -124,7 +124,7 @@ def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
     if reparent_to_caller:
         sc.set_child_subreaper(True)
     try:
-        pid = os.fork()
+        pid = sc.fork()
         if pid == 0:
             _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w)
         os.close(info_w)
@@ -192,7 +192,7 @@ def _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w) -> None
             # the supervisor returns to the host's network namespace to remove the veth
             plan.host_netns_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         sc.unshare(flags)
-        pid = os.fork()
+        pid = sc.fork()
         if pid == 0:
             try:
                 _supervisor(plan, stdio, info_w, go_r, err_w)
@@ -291,7 +291,7 @@ def _supervisor(plan: Plan, stdio, info_w: int, go_r: int, err_w: int) -> None:
     else:
         null = os.open(os.devnull, os.O_RDONLY)
         fds = (null, S.log_fd, S.log_fd)
-    S.child = os.fork()
+    S.child = sc.fork()
     if S.child == 0:
         _workload(plan, fds, err_w)
     os.close(err_w)

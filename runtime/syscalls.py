@@ -42,6 +42,26 @@ NS_FLAGS = {"mnt": CLONE_NEWNS, "pid": CLONE_NEWPID, "uts": CLONE_NEWUTS, "ipc":
             "net": CLONE_NEWNET, "cgroup": CLONE_NEWCGROUP}
 
 
+def fork() -> int:
+    """os.fork() for a caller that may have threads (zstd worker pools, a daemon): the child
+    never garbage-collects objects it inherited, whose finalizers could wait for threads that
+    do not exist in it (a zstd compressor's dealloc joins its pool: the child hangs for ever)."""
+    import gc
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        pid = os.fork()
+    except BaseException:
+        if enabled:
+            gc.enable()
+        raise
+    if pid == 0:
+        gc.freeze()             # everything inherited: never collected here
+    if enabled:
+        gc.enable()
+    return pid
+
+
 def _check(ret: int, what: str, path: str | None = None) -> int:
     if ret < 0:
         e = ctypes.get_errno()
