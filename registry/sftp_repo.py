@@ -28,7 +28,7 @@ import socket
 import stat
 import threading
 import time
-from typing import Any, BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable
 
 import paramiko
 
