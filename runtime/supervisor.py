@@ -53,12 +53,6 @@ class FrameReader:
         return out
 
 
-def sock_path_for(cdir: str) -> str:
-    """A unix socket path short enough for sun_path (108 bytes) wherever the store lives."""
-    p = os.path.join(cdir, "attach.sock")
-    return p if len(p) < 100 else p   # callers use connect_unix(), which shortens if needed
-
-
 def _short_unix_path(path: str) -> tuple[str, int | None]:
     if len(path.encode()) < 100:
         return path, None
@@ -369,9 +363,7 @@ def _send_client(S: _Sup, data: bytes) -> None:
 
 
 def _tty_loop(S: _Sup) -> None:
-    import fcntl
     import selectors
-    import termios
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     os.set_blocking(wake_r, False)
