@@ -96,6 +96,8 @@ def _oci_dir(store: Store, img: Image, dest: str, compression: str, progress: An
     """Copy into an OCI layout. In a layout cocker does not manage, index.json names the
     image by its version alone (what `skopeo oci:DIR:TAG` and `umoci --image DIR:TAG`
     use for a plain layout), with the full name kept in io.cocker.image.name."""
+    if os.path.lexists(dest) and not os.path.isdir(dest):
+        raise AlreadyExists(f"{dest} exists and is not a directory")
     managed = is_layout(dest) and os.path.isdir(os.path.join(dest, "refs"))
     if os.path.exists(dest) and not is_layout(dest) and os.listdir(dest):
         raise AlreadyExists(f"{dest} exists and is not an OCI layout")

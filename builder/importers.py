@@ -165,8 +165,11 @@ def _oci_candidates(files: af.ArchiveFiles) -> list[_Candidate]:
         refname = ann.get(oci.REF_NAME)
         names = [n for n in (refname, ann.get(NAME_ANNOTATION),
                              ann.get("io.containerd.image.name")) if n]
+        # cocker's own name, a cocker store's "name:version", or docker >= 25's full name.
         default = (_parse_or_none(ann.get(NAME_ANNOTATION))
-                   or (_parse_or_none(refname) if refname and ":" in refname else None))
+                   or (_parse_or_none(refname) if refname and ":" in refname else None)
+                   or _parse_or_none(_strip_docker_host(ann.get("io.containerd.image.name")
+                                                        or "")))
         out.append(_Candidate(names, default, lambda d=desc: _load_oci(files, d)))
     return out
 

@@ -120,6 +120,17 @@ def test_plain_oci_layout_names_the_version(world, tmp_path):
     assert sorted(os.listdir(out)) == ["blobs", "index.json", "oci-layout"]
 
 
+def test_docker_25_style_layout_names_itself(world, tmp_path):
+    layout = exporters.export_image(world.store, "bb:1.0", str(tmp_path / "l"), "oci")
+    index_path = os.path.join(layout, "index.json")
+    index = json.load(open(index_path))
+    index["manifests"][0]["annotations"] = {
+        "org.opencontainers.image.ref.name": "latest",
+        "io.containerd.image.name": "docker.io/library/busybox:latest"}
+    open(index_path, "w").write(json.dumps(index))
+    assert importers.import_image(_fresh(tmp_path), layout).ref == "busybox:latest"
+
+
 def test_multi_image_archive_needs_a_choice(world, tmp_path):
     store = _fresh(tmp_path)
     src = Store(str(tmp_path / "src"))
