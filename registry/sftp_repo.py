@@ -87,7 +87,7 @@ class SftpRepo(Repository):
         self.root = root.rstrip("/") or "/"
         self.url = url or f"sftp:{self.root}"
         self.own_client = own_client
-        self._local = threading.local()
+        self._owners: dict[threading.Thread, paramiko.SFTPClient] = {}
         self._sessions: list[paramiko.SFTPClient] = []
         self._slock = threading.Lock()
         self._clock_skew: float | None = None
@@ -96,16 +96,26 @@ class SftpRepo(Repository):
 
     # sessions ------------------------------------------------------------------------
     def sftp(self) -> paramiko.SFTPClient:
-        """One SFTP session per thread, all on the same SSH connection."""
-        s = getattr(self._local, "sftp", None)
-        if s is None:
-            try:
-                s = open_sftp(self.client)
-            except (paramiko.SSHException, EOFError, OSError) as e:
-                raise TransportError(f"{self.describe()}: cannot start SFTP ({e})") from None
-            self._local.sftp = s
-            with self._slock:
-                self._sessions.append(s)
+        """One SFTP session per live thread, all on the same SSH connection; a session
+        whose thread has ended is handed on, so a long run of copies (each with its own
+        worker threads) never exceeds sshd's MaxSessions (10 by default)."""
+        me = threading.current_thread()
+        with self._slock:
+            s = self._owners.get(me)
+            if s is not None:
+                return s
+            for t, s in list(self._owners.items()):
+                if not t.is_alive():
+                    del self._owners[t]
+                    self._owners[me] = s
+                    return s
+        try:
+            s = open_sftp(self.client)
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            raise TransportError(f"{self.describe()}: cannot start SFTP ({e})") from None
+        with self._slock:
+            self._owners[me] = s
+            self._sessions.append(s)
         return s
 
     def close(self) -> None:

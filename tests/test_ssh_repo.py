@@ -127,14 +127,15 @@ def test_all_versions_in_one_session(machines, tmp_path):
     url = mode_url(machines.sshd, str(tmp_path / "remote"), "sftp")
     st = Store(machines.a)
     base = _base_layers()
-    for i in range(3):
+    # More versions than sshd's default MaxSessions (10): sessions must be reused.
+    for i in range(12):
         make_test_image(st, "svc", f"1.{i}", base + [tar_layer({"v": str(i).encode()})])
     res = machines.json(machines.a, "image", "push", "svc", "--all-versions", "--repo", url,
                         "--init")
-    assert [r["reference"] for r in res] == ["svc:1.0", "svc:1.1", "svc:1.2"]
+    assert [r["reference"] for r in res] == [f"svc:1.{i}" for i in range(12)]
     res = machines.json(machines.b, "image", "pull", "svc", "--all-versions", "--repo", url)
-    assert len(res) == 3
-    assert len(Store(machines.b).list_refs("svc")) == 3
+    assert len(res) == 12
+    assert len(Store(machines.b).list_refs("svc")) == 12
 
 
 def test_host_key_mismatch_refused(machines, tmp_path, sshd):

@@ -141,7 +141,6 @@ PubkeyAuthentication yes
 StrictModes no
 UsePAM no
 MaxStartups 64:30:128
-MaxSessions 64
 Subsystem sftp {SFTP_SERVER}
 SetEnv PATH={path_env}
 LogLevel ERROR
