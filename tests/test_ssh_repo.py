@@ -485,3 +485,21 @@ def test_full_remote_disk_one_line_and_remote_unchanged(machines, tmp_path, mode
         assert [str(r) for r in remote.list_refs()] == ["tiny:1.0"] and remote.fsck() == []
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_dash_i_key_and_config_accept_new(machines, tmp_path, sshd):
+    key = os.path.join(str(tmp_path), "elsewhere_key")
+    os.rename(sshd.client_key, key)
+    make_test_image(Store(machines.a), "app", "1.0", _base_layers())
+    url = mode_url(sshd, str(tmp_path / "remote"), "sftp")
+    p = machines.run(machines.a, "image", "push", "app:1.0", "--repo", url, "--init", check=False)
+    assert "authentication refused" in one_line_error(p)
+    machines.run(machines.a, "image", "push", "app:1.0", "--repo", url, "--init", "-i", key)
+    # StrictHostKeyChecking accept-new in ~/.ssh/config is OpenSSH's opt-in, honoured too.
+    os.unlink(sshd.known_hosts)
+    sshd.write_ssh_config(f"Host 127.0.0.1\n    IdentityFile {key}\n"
+                          "    StrictHostKeyChecking accept-new\n")
+    p = machines.run(machines.b, "image", "pull", "app:1.0", "--repo", url)
+    assert "permanently added host key" in p.stderr
+    with open(sshd.known_hosts) as f:
+        assert f.read() == sshd.host_key_line()
