@@ -23,7 +23,7 @@ from registry.smart import SmartRepo
 DEFAULT_PORT = 2222
 WINDOW = 64 << 20
 # Our door is paramiko too and accepts big packets; bigger packets mean less Python per byte.
-MAX_PACKET = 1 << 18
+MAX_PACKET = 1 << 17
 CHANNELS = 4
 
 
