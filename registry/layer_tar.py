@@ -560,36 +560,63 @@ class _SafeTarInfo(tarfile.TarInfo):
 
 
 class _CappedReader(io.RawIOBase):
-    """Hashes the uncompressed stream (the diff_id) and stops it past `limit` bytes."""
+    """The uncompressed stream as tarfile's seekable reader: hashes every byte (the
+    diff_id), stops past `limit` bytes, and "seeks" only forwards (by reading), which is
+    all sequential extraction needs. Lets tarfile read bodies without its stream-mode
+    copying."""
 
     def __init__(self, src: BinaryIO, limit: int) -> None:
         self.src = src
         self.limit = limit
         self.h = hashlib.sha256()
-        self.count = 0
+        self.pos = 0
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: Any) -> int:
-        try:
-            data = self.src.read(len(b))
-        except _DECOMPRESS_ERRORS as e:
-            raise CorruptImage(f"layer does not decompress: {e}") from None
-        n = len(data)
-        self.count += n
-        if self.count > self.limit:
-            raise UnsafeArchive(f"layer expands past {self.limit} bytes; refused as a size bomb")
-        self.h.update(data)
-        b[:n] = data
-        return n
+    def seekable(self) -> bool:
+        return True
 
-    def read(self, n: int = -1) -> bytes:  # tarfile's _Stream calls read() directly
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 1:
+            offset += self.pos
+        elif whence != 0:
+            raise io.UnsupportedOperation("layer streams only seek forwards")
+        if offset < self.pos:
+            raise CorruptImage("layer is not a sequential tar (needs a backward seek)")
+        while self.pos < offset:
+            if not self.read(min(CHUNK, offset - self.pos)):
+                break
+        return self.pos
+
+    def read(self, n: int | None = -1) -> bytes:
         if n is None or n < 0:
             n = CHUNK
-        buf = bytearray(n)
-        got = self.readinto(buf)
-        return bytes(buf[:got])
+        parts = []
+        got = 0
+        while got < n:  # tarfile treats a short read as the end of the data
+            try:
+                data = self.src.read(n - got)
+            except _DECOMPRESS_ERRORS as e:
+                raise CorruptImage(f"layer does not decompress: {e}") from None
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.pos += len(data)
+        if self.pos > self.limit:
+            raise UnsafeArchive(f"layer expands past {self.limit} bytes; refused as a size bomb")
+        self.h.update(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
 
 
 def _split(name: str, what: str = "entry") -> list[str]:
@@ -904,14 +931,14 @@ def unpack(stream: BinaryIO, dest: str, *, whiteouts: str = "overlay",
     u = _Unpacker(dest, whiteouts, allow_devices, skip_devices)
     current = "?"
     try:
-        tf = tarfile.open(fileobj=capped, mode="r|", bufsize=CHUNK, tarinfo=_SafeTarInfo)
+        tf = tarfile.open(fileobj=capped, mode="r:", tarinfo=_SafeTarInfo)
         count = 0
         data = 0
         while True:
             ti = tf.next()
             if ti is None:
                 break
-            tf.members.clear()  # stream mode keeps every member otherwise
+            tf.members.clear()  # tarfile keeps every member otherwise
             current = ti.name
             count += 1
             if count > max_entries:
