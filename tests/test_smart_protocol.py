@@ -414,7 +414,14 @@ def test_opener_gives_parallel_connections(served, local):
 
     with SmartRepo(b.makefile("rb"), b.makefile("wb"), opener=opener, max_connections=3) as r:
         copy(parse("par:1"), local, r, jobs=3)
-        assert r._count >= 2  # more than one connection was used
+        held = r.open_blob(local.get_ref("par", "1"))  # holds the first connection
+        got: list = []
+        t = threading.Thread(target=lambda: got.append(r.list_refs()))
+        t.start()
+        t.join(10)
+        assert got and got[0][0].name == "par"  # answered on a second connection
+        assert r._count == 2
+        held.close()
     assert served.repo.fsck() == []
 
 
