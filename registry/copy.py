@@ -58,6 +58,8 @@ def _copy_blob(src: Repository, dst: Repository, digest: str, size: int | None,
             return 0
         bar = progress.bar(digestmod.short(digest), size, initial=w.offset) if progress else None
         with contextlib.closing(src.open_blob(digest, w.offset)) as r:
+            # One thread reads and writes: a read-ahead thread was measured 2x slower on
+            # SFTP pulls (GIL contention with paramiko's transport thread).
             while chunk := r.read(CHUNK):
                 w.write(chunk)
                 sent += len(chunk)
