@@ -44,7 +44,8 @@ STALE_LOCK = float(os.environ.get("COCKER_SFTP_STALE_LOCK", "30"))
 LOCK_TIMEOUT = float(os.environ.get("COCKER_LOCK_TIMEOUT", "120"))
 # Partials untouched this long belong to a dead writer and may be claimed for a resume.
 ABANDONED = float(os.environ.get("COCKER_SFTP_ABANDONED", "10"))
-WATCH = 0.5  # how long a younger partial is watched for growth before it is claimed
+WATCH = 1.5  # how long a younger partial is watched for growth before it is claimed
+TAKEOVER_WAIT = 60.0
 # OpenSSH's sftp-server takes messages up to 256 KiB; bigger requests mean fewer Python
 # round trips per MiB than paramiko's 32 KiB default.
 REQUEST_SIZE = 128 * 1024
@@ -678,7 +679,10 @@ class _SftpUpload(BlobWriter):
         try:
             finish_pipelined(self.f)
             self.f = None
-            st = self.s.stat(self.partial)
+            st = self.repo._stat(self.partial)
+            if st is None:
+                self._taken_over()
+                return
             if int(st.st_size or 0) != self.count:
                 raise CockerError(f"{self.repo.describe()}: the remote kept {st.st_size} of "
                                   f"{self.count} bytes of {digestmod.short(self.digest)}; "
@@ -708,6 +712,18 @@ class _SftpUpload(BlobWriter):
             raise
         except (paramiko.SSHException, EOFError, OSError) as e:
             raise self._error(e) from None
+
+    def _taken_over(self) -> None:
+        """Our partial was claimed by another client that judged us dead (we stalled);
+        it writes the same bytes at the same offsets, so wait for it to finish the blob."""
+        deadline = time.monotonic() + TAKEOVER_WAIT
+        while time.monotonic() < deadline:
+            if self.repo._stat(self.dest) is not None:
+                self.done = True
+                return
+            time.sleep(0.2)
+        raise Conflict(f"{self.repo.describe()}: another client took over the upload of blob "
+                       f"{digestmod.short(self.digest)} and has not finished it; retry")
 
     def abort(self) -> None:
         if self.f is not None:
