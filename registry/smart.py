@@ -69,6 +69,7 @@ otherwise they take turns on the one stream.
 
 from __future__ import annotations
 
+import collections
 import inspect
 import json
 import struct
@@ -171,66 +172,79 @@ _ERRORS: dict[str, type[CockerError]] = {
 class ChannelStream:
     """read/readline/write over anything with recv/sendall (a paramiko Channel, a socket).
 
-    paramiko's own `makefile` grows its read buffer by concatenation, which copies a 1 MiB
-    read some 30 times; this joins the received pieces once.
+    paramiko's own `makefile` grows its read buffer by concatenation, and reading a little
+    from paramiko's channel buffer moves everything behind it; when the reader lags, that
+    buffer holds up to a whole window (tens of MiB) and each 1 MiB read would move it all.
+    So this drains the channel buffer whole into a queue of chunks and hands out slices.
     """
 
-    def __init__(self, chan: Any, recv_size: int = 4 << 20) -> None:
+    def __init__(self, chan: Any, recv_size: int = 1 << 28) -> None:
         self.chan = chan
         self.recv_size = recv_size
-        self._buf = b""
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._off = 0        # read position in the first chunk
+        self._avail = 0      # bytes queued, counted from _off
 
-    def _recv(self, n: int) -> bytes:
-        return self.chan.recv(n)
+    def _fill(self) -> bool:
+        d = self.chan.recv(self.recv_size)
+        if not d:
+            return False
+        self._chunks.append(d)
+        self._avail += len(d)
+        return True
+
+    def _take(self, n: int) -> bytes:
+        parts: list[Any] = []
+        while n:
+            c = self._chunks[0]
+            left = len(c) - self._off
+            if left <= n:
+                parts.append(c if self._off == 0 else memoryview(c)[self._off:])
+                self._chunks.popleft()
+                self._off = 0
+                n -= left
+                self._avail -= left
+            else:
+                parts.append(memoryview(c)[self._off:self._off + n])
+                self._off += n
+                self._avail -= n
+                n = 0
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
-            parts = [self._buf]
-            self._buf = b""
-            while d := self._recv(self.recv_size):
-                parts.append(d)
-            return b"".join(parts)
-        if len(self._buf) >= n:
-            out, self._buf = self._buf[:n], self._buf[n:]
-            return out
-        parts = [self._buf] if self._buf else []
-        have = len(self._buf)
-        self._buf = b""
-        while have < n:
-            d = self._recv(min(n - have, self.recv_size))
-            if not d:
-                break
-            parts.append(d)
-            have += len(d)
-        data = b"".join(parts)
-        if len(data) > n:
-            data, self._buf = data[:n], data[n:]
-        return data
+            while self._fill():
+                pass
+            return self._take(self._avail)
+        while self._avail < n and self._fill():
+            pass
+        return self._take(min(n, self._avail))
 
     def readline(self, limit: int = -1) -> bytes:
         limit = limit if limit and limit > 0 else 1 << 62
-        parts: list[bytes] = []
-        size = 0
-        buf, self._buf = self._buf, b""
+        scanned = 0  # bytes already searched for a newline
         while True:
-            i = buf.find(b"\n", 0, limit - size)
-            if i >= 0:
-                parts.append(buf[:i + 1])
-                self._buf = buf[i + 1:]
-                return b"".join(parts)
-            if size + len(buf) >= limit:
-                take = limit - size
-                parts.append(buf[:take])
-                self._buf = buf[take:]
-                return b"".join(parts)
-            parts.append(buf)
-            size += len(buf)
-            buf = self._recv(1 << 20)
-            if not buf:
-                return b"".join(parts)
+            pos = 0      # offset of chunk i's first unread byte from the read position
+            for i, c in enumerate(self._chunks):
+                start = self._off if i == 0 else 0
+                size = len(c) - start
+                if pos + size > scanned:
+                    j = c.find(b"\n", start + max(0, scanned - pos), start + size)
+                    if j >= 0:
+                        return self._take(min(pos + j - start + 1, limit))
+                pos += size
+            scanned = self._avail
+            if self._avail >= limit:
+                return self._take(limit)
+            if not self._fill():
+                return self._take(self._avail)
 
     def write(self, data: bytes) -> int:
-        self.chan.sendall(data)
+        # A memoryview: paramiko's sendall re-slices what is left after each packet, which
+        # copies the rest of a bytes object every time (quadratic in the chunk size).
+        self.chan.sendall(memoryview(data))
         return len(data)
 
     def flush(self) -> None:
