@@ -952,9 +952,13 @@ def unpack(stream: BinaryIO, dest: str, *, whiteouts: str = "overlay",
             if progress is not None and ti.isreg():
                 progress.update(ti.size)
         u.finish()
-        # Hash the end-of-archive padding too: the diff_id covers the whole stream.
-        while capped.read(CHUNK):
-            pass
+        # Hash the end-of-archive padding too: the diff_id covers the whole stream. tarfile
+        # stops quietly at a damaged header, so anything but zeros after the end means the
+        # archive was cut short by corruption, not finished.
+        while rest := capped.read(CHUNK):
+            if rest.count(0) != len(rest):
+                raise CorruptImage(f"layer has data after its end (a damaged header after "
+                                   f"{current!r}?)")
     except tarfile.TarError as e:
         raise CorruptImage(f"layer is not a valid tar (at {current!r}): {e}") from None
     except _DECOMPRESS_ERRORS as e:

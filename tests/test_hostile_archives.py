@@ -145,6 +145,11 @@ def test_truncated_and_garbage(arena):
         arena.unpack(good[:1024])
     with pytest.raises(CorruptImage):
         arena.unpack(b"\x28\xb5\x2f\xfd" + b"not zstd at all" * 10)
+    # A damaged header in the middle: tarfile would just stop there; we refuse.
+    two = bytearray(make_tar([entry("a", data=b"x"), entry("b", data=b"y")]))
+    two[1024 + 148] ^= 0x01  # the second header's checksum
+    with pytest.raises(CorruptImage, match="after its end"):
+        arena.unpack(bytes(two))
     arena.check_untouched()
 
 
