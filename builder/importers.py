@@ -329,7 +329,10 @@ def _refuse_existing(store: Store, target: Reference, force: bool) -> None:
 def _import_rootfs(store: Store, source: str, fmt: str, compression: str,
                    progress: Any) -> layer_tar.PackedLayer:
     if fmt == af.ROOTFS_DIR:
-        return layer_tar.pack_into(store, source, compression=compression, progress=progress)
+        # Device nodes would make the image unusable (unpacking refuses them): a rootfs's
+        # /dev is the runtime's business, as for tarballs below.
+        return layer_tar.pack_into(store, source, compression=compression, progress=progress,
+                                   skip_devices=True)
     # A tarball is made safe and normal by a round trip through a scratch tree: the safe
     # unpacker refuses anything hostile, the packer makes it reproducible. Whiteouts
     # (`.wh.` files, or char 0/0 nodes in a legacy cocker layer) survive as overlay form.

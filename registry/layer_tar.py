@@ -440,13 +440,16 @@ def _tarinfo(name: str, st: os.stat_result, mtime: int) -> tarfile.TarInfo:
 
 def pack_dir(src: str, out: BinaryIO, *, compression: str = "zstd",
              source_date_epoch: int | None = None, overlay_upper: bool = False,
-             progress: Any = None, level: int | None = None) -> PackedLayer:
+             progress: Any = None, level: int | None = None,
+             skip_devices: bool = False) -> PackedLayer:
     """Write the tree under `src` as one reproducible layer to `out`.
 
     `source_date_epoch` (default: $SOURCE_DATE_EPOCH if set) clamps every mtime.
     `overlay_upper`: `src` is an overlay upper dir; its whiteouts (char 0/0) become
     `.wh.NAME` files and opaque directories get a `.wh..wh..opq` entry.
     `progress`: a registry.progress.Progress, or anything with update(nbytes).
+    `skip_devices`: leave device nodes out (a host rootfs's /dev: unpack refuses them and
+    the runtime provides /dev); otherwise they are packed as they are.
     """
     if source_date_epoch is None and os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
         source_date_epoch = int(os.environ["SOURCE_DATE_EPOCH"])
@@ -507,6 +510,8 @@ def pack_dir(src: str, out: BinaryIO, *, compression: str = "zstd",
                 ti.linkname = os.readlink(path)
                 em.header(ti)
             elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                if skip_devices:
+                    continue
                 ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
                 ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
                 em.header(ti)

@@ -146,6 +146,19 @@ def test_multi_image_archive_needs_a_choice(world, tmp_path):
     assert importers.import_image(store, layout, "bb:1.0").digest == first.digest
 
 
+@pytest.mark.root
+def test_rootfs_device_nodes_are_left_to_the_runtime(world, tmp_path):
+    rootfs = str(tmp_path / "rootfs")
+    shutil.copytree(world.rootfs, rootfs, symlinks=True)
+    os.mknod(os.path.join(rootfs, "dev", "null"), 0o20666, os.makedev(1, 3))
+    tarball = str(tmp_path / "rootfs.tar")
+    subprocess.run(["tar", "-C", rootfs, "-cf", tarball, "."], check=True)
+    store = _fresh(tmp_path)
+    for i, src in enumerate((rootfs, tarball)):
+        importers.import_image(store, src, f"dev:{i}")
+        assert _flat(store, f"dev:{i}", str(tmp_path / f"flat{i}")) == world.expected
+
+
 def test_legacy_cockerimage_from_c_cocker(world, tmp_path):
     """The C cocker ran `cd rlayer && tar --force-local -czf name:ver.cockerimage *`."""
     path = str(tmp_path / "calvin=tool:1.2.cockerimage")
