@@ -39,6 +39,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 
+from registry import reference as refmod
 from registry.errors import UsageError
 
 OPS = ("read", "write", "delete", "gc")
@@ -71,8 +72,10 @@ class Access:
         if prefixes is not None:
             pfx = tuple(p.strip() for p in prefixes.split(",") if p.strip())
             for p in pfx:
-                if not re.fullmatch(r"[a-z0-9._/*-]+", p):
-                    raise UsageError(f"bad name prefix pattern {p!r}")
+                # NAME, NAME/* or NAME* (a trailing star only), NAME an image name
+                stem = p[:-2] if p.endswith("/*") else p[:-1] if p.endswith("*") else p
+                if p != "*" and not refmod.NAME_RE.match(stem):
+                    raise UsageError(f"bad name prefix pattern {p!r}: use NAME, NAME/* or NAME*")
         return cls(read=flags["read"], write=flags["write"], delete=flags["delete"],
                    prefixes=pfx, gc=flags["gc"])
 
