@@ -28,7 +28,7 @@ from registry import image as imagemod  # noqa: E402
 from registry import oci  # noqa: E402
 from registry import reference  # noqa: E402
 from registry.store import Store  # noqa: E402
-from tests.support.sshd import free_port, start_sshd, tar_layer  # noqa: E402
+from tests.support.sshd import free_port, scripts_dir, start_sshd, tar_layer  # noqa: E402
 
 
 class _Random:
@@ -125,7 +125,8 @@ def main() -> None:
 
         for mode in ("sftp", "smart"):
             remote = os.path.join(base, f"remote-{mode}")
-            url = sshd.url(remote) + f"?mode={mode}"
+            url = sshd.url(remote) + f"?mode={mode}" + (
+                f"&command={scripts_dir()}/srepo-server" if mode == "smart" else "")
             results[f"cocker {mode} push"] = cocker(home_a, "image", "push", "bench:1.0",
                                                     "--repo", url, "--init")
             results[f"cocker {mode} push again"] = cocker(home_a, "image", "push", "bench:1.0",
@@ -145,7 +146,8 @@ def main() -> None:
         for mode in ("sftp", "smart"):
             remote = os.path.join(base, f"inproc-{mode}")
             t = time.monotonic()
-            with open_repo(sshd.url(remote) + f"?mode={mode}", init=True, **kw) as repo:
+            with open_repo(sshd.url(remote) + f"?mode={mode}", init=True, **kw,
+                           remote_command=f"{scripts_dir()}/srepo-server") as repo:
                 copy(st.resolve(reference.parse("bench:1.0")), st, repo)
                 results[f"in-process {mode} full push"] = time.monotonic() - t
                 t = time.monotonic()

@@ -10,7 +10,7 @@ import pytest
 from registry.layout import LayoutRepo
 from registry.store import Store
 from tests.conftest import run_cocker
-from tests.support.sshd import make_test_image, sshd, tar_layer  # noqa: F401
+from tests.support.sshd import make_test_image, scripts_dir, sshd, tar_layer  # noqa: F401
 
 
 @pytest.fixture
@@ -73,6 +73,8 @@ def test_copy_between_repos_and_remote_rm(tmp_path, sshd, env):
 def test_remote_gc_spares_young_blobs_and_refs(tmp_path, sshd, env, mode):
     home = str(tmp_path / "home")
     url = sshd.url(str(tmp_path / "remote")) + f"?mode={mode}"
+    if mode == "smart":
+        url += "&command=" + os.path.join(scripts_dir(), "srepo-server")
     keep = make_test_image(Store(home), "app", "1.0", [tar_layer({"k": os.urandom(5000)})])
     drop = make_test_image(Store(home), "app", "0.9", [tar_layer({"d": os.urandom(5000)})])
     cli(home, env, "image", "push", "app", "--all-versions", "--repo", url, "--init")

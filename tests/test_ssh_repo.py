@@ -17,7 +17,8 @@ from registry.errors import AuthError, CockerError, TransportError
 from registry.layout import LayoutRepo
 from registry.store import Store
 from tests.conftest import run_cocker
-from tests.support.sshd import make_test_image, sshd, sshd_factory, tar_layer  # noqa: F401
+from tests.support.sshd import (make_test_image, scripts_dir, sshd, sshd_factory,  # noqa: F401
+                                tar_layer)
 
 MODES = ["sftp", "smart"]
 
@@ -34,7 +35,10 @@ def _smart_available() -> bool:
 def mode_url(sshd, path: str, mode: str) -> str:
     if mode == "smart" and not _smart_available():
         pytest.skip("the smart protocol is not there yet")
-    return sshd.url(path) + f"?mode={mode}"
+    url = sshd.url(path) + f"?mode={mode}"
+    if mode == "smart":  # this interpreter's server, whatever the remote shell's PATH says
+        url += "&command=" + os.path.join(scripts_dir(), "srepo-server")
+    return url
 
 
 class Machines:
