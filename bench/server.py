@@ -8,9 +8,10 @@
 plus the aggregate throughput of 8 concurrent pulls through the door (vs 8 concurrent raw
 `ssh cat`). Everything runs on 127.0.0.1 with a private sshd and a private door, in one run,
 and prints the ratios (goal: the door within 1.5x of raw OpenSSH).
-The HTTP door's benchmark (vs docker-registry with skopeo) is bench/server_http.py.
+The HTTP door's benchmark (vs docker-registry with skopeo) is bench/server_http.py;
+`--with-http` runs it after this one, so one command covers all the doors.
 
-    python3 bench/server.py [--size-mb 500] [--keep]
+    python3 bench/server.py [--size-mb 500] [--concurrent 8] [--with-http] [--keep]
 Needs root (the private sshd) and openssh-server/client.
 """
 
@@ -73,6 +74,8 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=500)
     ap.add_argument("--concurrent", type=int, default=8)
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--with-http", action="store_true",
+                    help="then run bench/server_http.py (the HTTP door vs docker-registry)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (starts a private sshd)")
@@ -185,6 +188,10 @@ def main() -> None:
             print(f"scratch kept in {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
+    if args.with_http:
+        print("\n--- HTTP door (bench/server_http.py) ---", flush=True)
+        subprocess.run([sys.executable, os.path.join(HERE, "server_http.py"),
+                        "--size-mb", str(args.size_mb), "--pulls", str(args.concurrent)])
 
 
 if __name__ == "__main__":
