@@ -258,6 +258,32 @@ class ChannelStream:
         self.chan.close()
 
 
+def tune_allocator() -> None:
+    """Let glibc serve MiB-sized buffers from its heap instead of fresh mmaps.
+
+    By default every bytes object over ~128 KiB (a 1 MiB chunk, a 128 KiB SSH packet) is a
+    new mmap that page-faults on first touch and is unmapped when freed: measured here, that
+    makes AES-GCM on 256 KiB buffers 3.5x dearer than on 64 KiB ones. Raising the mmap and
+    trim thresholds keeps those pages in the heap for reuse. Called by processes that move
+    bulk data (the server doors, srepo:// clients); a no-op where glibc's mallopt is absent.
+    """
+    global _TUNED
+    if _TUNED:
+        return
+    _TUNED = True
+    try:
+        import ctypes
+        import ctypes.util
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 16 << 20)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_TUNED = False
+
+
 # client ----------------------------------------------------------------------------------
 class _Conn:
     """One byte-stream pair carrying one exchange at a time."""

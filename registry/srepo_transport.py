@@ -18,7 +18,7 @@ import paramiko
 
 from registry import reference as refmod
 from registry.errors import CockerError, InvalidReference, TransportError
-from registry.smart import SmartRepo
+from registry.smart import SmartRepo, tune_allocator
 
 DEFAULT_PORT = 2222
 WINDOW = 64 << 20
@@ -55,6 +55,7 @@ def open_srepo(url: str, identity: Any = None, accept_new: bool = False, *,
     from registry import ssh  # paramiko setup lives with the SSH transport
 
     user, host, port, prefix = parse_url(url)
+    tune_allocator()
     client = ssh.connect(host, port, user, identity=identity, accept_new=accept_new,
                          known_hosts=known_hosts, config_path=config_path, **ssh_opts)
     command = "srepo" + (" " + shlex.quote(prefix) if prefix else "")

@@ -335,6 +335,8 @@ def serve(root: str, addr: str, host_key: str, authorized_keys: str, *,
     """Run the SSH door until SIGTERM/SIGINT."""
     # paramiko reports every dropped handshake with a traceback; our own log says it once.
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    from registry.smart import tune_allocator
+    tune_allocator()
     door = SshDoor(root, addr, host_key, authorized_keys, log=log)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -35,6 +35,7 @@ def serve_stdio(root: str, access: Access | None = None, *, namespace: str | Non
     os.close(devnull)
     # A client that hangs up should end us quietly, not with a traceback about SIGPIPE.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    smart.tune_allocator()
     rfile = os.fdopen(in_fd, "rb", buffering=1 << 16)
     wfile = os.fdopen(out_fd, "wb", buffering=1 << 16)
     try:
