@@ -16,19 +16,25 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
+import shutil
+import socket
 import time
 from typing import BinaryIO, Iterator
 
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from registry.errors import CockerError, Conflict, CorruptImage, DigestMismatch, NotFound
+from registry.errors import CockerError, Conflict, CorruptImage, DigestMismatch, LockBusy, NotFound
 from registry.fsutil import atomic_write, disk_error, flock, fsync_dir
 from registry.repository import ANY, BlobWriter, RefRecord, Repository
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 VERSION_PREFIX = "@"
 GC_GRACE = 3600.0
+LOCK_DIR_NAME = ".lock"          # refs/.lock: the lock SFTP clients can take too
+STALE_LOCK = float(os.environ.get("COCKER_SFTP_STALE_LOCK", "30"))
+LOCK_TIMEOUT_DEFAULT = float(os.environ.get("COCKER_LOCK_TIMEOUT", "60"))
 
 
 def is_layout(root: str) -> bool:
@@ -60,9 +66,18 @@ class LayoutRepo(Repository):
         except OSError as e:
             raise disk_error(e, self.root) from e
 
-    def lock(self, shared: bool = False, timeout: float | None = None):
-        return flock(os.path.join(self.root, ".lock"), shared=shared, timeout=timeout,
-                     what=f"repository {self.url}")
+    @contextlib.contextmanager
+    def lock(self, shared: bool = False, timeout: float | None = None) -> Iterator[None]:
+        """The repository lock: an flock among local processes, plus the `refs/.lock`
+        directory that SFTP clients (which have no flock) take on the same repository."""
+        with flock(os.path.join(self.root, ".lock"), shared=shared, timeout=timeout,
+                   what=f"repository {self.url}"):
+            if shared:
+                yield
+                return
+            with dir_lock(os.path.join(self.root, "refs", LOCK_DIR_NAME), timeout,
+                          what=f"repository {self.url}"):
+                yield
 
     def blob_path(self, digest: str) -> str:
         return os.path.join(self.root, "blobs", "sha256", digestmod.hex_of(digest))
@@ -299,6 +314,79 @@ class LayoutRepo(Repository):
             except CockerError as e:
                 problems.append(f"ref {rec}: {e}")
         return problems
+
+
+def dir_lock(lockdir: str, timeout: float | None, what: str):
+    """mkdir-based lock with an owner record (`host pid time token`), the protocol SFTP
+    clients use: a holder on this host whose pid is gone, or an owner record unchanged for
+    STALE_LOCK seconds, is broken (rename first, so only one breaker wins)."""
+    return _DirLock(lockdir, LOCK_TIMEOUT_DEFAULT if timeout is None else timeout, what)
+
+
+class _DirLock:
+    def __init__(self, lockdir: str, timeout: float, what: str) -> None:
+        self.lockdir, self.timeout, self.what = lockdir, timeout, what
+        self.token = f"{socket.gethostname()} {os.getpid()} {time.time():.3f} {secrets.token_hex(8)}"
+
+    def _owner(self) -> str:
+        try:
+            with open(os.path.join(self.lockdir, "owner"), "rb") as f:
+                return f.read(4096).decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _dead_local_holder(self, owner: str) -> bool:
+        parts = owner.split()
+        if len(parts) < 2 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+            return False
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def _break(self) -> None:
+        moved = f"{self.lockdir}.broken.{secrets.token_hex(6)}"
+        try:
+            os.rename(self.lockdir, moved)
+        except OSError:
+            return
+        shutil.rmtree(moved, ignore_errors=True)
+
+    def __enter__(self) -> str:
+        deadline = time.monotonic() + self.timeout
+        seen: tuple[str, float] | None = None
+        delay = 0.002
+        while True:
+            try:
+                os.mkdir(self.lockdir)
+                break
+            except FileExistsError:
+                pass
+            owner = self._owner()
+            now = time.monotonic()
+            if seen is None or seen[0] != owner:
+                seen = (owner, now)
+            if self._dead_local_holder(owner) or now - seen[1] > STALE_LOCK:
+                self._break()
+                seen = None
+                continue
+            if now > deadline:
+                raise LockBusy(f"{self.what} is locked by another client ({owner or 'unknown'}); "
+                               "try again later")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        with open(os.path.join(self.lockdir, "owner"), "w") as f:
+            f.write(self.token)
+        return self.token
+
+    def __exit__(self, *exc) -> None:
+        if self._owner() == self.token:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.lockdir, "owner"))
+                os.rmdir(self.lockdir)
 
 
 class _LayoutUpload(BlobWriter):
