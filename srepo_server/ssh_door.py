@@ -235,11 +235,14 @@ class SshDoor:
                  log: Callable[[str], None] = log_line) -> None:
         self.log = log
         self.repo = LayoutRepo(root, create=True, url="this repository")
-        self.host_key = load_host_key(host_key, log)
         self.keys = KeyFile(authorized_keys, warn=lambda m: log("authorized_keys: " + m))
         host, port = parse_addr(addr)
-        self.sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
-                                         else socket.AF_INET, backlog=128, reuse_port=False)
+        self.host_key = load_host_key(host_key, log)
+        try:
+            self.sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
+                                             else socket.AF_INET, backlog=128, reuse_port=False)
+        except OSError as e:
+            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
         self.address = self.sock.getsockname()[:2]
         self._stop = threading.Event()
         self._transports: set[paramiko.Transport] = set()
