@@ -22,8 +22,11 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so readers see the old or the new content, never a mix."""
+def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Replace `path` with `data` so readers see the old or the new content, never a mix.
+
+    `durable=False` skips the fsyncs, for state that describes kernel objects which do not
+    survive a power loss either."""
     d = os.path.dirname(path) or "."
     os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f".tmp.{os.path.basename(path)}.{os.getpid()}.{time.monotonic_ns()}")
@@ -31,7 +34,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             _write_all(fd, data)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, path)
@@ -39,7 +43,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise disk_error(e, path) from e
-    fsync_dir(d)
+    if durable:
+        fsync_dir(d)
 
 
 def _write_all(fd: int, data: bytes) -> None:

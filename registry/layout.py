@@ -159,25 +159,6 @@ class LayoutRepo(Repository):
                 d = os.path.dirname(d)
             self._write_index()
 
-    def _check_expect(self, name: str, version: str, expect: object) -> str | None:
-        current = self.get_ref(name, version)
-        if expect is not ANY and current != expect:
-            if expect is None:
-                raise Conflict(f"{name}:{version} already exists in {self.describe()}")
-            raise Conflict(f"{name}:{version} changed in {self.describe()} "
-                           f"(now {digestmod.short(current) if current else 'absent'})")
-        return current
-
-    def _check_complete(self, digest: str) -> None:
-        """A ref may only point at a manifest whose blobs are all present."""
-        if not self.has_blob(digest):
-            raise NotFound(f"manifest {digestmod.short(digest)} is not in {self.describe()}")
-        m = oci.parse_manifest(self.read_blob(digest))
-        missing = self.missing_blobs(oci.referenced_blobs(m))
-        if missing:
-            raise NotFound(f"manifest {digestmod.short(digest)} names "
-                           f"{len(missing)} missing blob(s), e.g. {missing[0]}")
-
     def _write_index(self) -> None:
         manifests = []
         for rec in self.list_refs():

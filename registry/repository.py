@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterable
 
 from registry import digest as digestmod
+from registry import oci
 from registry import reference as refmod
-from registry.errors import NotFound
+from registry.errors import Conflict, NotFound
 from registry.reference import Reference
 
 ANY = object()  # put_ref/delete_ref without a compare-and-swap precondition
@@ -79,6 +80,27 @@ class Repository(abc.ABC):
 
     @abc.abstractmethod
     def delete_ref(self, name: str, version: str, expect: object = ANY) -> None: ...
+
+    def _check_expect(self, name: str, version: str, expect: object) -> str | None:
+        """The compare-and-swap precondition of put_ref/delete_ref (call under the lock)."""
+        current = self.get_ref(name, version)
+        if expect is not ANY and current != expect:
+            if expect is None:
+                raise Conflict(f"{name}:{version} already exists in {self.describe()}")
+            raise Conflict(f"{name}:{version} changed in {self.describe()} "
+                           f"(now {digestmod.short(current) if current else 'absent'})")
+        return current
+
+    def _check_complete(self, digest: str) -> bytes:
+        """A ref may only point at a manifest whose blobs are all present; returns it."""
+        if not self.has_blob(digest):
+            raise NotFound(f"manifest {digestmod.short(digest)} is not in {self.describe()}")
+        raw = self.read_blob(digest)
+        missing = self.missing_blobs(oci.referenced_blobs(oci.parse_manifest(raw)))
+        if missing:
+            raise NotFound(f"manifest {digestmod.short(digest)} names "
+                           f"{len(missing)} missing blob(s), e.g. {missing[0]}")
+        return raw
 
     def resolve(self, ref: Reference) -> RefRecord:
         """The exact record for `ref`; a bare name gives the newest version."""

@@ -307,27 +307,6 @@ class SftpRepo(Repository):
                 d = posixpath.dirname(d)
             self._update_index(f"{name}:{version}", None)
 
-    def _check_expect(self, name: str, version: str, expect: object) -> str | None:
-        current = self.get_ref(name, version)
-        if expect is not ANY and current != expect:
-            if expect is None:
-                raise Conflict(f"{name}:{version} already exists in {self.describe()}")
-            raise Conflict(f"{name}:{version} changed in {self.describe()} "
-                           f"(now {digestmod.short(current) if current else 'absent'})")
-        return current
-
-    def _check_complete(self, digest: str) -> bytes:
-        """A ref may only point at a manifest whose blobs are all present."""
-        if not self.has_blob(digest):
-            raise NotFound(f"manifest {digestmod.short(digest)} is not in {self.describe()}")
-        raw = self.read_blob(digest)
-        m = oci.parse_manifest(raw)
-        missing = self.missing_blobs(oci.referenced_blobs(m))
-        if missing:
-            raise NotFound(f"manifest {digestmod.short(digest)} names "
-                           f"{len(missing)} missing blob(s), e.g. {missing[0]}")
-        return raw
-
     def _update_index(self, refname: str, desc: dict | None) -> None:
         """Keep index.json in step with one ref change (under the lock): read, edit, rename."""
         raw = self._read_small(self.path("index.json"), 64 << 20)

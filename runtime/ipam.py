@@ -17,7 +17,7 @@ import time
 from typing import Iterator
 
 from registry.errors import AlreadyExists, CockerError, NotFound, UsageError
-from registry.fsutil import disk_error, flock
+from registry.fsutil import atomic_write, flock
 
 DEFAULT_NETWORK = "bridge"
 DEFAULT_BRIDGE = "cocker0"
@@ -137,17 +137,7 @@ def write_state(path: str, obj) -> None:
     No fsync, on purpose: the state describes kernel objects (veths, bridges, rules) that do
     not survive a power loss either, and a crashed process loses nothing from the page cache.
     It keeps connect/disconnect quick on a busy disk."""
-    data = json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n"
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.rename(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise disk_error(e, path) from e
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n", durable=False)
 
 
 def save(store, rec: dict) -> None:

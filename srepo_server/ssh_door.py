@@ -34,7 +34,7 @@ import paramiko
 from registry import reference as refmod
 from registry.errors import CockerError, UsageError
 from registry.layout import LayoutRepo
-from srepo_server.access import Access, AuthorizedKey, KeyFile
+from srepo_server.access import AuthorizedKey, KeyFile
 from srepo_server.handler import serve as serve_handler
 
 WINDOW = 64 << 20          # bytes a peer may send before it waits for us: keeps the pipe full
