@@ -76,6 +76,11 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
         raise UsageError(f"invalid subnet {text!r}: the prefix length must be between 8 and 29")
     if net.is_loopback or net.is_multicast or net.is_link_local or net.is_unspecified:
         raise UsageError(f"invalid subnet {text!r}: not usable for a bridge network")
+    if not net.is_private or net.subnet_of(ipaddress.ip_network("100.64.0.0/10")):
+        # A public range on a NATed bridge would hijack those addresses for every container
+        # (the C cocker's 166.88.0.0/24 did exactly that).
+        raise UsageError(f"subnet {text} is a public range: use a private one "
+                         "(10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16)")
     return net
 
 

@@ -202,7 +202,8 @@ def test_subnet_and_name_conflicts(netenv):
     for bad in ("host", "none", "Bad Name", ""):
         with pytest.raises(UsageError):
             net.create_network(netenv.store, bad)
-    for bad in ("10.1.2.3/24", "10.1.2.0", "fd00::/64", "10.0.0.0/31", "x"):
+    for bad in ("10.1.2.3/24", "10.1.2.0", "fd00::/64", "10.0.0.0/31", "x", "166.88.0.0/24",
+                "8.8.8.0/24", "100.64.0.0/24"):
         with pytest.raises(UsageError):
             net.create_network(netenv.store, unique("n"), subnet=bad)
     with pytest.raises(UsageError):
