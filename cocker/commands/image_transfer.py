@@ -88,8 +88,11 @@ def _report(ctx, verb: str, results: list, as_json: bool, started: float) -> Non
                      "published": r.published} for r in results])
         return
     for r in results:
-        what = (f"{r.blobs_sent} blob(s), {human_size(r.bytes_sent)} sent, "
-                f"{r.blobs_skipped} already there") if r.blobs_sent else "up to date"
+        if r.blobs_sent:
+            what = (f"{r.blobs_sent} blob(s), {human_size(r.bytes_sent)} sent, "
+                    f"{r.blobs_skipped} already there")
+        else:
+            what = "up to date" if not r.published else "all blobs already there"
         click.echo(f"{verb} {r.ref}  {r.digest}  ({what})")
     if len(results) > 1 and not ctx.quiet:
         click.echo(f"{len(results)} image(s) in {time.monotonic() - started:.1f}s", err=True)
