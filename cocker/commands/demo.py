@@ -20,12 +20,13 @@ from registry.errors import CockerError
 NAME = "demo/busybox"
 
 
-def _run(args: list[str], *, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
+def _run(args: list[str], *, check: bool = True, quiet: bool = False,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     shown = "cocker " + " ".join(shlex.quote(a) for a in args)
     if not quiet:
         click.secho(f"$ {shown}", bold=True)
     p = subprocess.run([sys.executable, "-m", "cocker.main", *args], text=True,
-                       capture_output=True, env=dict(os.environ, COCKER_QUIET="1"))
+                       capture_output=True, env=dict(os.environ, COCKER_QUIET="1", **(env or {})))
     if not quiet:
         out = (p.stdout + p.stderr).rstrip()
         if out:
@@ -92,9 +93,57 @@ def demo(ctx, keep: bool) -> None:
         _run(["image", "pull", NAME, "--repo", repo])
         _run(["container", "run", "--rm", "--net", "none", NAME, "cat", "/etc/motd"])
         _run(["image", "history", NAME])
+        click.secho("# 6. cocker's own repo server: its OCI Distribution door on loopback", fg="cyan")
+        _server_round_trip(tmp)
     if not keep:
         _cleanup(quiet=True)
     click.secho("demo finished: all steps passed", fg="green")
+
+
+def _server_round_trip(tmp: str) -> None:
+    """Start `srepo-server --http` on a free loopback port, push to it, list it, pull back."""
+    import secrets
+    import socket
+    import time
+
+    token = secrets.token_hex(16)
+    tokens = os.path.join(tmp, "tokens")
+    with open(tokens, "w") as f:
+        f.write(f"{token} all\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = os.path.join(tmp, "srepo")
+    argv = ["--root", root, "--http", f"127.0.0.1:{port}", "--token-file", tokens]
+    click.secho("$ srepo-server " + " ".join(argv[:-1]) + " TOKENS &", bold=True)
+    log = open(os.path.join(tmp, "srepo-server.log"), "wb")
+    server = subprocess.Popen([sys.executable, "-m", "srepo_server.main", *argv],
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise CockerError("srepo-server did not start (see its log above)")
+                time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        env = {"COCKER_REGISTRY_TOKEN": token}
+        _run(["image", "push", "demo/app", "--repo", url], env=env)
+        _run(["image", "search", "--repo", url], env=env)
+        _run(["image", "rm", "demo/app"])
+        _run(["image", "pull", "demo/app", "--repo", url], env=env)
+        _run(["container", "run", "--rm", "--net", "none", "demo/app"])
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
 
 
 def _cleanup(quiet: bool) -> None:
