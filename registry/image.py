@@ -78,6 +78,7 @@ class Image:
 
 
 def load_record(repo: Repository, rec: RefRecord) -> Image:
+    repo = repo.for_name(rec.name)
     raw = repo.read_blob(rec.digest)
     manifest = oci.parse_manifest(raw)
     if oci.is_index(manifest):

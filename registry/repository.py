@@ -161,6 +161,11 @@ class Repository(abc.ABC):
             raise
 
     # misc --------------------------------------------------------------------------
+    def for_name(self, name: str) -> "Repository":
+        """A view whose blob operations happen under image `name`. Repositories with one
+        blob pool return themselves; OCI registries scope blobs by repository name."""
+        return self
+
     def describe(self) -> str:
         return self.url or "repository"
 
