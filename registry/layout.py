@@ -16,9 +16,6 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
-import shutil
-import socket
 import time
 from typing import BinaryIO, Iterator
 
@@ -215,26 +212,6 @@ class LayoutRepo(Repository):
         return ["sha256:" + h for h in sorted(os.listdir(d)) if len(h) == 64]
 
     # maintenance ---------------------------------------------------------------------
-    def reachable(self, roots: list[str]) -> set[str]:
-        """Every blob reachable from the given manifest digests (through indexes too)."""
-        seen: set[str] = set()
-        stack = list(roots)
-        while stack:
-            d = stack.pop()
-            if d in seen or not self.has_blob(d):
-                continue
-            seen.add(d)
-            try:
-                m = oci.parse_manifest(self.read_blob(d))
-            except CockerError:
-                continue  # a config or layer, not a manifest
-            for child in oci.referenced_blobs(m):
-                if oci.is_index(m):
-                    stack.append(child)
-                else:
-                    seen.add(child)
-        return seen
-
     def gc(self, extra_roots: list[str] | None = None, grace: float = GC_GRACE,
            dry_run: bool = False) -> tuple[int, int]:
         """Remove blobs no ref reaches; spare those younger than `grace` seconds, which a
@@ -304,10 +281,16 @@ def dir_lock(lockdir: str, timeout: float | None, what: str):
     return _DirLock(lockdir, LOCK_TIMEOUT_DEFAULT if timeout is None else timeout, what)
 
 
+def _hostname() -> str:
+    """socket.gethostname() without importing socket (it is uname's nodename on Linux)."""
+    return os.uname().nodename
+
+
 class _DirLock:
     def __init__(self, lockdir: str, timeout: float, what: str) -> None:
         self.lockdir, self.timeout, self.what = lockdir, timeout, what
-        self.token = f"{socket.gethostname()} {os.getpid()} {time.time():.3f} {secrets.token_hex(8)}"
+        # os.uname/os.urandom rather than socket/secrets: their imports cost every CLI start
+        self.token = f"{_hostname()} {os.getpid()} {time.time():.3f} {os.urandom(8).hex()}"
 
     def _owner(self) -> str:
         try:
@@ -318,7 +301,7 @@ class _DirLock:
 
     def _dead_local_holder(self, owner: str) -> bool:
         parts = owner.split()
-        if len(parts) < 2 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        if len(parts) < 2 or parts[0] != _hostname() or not parts[1].isdigit():
             return False
         try:
             os.kill(int(parts[1]), 0)
@@ -329,11 +312,12 @@ class _DirLock:
         return False
 
     def _break(self) -> None:
-        moved = f"{self.lockdir}.broken.{secrets.token_hex(6)}"
+        moved = f"{self.lockdir}.broken.{os.urandom(6).hex()}"
         try:
             os.rename(self.lockdir, moved)
         except OSError:
             return
+        import shutil
         shutil.rmtree(moved, ignore_errors=True)
 
     def __enter__(self) -> str:

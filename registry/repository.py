@@ -13,7 +13,7 @@ from typing import BinaryIO, Iterable
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from registry.errors import Conflict, NotFound
+from registry.errors import CockerError, Conflict, NotFound
 from registry.reference import Reference
 
 ANY = object()  # put_ref/delete_ref without a compare-and-swap precondition
@@ -159,6 +159,26 @@ class Repository(abc.ABC):
         except BaseException:
             w.abort()
             raise
+
+    def reachable(self, roots: list[str]) -> set[str]:
+        """Every blob reachable from the given manifest digests (through indexes too)."""
+        seen: set[str] = set()
+        stack = list(roots)
+        while stack:
+            d = stack.pop()
+            if d in seen or not self.has_blob(d):
+                continue
+            seen.add(d)
+            try:
+                m = oci.parse_manifest(self.read_blob(d))
+            except CockerError:
+                continue  # a config or layer, not a manifest
+            for child in oci.referenced_blobs(m):
+                if oci.is_index(m):
+                    stack.append(child)
+                else:
+                    seen.add(child)
+        return seen
 
     # misc --------------------------------------------------------------------------
     def for_name(self, name: str) -> "Repository":
