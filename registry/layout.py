@@ -197,11 +197,11 @@ class LayoutRepo(Repository):
         """Move a file already written (and digested) in tmp_dir into place as a blob."""
         dest = self.blob_path(digest)
         try:
-            with open(tmp_path, "rb+") as f:
-                os.fsync(f.fileno())
-            if os.path.exists(dest):
+            if os.path.exists(dest):        # already durable: no fsync of a copy we drop
                 os.unlink(tmp_path)
                 return
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
             os.rename(tmp_path, dest)
             fsync_dir(os.path.dirname(dest))
         except OSError as e:
