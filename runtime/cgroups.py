@@ -18,6 +18,12 @@ from registry.errors import RuntimeFailure, UsageError
 ROOT = "/sys/fs/cgroup"
 PARENT = "cocker"
 V1_CONTROLLERS = ("cpuset", "cpu", "memory", "pids", "freezer")
+# v1 groups every container gets: memory (usage, OOM detection), pids (the count, and the
+# process list kill_all reads) and freezer (pause, commit --pause). cpuset and cpu only limit;
+# each costs a mkdir, an attach and an rmdir at every start (cpuset also copying its parent's
+# cpus and mems), so a container gets them only with --cpus / --cpu-quota. Without them its
+# processes share the cpu and cpuset groups of whoever started it.
+V1_ALWAYS = ("memory", "pids", "freezer")
 PERIOD_US = 100_000
 
 _SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
@@ -70,14 +76,24 @@ def validate_limits(cpus: str | None, cpu_quota: int | None, memory: str | None,
 class Cgroup:
     """The cgroup(s) of one container."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, cpus: str | None = None,
+                 cpu_quota: int | None = None) -> None:
+        """The container's groups, for its limits (the record's cpus and cpu_quota)."""
         self.name = name
         self.v2 = is_v2()
         if self.v2:
             self.dirs = {"unified": os.path.join(ROOT, PARENT, name)}
+            self._all = dict(self.dirs)
         else:
-            self.dirs = {c: os.path.join(ROOT, c, PARENT, name) for c in V1_CONTROLLERS
+            want = set(V1_ALWAYS)
+            if cpus is not None:
+                want.add("cpuset")
+            if cpu_quota is not None:
+                want.add("cpu")
+            # every controller's group, for the teardown: whatever an older start made goes too
+            self._all = {c: os.path.join(ROOT, c, PARENT, name) for c in V1_CONTROLLERS
                          if os.path.isdir(os.path.join(ROOT, c))}
+            self.dirs = {c: d for c, d in self._all.items() if c in want}
 
     # setup -----------------------------------------------------------------------------
     def create(self, *, cpus: str | None = None, cpu_quota: int | None = None,
@@ -141,7 +157,7 @@ class Cgroup:
             _write(d, "pids.max", str(int(pids_limit)))
 
     def exists(self) -> bool:
-        return any(os.path.isdir(d) for d in self.dirs.values())
+        return any(os.path.isdir(d) for d in self._all.values())
 
     def join(self, pid: int = 0) -> None:
         """Move `pid` (0: the caller) into the container's cgroup(s)."""
@@ -224,7 +240,7 @@ class Cgroup:
     def remove(self, timeout: float = 5.0) -> None:
         """rmdir the group(s); processes still in them are killed first."""
         deadline = time.monotonic() + timeout
-        for d in self.dirs.values():
+        for d in self._all.values():
             while os.path.isdir(d):
                 try:
                     os.rmdir(d)

@@ -180,7 +180,8 @@ class Container:
 
     def cgroup(self):
         from runtime import cgroups
-        return cgroups.Cgroup(self.name)
+        return cgroups.Cgroup(self.name, cpus=self.record.get("cpus"),
+                              cpu_quota=self.record.get("cpu_quota"))
 
     def info(self) -> dict:
         st = self.runtime_state()
@@ -411,7 +412,7 @@ def create(store, spec: ContainerSpec, *, durable: bool = True) -> Container:
 
 
 def _plan(c: Container, detached: bool):
-    from runtime import cgroups, mounts
+    from runtime import mounts
     from runtime.supervisor import Plan
     r = c.record
     paths = c.layer_paths
@@ -425,7 +426,7 @@ def _plan(c: Container, detached: bool):
         paths = layers.ensure_layers(c.store, img)
     lowerdir = mounts.lower_links(c.dir, paths)
     volumes = [mounts.parse_volume(v) for v in r.get("volumes", [])]
-    cg = cgroups.Cgroup(c.name)
+    cg = c.cgroup()
     net = c.net
     return Plan(
         name=c.name, cdir=c.dir, argv=list(r["argv"]), env=list(r["env"]),
@@ -762,11 +763,21 @@ def remove(store, name: str, force: bool = False, *, background: bool = False) -
             os.rename(c.dir, doomed)
         except FileNotFoundError:
             return
-    if background and _rmtree_detached(doomed):
+    if background and not _nothing_written(doomed) and _rmtree_detached(doomed):
         return
     _rmtree(doomed)
     if os.path.exists(doomed):
         raise RuntimeFailure(f"could not remove {doomed} completely")
+
+
+def _nothing_written(cdir: str) -> bool:
+    """Whether the container left its upper dir empty: then its directory is a handful of
+    empty dirs and small files, quicker to delete here than to fork a process for."""
+    try:
+        with os.scandir(os.path.join(cdir, "upper")) as it:
+            return next(it, None) is None
+    except OSError:
+        return False
 
 
 def _rmtree_detached(path: str) -> bool:

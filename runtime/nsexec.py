@@ -11,7 +11,7 @@ import os
 import signal
 
 from runtime import syscalls as sc
-from runtime.supervisor import FORWARDED, _describe, _say, _switch_user
+from runtime.supervisor import FORWARDED, _describe, _say, _switch_user, open_join_fd
 
 NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
 
@@ -39,7 +39,7 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
     cg_fds = []
     for d in cgroup_dirs or []:
         try:
-            cg_fds.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+            cg_fds.append(open_join_fd(d))
         except FileNotFoundError:
             pass
     err_r, err_w = os.pipe()

@@ -124,15 +124,20 @@ def set_name(name: str) -> None:
 
 
 def loopback_up() -> None:
-    """Bring `lo` up in the current network namespace (no netlink library needed)."""
+    """Bring `lo` up in the current network namespace (no netlink library needed). The
+    socket comes from libc, not the socket module: importing that would be on every boot's
+    critical path (this runs in the forked workload)."""
     import fcntl
-    import socket
     import struct
+    AF_INET, SOCK_DGRAM, SOCK_CLOEXEC = 2, 2, 0o2000000
     SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    fd = _check(_libc.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket")
+    try:
         req = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+        flags = struct.unpack("16sH14x", fcntl.ioctl(fd, SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(fd, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+    finally:
+        os.close(fd)
 
 
 def set_ctty(fd: int) -> None:
