@@ -2,10 +2,13 @@
 """Boot time: `cocker container run --rm IMAGE /bin/true` against `runc run` on the same busybox
 rootfs, interleaved in one run; medians and the ratio. Also the boot of a 50-layer image.
 
-    python3 bench/boot.py [--runs 20] [--layers 50]
+    python3 bench/boot.py [--runs 20] [--layers 50] [--install /opt/cocker]
 
-Needs root, runc and busybox-static. Both sides get a new network namespace (cocker --net none,
-runc's default spec), so the work compared is the same.
+cocker is started through the `cocker` console script of the interpreter running the bench,
+and also through the one of the real install (scripts/install.sh's venv, $COCKER_VENV or
+/opt/cocker) when that is another interpreter: both are reported, each with its bare
+interpreter start. Needs root, runc and busybox-static. Both sides get a new network
+namespace (cocker --net none, runc's default spec), so the work compared is the same.
 """
 
 from __future__ import annotations
@@ -25,12 +28,22 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 
-def cocker_argv() -> list[str]:
-    # the console script next to this interpreter (a pyenv shim would add its own start-up)
-    script = os.path.join(os.path.dirname(sys.executable), "cocker")
+def cocker_argv(python: str = sys.executable) -> list[str]:
+    # the console script next to the interpreter (a pyenv shim would add its own start-up)
+    script = os.path.join(os.path.dirname(python), "cocker")
     if os.path.isfile(script):
         return [script]
-    return [sys.executable, "-m", "cocker.main"]
+    return [python, "-m", "cocker.main"]
+
+
+def installed_python(venv: str) -> str | None:
+    """The real install's interpreter, when it exists and is not the one running us."""
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.isfile(os.path.join(venv, "bin", "cocker")) or not os.access(python, os.X_OK):
+        return None
+    if os.path.realpath(os.path.dirname(python)) == os.path.realpath(os.path.dirname(sys.executable)):
+        return None
+    return python
 
 
 def cocker_plain_argv() -> list[str]:
@@ -89,10 +102,16 @@ def build_images(home: str, layers: int) -> str:
     return bundle
 
 
+BOOT = ["container", "run", "--rm", "--net", "none", "busybox:1.0", "/bin/true"]
+LAYERED = ["container", "run", "--rm", "--net", "none", "layered:1.0", "/bin/true"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--layers", type=int, default=50)
+    ap.add_argument("--install", default=os.environ.get("COCKER_VENV", "/opt/cocker"),
+                    help="venv of the real install, measured too when present")
     args = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("runc"):
         raise SystemExit("needs root and runc")
@@ -102,36 +121,46 @@ def main() -> None:
     home = tempfile.mkdtemp(prefix="cocker-bootbench-")
     env = dict(os.environ, COCKER_HOME=home)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    ck = cocker_argv()
+    pythons = {"this interpreter": sys.executable}
+    inst = installed_python(args.install)
+    if inst:
+        pythons[f"install {args.install}"] = inst
     try:
         bundle = build_images(home, args.layers)
-        ck = cocker_argv()
-        run_ck = ck + ["container", "run", "--rm", "--net", "none", "busybox:1.0", "/bin/true"]
-        first_layered = timed(ck + ["container", "run", "--rm", "--net", "none", "layered:1.0",
-                                    "/bin/true"], env)      # includes unpacking 50 layers
-        timed(run_ck, env)                                  # warm-up: layer tree, caches
+        first_layered = timed(ck + LAYERED, env)        # includes unpacking the layers
+        timed(ck + BOOT, env)                           # warm-up: layer tree, caches
         timed(["runc", "run", "bootbench-warm"], env, cwd=bundle)
-        plain = cocker_plain_argv() + run_ck[len(ck):]
-        cocker_t, runc_t, layered_t, plain_t = [], [], [], []
+        sides = {label: cocker_argv(py) for label, py in pythons.items()}
+        sides["this interpreter, -S"] = cocker_plain_argv()
+        times: dict[str, list[float]] = {label: [] for label in sides}
+        runc_t, layered_t = [], []
         for i in range(args.runs):
             runc_t.append(timed(["runc", "run", f"bootbench-{os.getpid()}-{i}"], env, cwd=bundle))
-            cocker_t.append(timed(run_ck, env))
-            plain_t.append(timed(plain, env))
-            layered_t.append(timed(ck + ["container", "run", "--rm", "--net", "none",
-                                         "layered:1.0", "/bin/true"], env))
-        py_t = [timed([sys.executable, "-c", "pass"], env) for _ in range(5)]
-        mc, mr, ml, mp = (statistics.median(x) for x in (cocker_t, runc_t, layered_t, plain_t))
-        print(f"runs: {args.runs} each, interleaved; load average {os.getloadavg()[0]:.1f}")
-        print(f"runc run /bin/true                         median {mr * 1000:7.1f} ms")
-        print(f"cocker container run --rm /bin/true        median {mc * 1000:7.1f} ms")
-        print(f"ratio cocker/runc                                 {mc / mr:7.2f}x")
-        print(f"  same, started as a regular install (-S)   median {mp * 1000:7.1f} ms"
-              f"  ratio {mp / mr:.2f}x")
-        print(f"cocker, {args.layers}-layer image                      median {ml * 1000:7.1f} ms"
-              f"  (first boot incl. unpack {first_layered * 1000:.0f} ms)")
-        print(f"(python interpreter start alone: median {statistics.median(py_t) * 1000:.1f} ms)")
+            for label, argv in sides.items():
+                times[label].append(timed(argv + BOOT, env))
+            layered_t.append(timed(ck + LAYERED, env))
+        py_t = {label: statistics.median(timed([py, "-c", "pass"], env) for _ in range(7))
+                for label, py in pythons.items()}
+        report(args, statistics.median(runc_t), times, statistics.median(layered_t),
+               first_layered, py_t, pythons)
     finally:
         subprocess.run(ck + ["container", "ls", "-a"], env=env, stdout=subprocess.DEVNULL)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def report(args, mr: float, times: dict, ml: float, first_layered: float, py_t: dict,
+           pythons: dict) -> None:
+    print(f"runs: {args.runs} each, interleaved; load average {os.getloadavg()[0]:.1f}")
+    print(f"runc run /bin/true                              median {mr * 1000:7.1f} ms")
+    for label, ts in times.items():
+        m = statistics.median(ts)
+        print(f"cocker run --rm /bin/true ({label + ')':24} median {m * 1000:7.1f} ms"
+              f"  ratio {m / mr:.2f}x")
+    print(f"cocker, {args.layers}-layer image (this interpreter)       median {ml * 1000:7.1f} ms"
+          f"  (first boot incl. unpack {first_layered * 1000:.0f} ms)")
+    for label, t in py_t.items():
+        print(f"(python interpreter start alone, {label} {pythons[label]}: {t * 1000:.1f} ms)")
 
 
 if __name__ == "__main__":
