@@ -7,6 +7,12 @@ a new version with a 1 MB change against the full push.
     python3 bench/push_pull.py [--size-mb 500] [--runs 1]
 
 Needs root (it starts its own sshd on 127.0.0.1), openssh, skopeo and docker-registry.
+
+What it measures: whole CLI commands (interpreter start-up, SSH handshake, remote server
+start-up included). Smart mode runs this interpreter's srepo-server by its path (no pyenv
+shim); like the raw `ssh host cat` it still starts through the remote user's shell, so a
+slow ~/.bashrc is in both. SFTP mode uses sshd's internal-sftp (no shell). `ssh host true`
+is printed as the floor an incremental push cannot go below.
 """
 
 from __future__ import annotations
@@ -122,6 +128,10 @@ def main() -> None:
                                          f"> {base}/raw-local.bin"])
         os.unlink(raw_remote)
         os.unlink(f"{base}/raw-local.bin")
+        # The floor under any CLI command: an SSH connection plus one remote command (which,
+        # like srepo-server in smart mode, starts through the remote user's shell and its
+        # ~/.bashrc). Best of three.
+        results["raw ssh connect + true"] = min(timed(ssh + ["true"]) for _ in range(3))
 
         for mode in ("sftp", "smart"):
             remote = os.path.join(base, f"remote-{mode}")
@@ -187,7 +197,7 @@ def main() -> None:
         w = max(len(k) for k in results)
         for k, v in results.items():
             mbps = f"{total / v / 1e6:7.1f} MB/s" if not any(
-                w in k for w in ("again", "incr")) else ""
+                w in k for w in ("again", "incr", "true")) else ""
             print(f"{k:<{w}}  {v:7.2f} s  {mbps}")
         print("\nratios (lower is better for cocker):")
         for mode in ("sftp", "smart"):
@@ -198,8 +208,10 @@ def main() -> None:
                     line += f"   / skopeo {way}: {c / results[f'skopeo {way}']:.2f}"
                 print(line)
             inc = results[f"cocker {mode} incremental push"] / results[f"cocker {mode} push"]
+            floor = results["raw ssh connect + true"] / results[f"cocker {mode} push"]
             print(f"  cocker {mode} incremental / full push: {inc * 100:.1f}%   "
-                  f"repeated push: {results[f'cocker {mode} push again']:.2f} s")
+                  f"repeated push: {results[f'cocker {mode} push again']:.2f} s   "
+                  f"(`ssh host true` alone: {floor * 100:.1f}%)")
             inc = (results[f"in-process {mode} incremental push"]
                    / results[f"in-process {mode} full push"])
             print(f"  in one process (no start-up): {mode} incremental / full push: "

@@ -227,6 +227,8 @@ def connect_ssh(t: SshTarget, opts: RepoOptions):
 
 def open_ssh(t: SshTarget, opts: RepoOptions) -> Repository:
     from registry.sftp_repo import SftpRepo
+    from registry.smart import tune_allocator
+    tune_allocator()  # blobs cross this process in MiB-sized buffers, whichever the mode
     mode = t.query.get("mode", opts.mode or "auto")
     if mode not in ("auto", "smart", "sftp"):
         raise UsageError(f"invalid mode {mode!r}: use auto, smart or sftp")
@@ -236,6 +238,8 @@ def open_ssh(t: SshTarget, opts: RepoOptions) -> Repository:
     url = t.url()
     try:
         if opts.init:
+            if mode == "sftp":  # the repo that created the layout serves the push
+                return SftpRepo(client, t.path, url=url, create=True)
             SftpRepo(client, t.path, url=url, create=True, own_client=False).close()
         if mode in ("auto", "smart"):
             repo = _open_smart(client, t.path, command, url, required=mode == "smart")

@@ -30,7 +30,9 @@ import threading
 import time
 from typing import BinaryIO, Callable
 
-import paramiko
+# registry.ssh first: it keeps paramiko from importing `invoke` (~140 ms of start-up).
+from registry import ssh as _ssh  # noqa: F401,I001
+import paramiko  # noqa: E402,I001
 
 from registry import digest as digestmod
 from registry import oci
@@ -49,6 +51,9 @@ TAKEOVER_WAIT = 60.0
 # OpenSSH's sftp-server takes messages up to 256 KiB; bigger requests mean fewer Python
 # round trips per MiB than paramiko's 32 KiB default.
 REQUEST_SIZE = 128 * 1024
+# Reads: sftp-server answers up to 255 KiB per request; 248 KiB halves the requests (and
+# paramiko's per-request work) of 128 KiB ones: pulls measured 1.3-2x faster.
+READ_REQUEST_SIZE = 248 * 1024
 BUFSIZE = 1 << 20
 PREFETCH_REQUESTS = 32
 SFTP_WINDOW = 2 << 20
@@ -416,11 +421,11 @@ class SftpRepo(Repository):
             if getattr(e, "errno", None) == errno.ENOENT:
                 raise NotFound(f"blob {digest} not found in {self.describe()}") from None
             raise
-        f.MAX_REQUEST_SIZE = REQUEST_SIZE
+        f.MAX_REQUEST_SIZE = READ_REQUEST_SIZE
         size = f.stat().st_size
         if offset:
             f.seek(offset)
-        if size and size - offset > REQUEST_SIZE:
+        if size and size - offset > READ_REQUEST_SIZE:
             f.prefetch(size, max_concurrent_requests=PREFETCH_REQUESTS)
         return _Reader(f, self)
 
@@ -613,8 +618,8 @@ class _SftpUpload(BlobWriter):
                 self.s.remove(self.partial)
                 return 0
             with self.s.open(self.partial, "rb", bufsize=BUFSIZE) as f:
-                f.MAX_REQUEST_SIZE = REQUEST_SIZE
-                if have > REQUEST_SIZE:
+                f.MAX_REQUEST_SIZE = READ_REQUEST_SIZE
+                if have > READ_REQUEST_SIZE:
                     f.prefetch(have, max_concurrent_requests=PREFETCH_REQUESTS)
                 left = have
                 while left:

@@ -74,7 +74,6 @@ windows of tens of MiB and 64-128 KiB packets keep the stream full at the least 
 from __future__ import annotations
 
 import collections
-import inspect
 import json
 import struct
 import threading
@@ -169,7 +168,7 @@ def raise_error(frame: dict) -> None:
 
 _ERRORS: dict[str, type[CockerError]] = {
     name: obj for name, obj in vars(errmod).items()
-    if inspect.isclass(obj) and issubclass(obj, CockerError)}
+    if isinstance(obj, type) and issubclass(obj, CockerError)}
 
 
 # a fast stream over a socket-like object (paramiko Channel, socket) ---------------------
@@ -273,8 +272,8 @@ def tune_allocator() -> None:
     _TUNED = True
     try:
         import ctypes
-        import ctypes.util
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # This process's own C library; ctypes.util would import subprocess at start-up.
+        libc = ctypes.CDLL(None)
         libc.mallopt(-3, 16 << 20)   # M_MMAP_THRESHOLD
         libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):

@@ -1,67 +1,68 @@
-"""`srepo-server`: one repository storage, three doors (stdio, SSH, HTTP), plus gc.
+"""`srepo-server` entry point.
 
-Door implementations live in their own modules; this file only parses options.
-    --stdio                    srepo_server.stdio.serve_stdio(root, access)      (smart protocol)
-    --ssh HOST:PORT            srepo_server.ssh_door.serve(root, addr, host_key, authorized_keys, ...)
-    --http HOST:PORT           srepo_server.http_door.serve(root, addr, ...)
+`srepo-server --stdio --root PATH [--perms LIST] [--prefixes LIST]` is what every ssh://
+push and pull starts on the remote, so that invocation is parsed here by hand and served
+without importing click or the HTTP/SSH door modules (tens of ms per connection). Anything
+else goes to the full command line in `srepo_server.cli`.
 """
 
 from __future__ import annotations
 
 import sys
 
-import click
-
-from srepo_server.http_cli import gc_command, http_options, passwd_command, run_http
-from srepo_server.ssh_cli import run_ssh, ssh_options, stdio_access
+_STDIO_VALUES = ("--root", "--perms", "--prefixes")
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", type=click.Path(file_okay=False), help="Repository directory.")
-@click.option("--stdio", is_flag=True, help="Speak the smart protocol on stdin/stdout "
-              "(what `ssh host srepo-server --stdio --root PATH` runs).")
-@http_options
-@ssh_options
-@click.pass_context
-def cli(ctx: click.Context, root: str | None, stdio: bool, **http_opts) -> None:
-    """cocker's native repository server."""
-    ctx.ensure_object(dict)
-    ctx.obj["root"] = root
-    if ctx.invoked_subcommand is None:
-        if stdio:
-            if not root:
-                raise click.UsageError("--stdio needs --root PATH")
-            from srepo_server.stdio import serve_stdio
-            serve_stdio(root, stdio_access(http_opts))
-            return
-        if http_opts.get("ssh"):
-            run_ssh(root, http_opts, background=bool(http_opts.get("http")))
-            if not http_opts.get("http"):
-                return
-        if http_opts.get("http"):
-            run_http(root, http_opts)
-            return
-        click.echo(ctx.get_help())
+def stdio_args(argv: list[str]) -> dict[str, str] | None:
+    """{"root", "perms"?, "prefixes"?} for a plain --stdio invocation; None for anything
+    else (other options, help, a repeated or missing value), which the click CLI handles."""
+    if "--stdio" not in argv:
+        return None
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if arg == "--stdio" and "stdio" not in out:
+            out["stdio"] = ""
+        elif name in _STDIO_VALUES and name[2:] not in out:
+            if not eq:
+                i += 1
+                if i >= len(argv):
+                    return None
+                value = argv[i]
+            out[name[2:]] = value
+        else:
+            return None
+        i += 1
+    del out["stdio"]
+    return out if out.get("root") else None
 
 
-cli.add_command(gc_command)
-cli.add_command(passwd_command)
-
-
-def main(argv: list[str] | None = None) -> None:
+def _serve_stdio(opts: dict[str, str]) -> None:
     from registry.errors import CockerError
     try:
-        cli.main(args=argv, prog_name="srepo-server", standalone_mode=False)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
+        from srepo_server.stdio import serve_stdio
+        access = None
+        if "perms" in opts or "prefixes" in opts:
+            from srepo_server.access import Access
+            access = Access.parse(opts.get("perms") or "all", opts.get("prefixes"))
+        serve_stdio(opts["root"], access)
     except CockerError as e:
-        click.echo(f"srepo-server: error: {e}", err=True)
+        print(f"srepo-server: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    opts = stdio_args(argv)
+    if opts is not None:
+        _serve_stdio(opts)
+        return
+    from srepo_server.cli import main as cli_main
+    cli_main(argv)
 
 
 if __name__ == "__main__":

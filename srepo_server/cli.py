@@ -1,0 +1,66 @@
+"""`srepo-server`'s full command line (click): one repository storage, three doors (stdio,
+SSH, HTTP), plus gc. `srepo_server.main` is the entry point; it runs a plain `--stdio`
+invocation without loading this module.
+
+Door implementations live in their own modules; this file only parses options.
+    --stdio                    srepo_server.stdio.serve_stdio(root, access)      (smart protocol)
+    --ssh HOST:PORT            srepo_server.ssh_door.serve(root, addr, host_key, authorized_keys, ...)
+    --http HOST:PORT           srepo_server.http_door.serve(root, addr, ...)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from srepo_server.http_cli import gc_command, http_options, passwd_command, run_http
+from srepo_server.ssh_cli import run_ssh, ssh_options, stdio_access
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", type=click.Path(file_okay=False), help="Repository directory.")
+@click.option("--stdio", is_flag=True, help="Speak the smart protocol on stdin/stdout "
+              "(what `ssh host srepo-server --stdio --root PATH` runs).")
+@http_options
+@ssh_options
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, stdio: bool, **http_opts) -> None:
+    """cocker's native repository server."""
+    ctx.ensure_object(dict)
+    ctx.obj["root"] = root
+    if ctx.invoked_subcommand is None:
+        if stdio:
+            if not root:
+                raise click.UsageError("--stdio needs --root PATH")
+            from srepo_server.stdio import serve_stdio
+            serve_stdio(root, stdio_access(http_opts))
+            return
+        if http_opts.get("ssh"):
+            run_ssh(root, http_opts, background=bool(http_opts.get("http")))
+            if not http_opts.get("http"):
+                return
+        if http_opts.get("http"):
+            run_http(root, http_opts)
+            return
+        click.echo(ctx.get_help())
+
+
+cli.add_command(gc_command)
+cli.add_command(passwd_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from registry.errors import CockerError
+    try:
+        cli.main(args=argv, prog_name="srepo-server", standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except CockerError as e:
+        click.echo(f"srepo-server: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
