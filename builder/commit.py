@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from builder import changes as changesmod
 from builder import meta, treediff
@@ -27,7 +27,6 @@ from registry import image as imagemod
 from registry import layer_tar
 from registry import reference as refmod
 from registry.errors import CockerError, UsageError
-from registry.fsutil import disk_error
 from registry.image import Image
 from registry.reference import Reference
 from registry.repository import RefRecord
@@ -105,7 +104,7 @@ def pack_container(store, c, *, progress: Any = None) -> tuple[Any, str]:
         if not _has_entries(upper):
             return None, "upper"
         sde = meta.source_date_epoch()
-        return pack_into(store, upper, overlay_upper=True, source_date_epoch=sde,
+        return layer_tar.pack_into(store, upper, overlay_upper=True, source_date_epoch=sde,
                          progress=progress), "upper"
     return pack_by_diff(store, [upper] + list(c.lower_dirs), list(c.lower_dirs),
                         progress=progress), f"diff ({why})"
@@ -122,75 +121,10 @@ def pack_by_diff(store, new_top_first: list[str], old_top_first: list[str], *,
             changed = treediff.diff_trees(old, new, out)
         if not changed:
             return None
-        return pack_into(store, out, overlay_upper=True,
+        return layer_tar.pack_into(store, out, overlay_upper=True,
                          source_date_epoch=meta.source_date_epoch(), progress=progress)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def pack_into(store, src: str, **kw: Any) -> layer_tar.PackedLayer:
-    """layer_tar.pack_into, with the blob's writeback started while it is being written: the
-    fsync that makes the blob durable before a ref may name it (store.ingest) then waits for
-    the last few MB instead of the whole layer (~0.3 s for 250 MB on this kind of disk; the
-    packer is CPU-bound, so the disk is otherwise idle until that fsync)."""
-    tmp = store.new_tmp_path("pack")
-    try:
-        with open(tmp, "wb", buffering=0) as raw:
-            out = _EarlyWriteback(raw)
-            layer = layer_tar.pack_dir(src, out, **kw)
-            out.flush()
-        store.ingest(tmp, layer.digest)
-        return layer
-    except OSError as e:
-        raise disk_error(e, tmp) from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-class _EarlyWriteback:
-    """Buffers writes to `raw` (unbuffered) in CHUNK pieces, and starts the kernel's writeback
-    of every STEP bytes written (sync_file_range WRITE: queues the I/O, does not wait for it)."""
-
-    STEP = 16 << 20
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.buf = bytearray()
-        self.written = 0          # bytes handed to the kernel
-        self.started = 0          # bytes whose writeback was started
-
-    def write(self, data: Any) -> int:
-        self.buf += data
-        if len(self.buf) >= layer_tar.CHUNK:
-            self.flush()
-        return len(data)
-
-    def flush(self) -> None:
-        done = 0
-        with memoryview(self.buf) as view:
-            while done < len(view):
-                done += self.raw.write(view[done:])
-        self.written += done
-        self.buf.clear()
-        if self.written - self.started >= self.STEP:
-            _start_writeback(self.raw.fileno(), self.started, self.written - self.started)
-            self.started = self.written
-
-
-def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """sync_file_range(SYNC_FILE_RANGE_WRITE) through libc (Python has no binding). Only a
-    hint: where it fails, the final fsync does all the work, as without it."""
-    global _sync_file_range
-    if _sync_file_range is None:
-        import ctypes
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-        fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-        _sync_file_range = fn
-    _sync_file_range(fd, offset, nbytes, 2)      # 2: SYNC_FILE_RANGE_WRITE
-
-
-_sync_file_range = None
 
 
 def _has_entries(path: str) -> bool:

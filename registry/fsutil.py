@@ -88,3 +88,51 @@ def flock(path: str, *, shared: bool = False, timeout: float | None = None,
         yield fd
     finally:
         os.close(fd)
+
+
+class EarlyWriteback:
+    """A buffered writer on an unbuffered file that starts the kernel's writeback of every
+    STEP bytes (sync_file_range WRITE: queues the I/O, does not wait for it). A packer is
+    CPU-bound and leaves the disk idle; started early, the fsync that makes the blob durable
+    before a ref may name it waits for the last few MB instead of the whole file."""
+
+    STEP = 16 << 20
+    CHUNK = 1 << 20
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.buf = bytearray()
+        self.written = 0          # bytes handed to the kernel
+        self.started = 0          # bytes whose writeback was started
+
+    def write(self, data) -> int:
+        self.buf += data
+        if len(self.buf) >= self.CHUNK:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        done = 0
+        with memoryview(self.buf) as view:
+            while done < len(view):
+                done += self.raw.write(view[done:])
+        self.written += done
+        self.buf.clear()
+        if self.written - self.started >= self.STEP:
+            _start_writeback(self.raw.fileno(), self.started, self.written - self.started)
+            self.started = self.written
+
+
+_sync_file_range = None
+
+
+def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """sync_file_range(SYNC_FILE_RANGE_WRITE) through libc (Python has no binding). Only a
+    hint: where it fails, the final fsync does all the work, as without it."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        import ctypes
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+        fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+        _sync_file_range = fn
+    _sync_file_range(fd, offset, nbytes, 2)      # 2: SYNC_FILE_RANGE_WRITE

@@ -31,7 +31,7 @@ import zstandard
 
 from registry import oci
 from registry.errors import CockerError, CorruptImage, UnsafeArchive
-from registry.fsutil import disk_error
+from registry.fsutil import EarlyWriteback, disk_error
 
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3
@@ -532,8 +532,10 @@ def pack_into(repo: Any, src: str, **kw: Any) -> PackedLayer:
     """Pack `src` into a blob of `repo` (a LayoutRepo): written in repo.tmp_dir, then ingested."""
     tmp = repo.new_tmp_path("pack")
     try:
-        with open(tmp, "wb", buffering=CHUNK) as f:
-            layer = pack_dir(src, f, **kw)
+        with open(tmp, "wb", buffering=0) as raw:
+            out = EarlyWriteback(raw)
+            layer = pack_dir(src, out, **kw)
+            out.flush()
         repo.ingest(tmp, layer.digest)
         return layer
     except OSError as e:
