@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
-import subprocess
 import sys
 import time
 
@@ -341,6 +340,7 @@ def _legacy_push(ctx, repo_spec, recs, force, kw) -> None:
 
 def _export_cockerimage(ctx, rec: RefRecord, dest: str) -> None:
     # Flattening layers is the image exporter's job (builder); run it as the CLI does.
+    import subprocess  # only here: every push and pull would pay its import otherwise
     p = subprocess.run([sys.executable, "-m", "cocker.main", "--home", ctx.store.home, "-q",
                         "image", "export", f"{rec.name}:{rec.version}", dest,
                         "--format", "cockerimage"], capture_output=True, text=True)
