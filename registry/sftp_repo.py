@@ -460,25 +460,6 @@ class SftpRepo(Repository):
         return sorted(out, key=lambda x: x[0])
 
     # maintenance ---------------------------------------------------------------------
-    def reachable(self, roots: list[str]) -> set[str]:
-        seen: set[str] = set()
-        stack = list(roots)
-        while stack:
-            d = stack.pop()
-            if d in seen or not self.has_blob(d):
-                continue
-            seen.add(d)
-            try:
-                m = oci.parse_manifest(self.read_blob(d))
-            except CockerError:
-                continue
-            for child in oci.referenced_blobs(m):
-                if oci.is_index(m):
-                    stack.append(child)
-                else:
-                    seen.add(child)
-        return seen
-
     @_remote_errors
     def gc(self, grace: float = GC_GRACE, dry_run: bool = False) -> tuple[int, int]:
         """Drop unreferenced blobs older than `grace` and stale partial uploads, under the
