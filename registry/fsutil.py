@@ -119,14 +119,14 @@ class EarlyWriteback:
         self.written += done
         self.buf.clear()
         if self.written - self.started >= self.STEP:
-            _start_writeback(self.raw.fileno(), self.started, self.written - self.started)
+            start_writeback(self.raw.fileno(), self.started, self.written - self.started)
             self.started = self.written
 
 
 _sync_file_range = None
 
 
-def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
     """sync_file_range(SYNC_FILE_RANGE_WRITE) through libc (Python has no binding). Only a
     hint: where it fails, the final fsync does all the work, as without it."""
     global _sync_file_range

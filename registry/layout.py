@@ -24,7 +24,7 @@ from registry import oci
 from registry import reference as refmod
 from registry.errors import CockerError, Conflict, CorruptImage, DigestMismatch, LockBusy, NotFound
 from registry.fsutil import EarlyWriteback, atomic_write, disk_error, flock, fsync_dir
-from registry.fsutil import _start_writeback as start_writeback
+from registry.fsutil import start_writeback
 from registry.repository import ANY, BlobWriter, RefRecord, Repository
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
