@@ -22,7 +22,7 @@ from typing import BinaryIO, Iterator
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from registry.errors import CockerError, Conflict, CorruptImage, DigestMismatch, LockBusy, NotFound
+from registry.errors import Conflict, CorruptImage, DigestMismatch, LockBusy, NotFound
 from registry.fsutil import EarlyWriteback, atomic_write, disk_error, flock, fsync_dir
 from registry.fsutil import start_writeback
 from registry.repository import ANY, BlobWriter, RefRecord, Repository
@@ -212,6 +212,8 @@ class LayoutRepo(Repository):
         d = os.path.join(self.root, "blobs", "sha256")
         return ["sha256:" + h for h in sorted(os.listdir(d)) if len(h) == 64]
 
+    blob_digests = all_blobs
+
     # maintenance ---------------------------------------------------------------------
     def gc(self, extra_roots: list[str] | None = None, grace: float = GC_GRACE,
            dry_run: bool = False) -> tuple[int, int]:
@@ -259,21 +261,6 @@ class LayoutRepo(Repository):
                 finally:
                     os.close(fd)
                 yield p
-
-    def fsck(self) -> list[str]:
-        """Problems found: blobs whose content does not match their name, dangling refs."""
-        problems = []
-        for d in self.all_blobs():
-            got, _ = digestmod.of_file(self.blob_path(d))
-            if got != d:
-                problems.append(f"blob {d} is corrupt (content hashes to {got})")
-        for rec in self.list_refs():
-            try:
-                self._check_complete(rec.digest)
-            except CockerError as e:
-                problems.append(f"ref {rec}: {e}")
-        return problems
-
 
 def dir_lock(lockdir: str, timeout: float | None, what: str):
     """mkdir-based lock with an owner record (`host pid time token`), the protocol SFTP

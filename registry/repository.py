@@ -7,6 +7,7 @@ export, import and mirror are the same code whatever the transport.
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable
 
@@ -179,6 +180,25 @@ class Repository(abc.ABC):
                 else:
                     seen.add(child)
         return seen
+
+    def blob_digests(self) -> list[str]:
+        """Every blob the repository holds (for fsck); not every transport can list them."""
+        raise NotImplementedError(f"{self.describe()} cannot list its blobs")
+
+    def fsck(self) -> list[str]:
+        """Problems found: blobs whose content does not match their name, dangling refs."""
+        problems = []
+        for d in self.blob_digests():
+            with contextlib.closing(self.open_blob(d)) as f:
+                got, _ = digestmod.of_stream(f)
+            if got != d:
+                problems.append(f"blob {d} is corrupt (content hashes to {got})")
+        for rec in self.list_refs():
+            try:
+                self._check_complete(rec.digest)
+            except CockerError as e:
+                problems.append(f"ref {rec}: {e}")
+        return problems
 
     # misc --------------------------------------------------------------------------
     def for_name(self, name: str) -> "Repository":
