@@ -33,7 +33,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = T
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
@@ -47,10 +47,16 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = T
         fsync_dir(d)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is out; a non-blocking fd (a pty, a socket) that is full
+    is retried after a millisecond."""
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            time.sleep(0.001)
+            continue
         view = view[n:]
 
 

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Iterator
 
+from registry.fsutil import write_all
 from runtime.supervisor import T_DATA, T_EXIT, T_WINSIZE, FrameReader, connect_unix, frame
 
 DETACH_KEYS = b"\x10\x11"      # ctrl-p ctrl-q, as docker
@@ -72,15 +73,7 @@ def raw_terminal(fd: int) -> Iterator[bool]:
 
 
 def _write_out(data: bytes) -> None:
-    out = sys.stdout.fileno()
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(out, view)
-        except BlockingIOError:
-            time.sleep(0.001)
-            continue
-        view = view[n:]
+    write_all(sys.stdout.fileno(), data)
 
 
 def session(sock: socket.socket, stdin: int = 0) -> int | None:

@@ -24,6 +24,7 @@ import struct
 import time
 from dataclasses import dataclass
 
+from registry.fsutil import write_all
 from runtime import syscalls as sc
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -437,7 +438,7 @@ def _client_frames(S: _Sup, data: bytes) -> None:
     import termios
     for kind, payload in S.reader.feed(data):
         if kind == T_DATA:
-            _write_all(S.master, payload)
+            write_all(S.master, payload)
         elif kind == T_WINSIZE and len(payload) == 4:
             rows, cols = struct.unpack(">HH", payload)
             fcntl.ioctl(S.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
@@ -467,20 +468,9 @@ def _early_client_frames(S: _Sup) -> None:
 def _log(S: _Sup, data: bytes) -> None:
     if S.log_fd >= 0:
         try:
-            _write_all(S.log_fd, data)
+            write_all(S.log_fd, data)
         except OSError:
             pass
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            time.sleep(0.001)
-            continue
-        view = view[n:]
 
 
 def _finish(S: _Sup, code: int) -> None:
