@@ -26,6 +26,11 @@ class NotFound(CockerError):
     """An image, blob, container, network or repo that does not exist."""
 
 
+class NotARepository(NotFound):
+    """A path that holds no repository layout (no oci-layout): maybe a legacy cocker repo,
+    maybe a place to `--init`."""
+
+
 class AlreadyExists(CockerError):
     """A name that is already taken."""
 

@@ -22,7 +22,8 @@ from typing import BinaryIO, Iterator
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from registry.errors import Conflict, CorruptImage, DigestMismatch, LockBusy, NotFound
+from registry.errors import (Conflict, CorruptImage, DigestMismatch, LockBusy, NotARepository,
+                             NotFound)
 from registry.fsutil import EarlyWriteback, atomic_write, disk_error, flock, fsync_dir
 from registry.fsutil import start_writeback
 from registry.repository import ANY, BlobWriter, RefRecord, Repository
@@ -46,7 +47,7 @@ class LayoutRepo(Repository):
         self.url = url or self.root
         if not is_layout(self.root):
             if not create:
-                raise NotFound(f"{self.root} is not a cocker/OCI repository (no oci-layout)")
+                raise NotARepository(f"{self.root} is not a cocker/OCI repository (no oci-layout)")
             self._init_layout()
         for sub in ("refs", "tmp/uploads", "blobs/sha256"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)

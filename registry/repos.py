@@ -22,7 +22,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from registry.errors import CockerError, NotFound, TransportError, UsageError
+from registry.errors import CockerError, NotARepository, NotFound, TransportError, UsageError
 from registry.fsutil import atomic_write, flock
 from registry.repository import Repository
 
@@ -272,7 +272,7 @@ def _open_smart(client, root: str, command: str, url: str, *, required: bool):
     except CockerError as e:
         if not isinstance(e, TransportError):
             chan.close()
-            hint = "; use --init to create one" if "oci-layout" in str(e) else ""
+            hint = "; use --init to create one" if isinstance(e, NotARepository) else ""
             raise type(e)(f"{url}: {e}{hint}") from None  # the server answered: a real error
         rc = chan.recv_exit_status() if chan.status_event.wait(SMART_PROBE_TIMEOUT) else None
         err = b""

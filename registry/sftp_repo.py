@@ -38,7 +38,7 @@ from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
 from registry.errors import (CockerError, Conflict, CorruptImage, DigestMismatch, LockBusy,
-                             NotFound, PermissionDenied, TransportError)
+                             NotARepository, NotFound, PermissionDenied, TransportError)
 from registry.layout import GC_GRACE, LAYOUT_VERSION, VERSION_PREFIX
 from registry.repository import ANY, BlobWriter, RefRecord, Repository
 
@@ -202,7 +202,7 @@ class SftpRepo(Repository):
                 if self._stat(self.root) is None:
                     raise NotFound(f"{self.describe()}: {self.root} does not exist (use --init "
                                    "to create a new repository there)")
-                raise NotFound(f"{self.describe()}: {self.root} is not a cocker/OCI repository "
+                raise NotARepository(f"{self.describe()}: {self.root} is not a cocker/OCI repository "
                                "(no oci-layout; use --init to create one)")
             self._makedirs(self.root)
             if self._stat(self.path("index.json")) is None:

@@ -10,7 +10,7 @@ from registry import digest as dg
 from registry import image as im
 from registry import oci
 from registry.copy import copy
-from registry.errors import Conflict, DigestMismatch, NotFound
+from registry.errors import Conflict, DigestMismatch, NotARepository, NotFound
 from registry.layout import LayoutRepo
 from registry.reference import parse
 
@@ -37,7 +37,7 @@ def test_publish_list_resolve_newest(tmp_path):
 
 
 def test_not_a_repo(tmp_path):
-    with pytest.raises(NotFound):
+    with pytest.raises(NotARepository):
         LayoutRepo(str(tmp_path))
 
 

@@ -17,7 +17,7 @@ import pytest
 from registry import digest as digestmod
 from registry import oci
 from registry.copy import copy
-from registry.errors import (Conflict, DigestMismatch, InvalidReference, NotFound,
+from registry.errors import (Conflict, DigestMismatch, InvalidReference, NotARepository, NotFound,
                              PermissionDenied, TransportError, UsageError)
 from registry.image import publish
 from registry.layout import LayoutRepo
@@ -503,7 +503,8 @@ def test_stdio_subprocess_round_trip(tmp_path, local):
 def test_stdio_not_a_repository(tmp_path):
     p = _stdio(str(tmp_path / "nothing"))
     try:
-        with pytest.raises(NotFound, match="not a cocker/OCI repository"):
+        # the class crosses the protocol: clients tell "no repo here" from "no such image"
+        with pytest.raises(NotARepository, match="not a cocker/OCI repository"):
             _smart(p)
         assert p.wait(10) != 0
     finally:

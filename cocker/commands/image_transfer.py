@@ -19,7 +19,7 @@ from cocker.commands.image import image
 from cocker.output import human_size, print_json, print_table
 from registry import digest as digestmod
 from registry import reference as refmod
-from registry.errors import CockerError, NotFound, UsageError
+from registry.errors import CockerError, NotARepository, NotFound, UsageError
 from registry.repository import RefRecord, Repository
 
 
@@ -155,8 +155,8 @@ def pull_cmd(ctx, refs, repo_spec, all_versions, force, legacy, as_json, identit
         return
     try:
         repo = open_remote(ctx, repo_spec, **kw)
-    except NotFound as e:
-        if "no oci-layout" not in str(e) or not _legacy_pull(
+    except NotARepository:
+        if not _legacy_pull(
                 ctx, repo_spec, refs, all_versions, force, kw, as_json, probe=True):
             raise
         return
@@ -223,9 +223,7 @@ def search_cmd(ctx, pattern, repo_spec, legacy, as_json, identity, accept_new, m
     else:
         try:
             repo = open_remote(ctx, repo_spec, **kw)
-        except NotFound as e:
-            if "no oci-layout" not in str(e):
-                raise
+        except NotARepository:
             rows = _legacy_rows(ctx, repo_spec, kw)
         else:
             with repo:
