@@ -98,6 +98,7 @@ def add_repo(store, name: str, url: str, *, default: bool = False, force: bool =
                          "file:// or a path)")
     if kind == "path":
         url = os.path.abspath(url[len("file://"):] if url.startswith("file://") else url)
+    check_url(kind, url)
     known = {f.name for f in fields(RepoOptions)} - {"init", "accept_new"}
     opts = {k: v for k, v in options.items() if k in known and v not in (None, False, "auto")}
     with flock(_config_path(store) + ".lock", what="the repo configuration"):
@@ -162,6 +163,19 @@ def classify(spec: str) -> tuple[str, str]:
     if re.match(r"^([^@/:\s]+@)?[^@/:\s]+:", spec) and "://" not in spec:
         return "ssh", spec  # scp-like user@host:path
     return "name", spec
+
+
+def check_url(kind: str, url: str) -> None:
+    """Refuse a malformed URL when it is configured, not at its first use; each transport's
+    own parser decides (nothing is contacted)."""
+    if kind == "ssh":
+        parse_ssh(url)
+    elif kind == "srepo":
+        from registry.srepo_transport import parse_url
+        parse_url(url)
+    elif kind == "http":
+        from registry.http_repo import HttpRepo
+        HttpRepo(url)
 
 
 def parse_ssh(spec: str) -> SshTarget:

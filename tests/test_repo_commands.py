@@ -91,3 +91,12 @@ def test_remote_gc_spares_young_blobs_and_refs(tmp_path, sshd, env, mode):
     remote = LayoutRepo(str(tmp_path / "remote"))
     assert remote.fsck() == [] and [str(r) for r in remote.list_refs()] == ["app:1.0"]
     assert not remote.has_blob(drop.digest) and remote.has_blob(keep.digest)
+
+
+@pytest.mark.parametrize("url", ["http://", "https://:5000", "srepo://", "srepo://h/BAD",
+                                 "ssh://", "http://h:99x/team"])
+def test_repo_add_refuses_malformed_urls(home, cocker, url):
+    p = cocker("repo", "add", "r1", url, check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert "r1" not in cocker("repo", "ls").stdout  # nothing was configured

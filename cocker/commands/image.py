@@ -153,7 +153,7 @@ def rm_cmd(ctx, refs: tuple[str, ...], force: bool, all_versions: bool,
 
 @image.command("gc")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
-@click.option("--grace", type=float, default=3600.0, show_default=True,
+@click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               help="Spare blobs younger than this many seconds (uploads in flight).")
 @click.pass_obj
 def gc_cmd(ctx, dry_run: bool, grace: float) -> None:
