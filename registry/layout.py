@@ -136,9 +136,9 @@ class LayoutRepo(Repository):
         path = self.ref_path(name, version)
         with self.lock():
             self._check_expect(name, version, expect)
-            self._check_complete(digest)
+            raw = self._check_complete(digest)
             atomic_write(path, (digest + "\n").encode())
-            self._write_index()
+            self._update_index(f"{name}:{version}", oci.ref_entry(f"{name}:{version}", digest, raw))
 
     def delete_ref(self, name: str, version: str, expect: object = ANY) -> None:
         path = self.ref_path(name, version)
@@ -156,7 +156,21 @@ class LayoutRepo(Repository):
                 except OSError:
                     break
                 d = os.path.dirname(d)
+            self._update_index(f"{name}:{version}", None)
+
+    def _update_index(self, refname: str, entry: dict | None) -> None:
+        """Keep index.json in step with one ref change (under the lock), without re-reading
+        every manifest; an unreadable index is rebuilt from the refs."""
+        try:
+            with open(os.path.join(self.root, "index.json"), "rb") as f:
+                current = f.read(64 << 20)
+        except FileNotFoundError:
+            current = None
+        manifests = oci.index_with(current, refname, entry)
+        if manifests is None:
             self._write_index()
+        else:
+            self._put_index(manifests)
 
     def _write_index(self) -> None:
         manifests = []
@@ -169,6 +183,9 @@ class LayoutRepo(Repository):
                 continue
             manifests.append(oci.descriptor(mt, rec.digest, size,
                                             {oci.REF_NAME: f"{rec.name}:{rec.version}"}))
+        self._put_index(manifests)
+
+    def _put_index(self, manifests: list[dict]) -> None:
         index = {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": manifests}
         atomic_write(os.path.join(self.root, "index.json"),
                      json.dumps(index, indent=1, sort_keys=True).encode())

@@ -101,6 +101,27 @@ def parse_manifest(data: bytes) -> dict:
     return m
 
 
+def ref_entry(refname: str, digest: str, manifest_bytes: bytes) -> dict:
+    """The image-layout index entry naming one ref."""
+    return descriptor(manifest_media_type(manifest_bytes), digest, len(manifest_bytes),
+                      {REF_NAME: refname})
+
+
+def index_with(index_bytes: bytes | None, refname: str, entry: dict | None) -> list[dict] | None:
+    """The image-layout index's manifests with `refname`'s entry replaced by `entry` (or
+    dropped when None), sorted by ref name; None when the index is unreadable (rebuild it)."""
+    try:
+        index = parse_json(index_bytes or b"", "index.json")
+    except CorruptImage:
+        return None
+    manifests = [m for m in index.get("manifests", []) if isinstance(m, dict)
+                 and (m.get("annotations") or {}).get(REF_NAME) != refname]
+    if entry is not None:
+        manifests.append(entry)
+    manifests.sort(key=lambda m: (m.get("annotations") or {}).get(REF_NAME, ""))
+    return manifests
+
+
 def is_index(m: dict) -> bool:
     return "manifests" in m and "layers" not in m
 

@@ -289,9 +289,7 @@ class SftpRepo(Repository):
             self._makedirs(posixpath.dirname(path))
             self._assert_owner(token)
             self._write_atomic(path, (digest + "\n").encode())
-            self._update_index(f"{name}:{version}", oci.descriptor(
-                oci.manifest_media_type(raw), digest, len(raw),
-                {oci.REF_NAME: f"{name}:{version}"}))
+            self._update_index(f"{name}:{version}", oci.ref_entry(f"{name}:{version}", digest, raw))
 
     @_remote_errors
     def delete_ref(self, name: str, version: str, expect: object = ANY) -> None:
@@ -314,19 +312,12 @@ class SftpRepo(Repository):
 
     def _update_index(self, refname: str, desc: dict | None) -> None:
         """Keep index.json in step with one ref change (under the lock): read, edit, rename."""
-        raw = self._read_small(self.path("index.json"), 64 << 20)
-        try:
-            index = oci.parse_json(raw or b"", "index.json")
-            manifests = [m for m in index.get("manifests", []) if isinstance(m, dict)]
-        except CorruptImage:
+        manifests = oci.index_with(self._read_small(self.path("index.json"), 64 << 20),
+                                   refname, desc)
+        if manifests is None:
             self._write_index()
-            return
-        manifests = [m for m in manifests
-                     if (m.get("annotations") or {}).get(oci.REF_NAME) != refname]
-        if desc is not None:
-            manifests.append(desc)
-        manifests.sort(key=lambda m: (m.get("annotations") or {}).get(oci.REF_NAME, ""))
-        self._put_index(manifests)
+        else:
+            self._put_index(manifests)
 
     def _write_index(self) -> None:
         manifests = []

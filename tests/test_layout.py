@@ -145,3 +145,19 @@ def test_concurrent_publishers(tmp_path):
     assert {r.version for r in repo.list_refs("race")} == {f"1.{i}" for i in range(8)}
     assert len(json.load(open(os.path.join(root, "index.json")))["manifests"]) == 8
     assert repo.fsck() == []
+
+
+def test_index_follows_each_ref_change_and_heals(tmp_path):
+    repo = LayoutRepo(str(tmp_path), create=True)
+    a = _image(repo, "x", "1", b"a")
+    _image(repo, "x", "2", b"b")
+    repo.put_ref("y", "1", a.digest)
+    repo.delete_ref("x", "2")
+
+    def names():
+        index = json.load(open(tmp_path / "index.json"))
+        return [(m["annotations"][oci.REF_NAME], m["digest"]) for m in index["manifests"]]
+    assert names() == [("x:1", a.digest), ("y:1", a.digest)]
+    (tmp_path / "index.json").write_text("{torn")  # unreadable: rebuilt from the refs
+    repo.put_ref("z", "1", a.digest)
+    assert names() == [("x:1", a.digest), ("y:1", a.digest), ("z:1", a.digest)]
