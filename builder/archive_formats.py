@@ -20,7 +20,7 @@ import tarfile
 from typing import BinaryIO, Iterator
 
 from registry import layer_tar
-from registry.errors import CorruptImage, NotFound, UnsafeArchive
+from common.errors import CorruptImage, NotFound, UnsafeArchive
 
 ROOTFS_DIR = "rootfs-dir"
 ROOTFS_TAR = "rootfs-tar"

@@ -38,7 +38,7 @@ from builder.recipe import Recipe, Step
 from registry import digest as digestmod
 from registry import image as imagemod
 from registry import layer_tar, oci
-from registry.errors import CockerError, NotFound, UsageError
+from common.errors import CockerError, NotFound, UsageError
 from registry.image import Image
 from registry.reference import Reference
 

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from registry import oci
-from registry.fsutil import atomic_write, flock
+from common.fsutil import atomic_write, flock
 
 MAX_ENTRIES = 5000
 FILE = "build-cache.json"
@@ -29,7 +29,7 @@ def key(*parts: Any) -> str:
 class BuildCache:
     def __init__(self, store) -> None:
         self.store = store
-        self.path = os.path.join(store.config_dir, FILE)
+        self.path = store.paths.config_file(FILE)
 
     def _read(self) -> dict:
         try:

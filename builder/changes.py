@@ -21,7 +21,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from registry.errors import UsageError
+from common.errors import UsageError
 
 KINDS = ("cmd", "entrypoint", "env", "workdir", "label", "user", "expose")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

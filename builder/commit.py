@@ -26,7 +26,7 @@ from builder.changes import Change
 from registry import image as imagemod
 from registry import layer_tar
 from registry import reference as refmod
-from registry.errors import CockerError, UsageError
+from common.errors import CockerError, UsageError
 from registry.image import Image
 from registry.reference import Reference
 from registry.repository import RefRecord

@@ -14,7 +14,7 @@ from typing import Callable
 from builder import commit as commitmod
 from builder import versioning
 from registry import image as imagemod
-from registry.errors import CockerError, NotFound, UsageError
+from common.errors import CockerError, NotFound, UsageError
 
 
 @dataclass

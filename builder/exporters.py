@@ -21,8 +21,8 @@ from registry import digest as digestmod
 from registry import image as imagemod
 from registry import layer_tar, oci
 from registry import reference as refmod
-from registry.errors import AlreadyExists, CorruptImage, UsageError
-from registry.fsutil import atomic_write
+from common.errors import AlreadyExists, CorruptImage, UsageError
+from common.fsutil import atomic_write
 from registry.image import Image
 from registry.layout import LayoutRepo, is_layout
 from registry.store import Store

@@ -21,7 +21,7 @@ from registry import digest as digestmod
 from registry import image as imagemod
 from registry import layer_tar, oci
 from registry import reference as refmod
-from registry.errors import (CockerError, Conflict, CorruptImage, DigestMismatch, NotFound,
+from common.errors import (CockerError, Conflict, CorruptImage, DigestMismatch, NotFound,
                              UsageError)
 from registry.reference import Reference
 from registry.store import Store

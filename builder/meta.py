@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from registry.errors import UsageError
+from common.errors import UsageError
 
 PARENT = "org.cocker.parent"
 BASE_DIGEST = "org.opencontainers.image.base.digest"

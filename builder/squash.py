@@ -30,7 +30,7 @@ from builder.treediff import OPAQUE
 from registry import digest as digestmod
 from registry import image as imagemod
 from registry import layer_tar, oci
-from registry.errors import DigestMismatch, UsageError
+from common.errors import DigestMismatch, UsageError
 from registry.image import Image
 from registry.reference import Reference
 

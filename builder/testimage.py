@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 
-from registry.errors import NotFound
+from common.errors import NotFound
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 

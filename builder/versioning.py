@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from registry import reference as refmod
-from registry.errors import AlreadyExists, UsageError
+from common.errors import AlreadyExists, UsageError
 from registry.reference import Reference
 from registry.repository import Repository
 

@@ -63,7 +63,7 @@ def cli(ctx: click.Context, home: str | None, daemon_url: str | None, quiet: boo
 
 
 def main(argv: list[str] | None = None) -> None:
-    from registry.errors import CockerError
+    from common.errors import CockerError
     try:
         # --host / COCKER_HOST: the whole command runs in a cocker daemon (cocker/daemon/client.py);
         # the client is imported only then (http.client costs start-up time)

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 from registry import digest as digestmod
 from registry import oci
-from registry.errors import Conflict, DigestMismatch
+from common.errors import Conflict, DigestMismatch
 from registry.progress import Progress
 from registry.reference import Reference
 from registry.repository import ANY, RefRecord, Repository

@@ -6,7 +6,7 @@ import hashlib
 import re
 from typing import BinaryIO, Iterable
 
-from registry.errors import DigestMismatch, InvalidReference
+from common.errors import DigestMismatch, InvalidReference
 
 ALGORITHM = "sha256"
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")

@@ -33,7 +33,7 @@ from typing import BinaryIO, Iterable
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from registry.errors import (AuthError, Conflict, CorruptImage, DigestMismatch, InvalidReference,
+from common.errors import (AuthError, Conflict, CorruptImage, DigestMismatch, InvalidReference,
                              NotFound, PermissionDenied, TransportError, UsageError)
 from registry.repository import ANY, BlobWriter, RefRecord, Repository
 from registry.reference import Reference

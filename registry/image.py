@@ -9,7 +9,7 @@ from typing import Any
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from registry.errors import CorruptImage, NotFound
+from common.errors import CorruptImage, NotFound
 from registry.reference import Reference
 from registry.repository import ANY, RefRecord, Repository
 

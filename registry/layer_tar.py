@@ -30,8 +30,8 @@ from typing import Any, BinaryIO, Iterator
 import zstandard
 
 from registry import oci
-from registry.errors import CockerError, CorruptImage, UnsafeArchive
-from registry.fsutil import EarlyWriteback, disk_error
+from common.errors import CockerError, CorruptImage, UnsafeArchive
+from common.fsutil import EarlyWriteback, disk_error
 
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3

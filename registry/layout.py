@@ -22,10 +22,10 @@ from typing import BinaryIO, Iterator
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from registry.errors import (Conflict, CorruptImage, DigestMismatch, LockBusy, NotARepository,
+from common.errors import (Conflict, CorruptImage, DigestMismatch, LockBusy, NotARepository,
                              NotFound)
-from registry.fsutil import EarlyWriteback, atomic_write, disk_error, flock, fsync_dir
-from registry.fsutil import start_writeback
+from common.fsutil import EarlyWriteback, atomic_write, disk_error, flock, fsync_dir
+from common.fsutil import start_writeback
 from registry.repository import ANY, BlobWriter, RefRecord, Repository
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}

@@ -27,7 +27,7 @@ from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
 from registry.sftp_repo import finish_pipelined, open_sftp
-from registry.errors import (AlreadyExists, CockerError, NotFound, TransportError,
+from common.errors import (AlreadyExists, CockerError, NotFound, TransportError,
                              UnsafeArchive)
 
 SUFFIX = ".cockerimage"

@@ -7,7 +7,7 @@ import platform
 from typing import Any
 
 from registry import digest as digestmod
-from registry.errors import CorruptImage
+from common.errors import CorruptImage
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from registry import digest as digestmod
-from registry.errors import InvalidReference
+from common.errors import InvalidReference
 
 UNVERSIONED = "_"
 

@@ -22,8 +22,8 @@ import urllib.parse
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from registry.errors import CockerError, NotARepository, NotFound, TransportError, UsageError
-from registry.fsutil import atomic_write, flock
+from common.errors import CockerError, NotARepository, NotFound, TransportError, UsageError
+from common.fsutil import atomic_write, flock
 from registry.repository import Repository
 
 CONFIG_FILE = "repos.json"
@@ -68,7 +68,7 @@ class SshTarget:
 
 # configuration -------------------------------------------------------------------------
 def _config_path(store) -> str:
-    return os.path.join(store.config_dir, CONFIG_FILE)
+    return store.paths.config_file(CONFIG_FILE)
 
 
 def load_config(store) -> dict:

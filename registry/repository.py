@@ -14,7 +14,7 @@ from typing import BinaryIO, Iterable
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from registry.errors import CockerError, Conflict, NotFound
+from common.errors import CockerError, Conflict, NotFound
 from registry.reference import Reference
 
 ANY = object()  # put_ref/delete_ref without a compare-and-swap precondition

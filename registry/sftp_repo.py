@@ -37,7 +37,7 @@ import paramiko  # noqa: E402,I001
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from registry.errors import (CockerError, Conflict, CorruptImage, DigestMismatch, LockBusy,
+from common.errors import (CockerError, Conflict, CorruptImage, DigestMismatch, LockBusy,
                              NotARepository, NotFound, PermissionDenied, TransportError)
 from registry.layout import GC_GRACE, LAYOUT_VERSION, VERSION_PREFIX
 from registry.repository import ANY, BlobWriter, RefRecord, Repository

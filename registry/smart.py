@@ -17,7 +17,7 @@ request, in order; the server never speaks first.
                    "prefixes": null}, "namespace": null}
 
 An error is a reply frame `{"ok": false, "error": "<CockerError subclass name>",
-"message": "..."}`; the client raises the same class from `registry.errors` (NotFound,
+"message": "..."}`; the client raises the same class from `common.errors` (NotFound,
 Conflict, DigestMismatch, PermissionDenied, InvalidReference, ...), so a remote failure reads
 exactly like a local one. The connection stays usable after an error frame. A request the
 server cannot frame (a line over the limit, a bad chunk header) gets an error frame when
@@ -80,8 +80,8 @@ import threading
 from typing import Any, BinaryIO, Callable, Iterable
 
 from registry import digest as digestmod
-from registry import errors as errmod
-from registry.errors import CockerError, TransportError, UsageError
+from common import errors as errmod
+from common.errors import CockerError, TransportError, UsageError
 from registry.reference import Reference
 from registry.repository import ANY, BlobWriter, RefRecord, Repository
 

@@ -17,7 +17,7 @@ from typing import Any
 import paramiko
 
 from registry import reference as refmod
-from registry.errors import CockerError, InvalidReference, TransportError
+from common.errors import CockerError, InvalidReference, TransportError
 from registry.smart import SmartRepo, tune_allocator
 
 DEFAULT_PORT = 2222

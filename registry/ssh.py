@@ -25,7 +25,7 @@ if "invoke" not in sys.modules:
 import paramiko  # noqa: E402
 from paramiko.auth_strategy import AuthFailure, AuthStrategy, InMemoryPrivateKey, Password
 
-from registry.errors import AuthError, TransportError
+from common.errors import AuthError, TransportError
 
 # 8 MiB receive windows on exec channels: enough to keep a fast link busy (8 MiB per
 # round trip), while a larger one let the transport thread buffer (and copy) far ahead of

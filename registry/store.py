@@ -5,19 +5,10 @@ from __future__ import annotations
 import json
 import os
 
+from common.home import DEFAULT_ROOT_HOME, Home, default_home
 from registry.layout import LayoutRepo
 
-DEFAULT_ROOT_HOME = "/var/lib/cocker"
-
-
-def default_home() -> str:
-    env = os.environ.get("COCKER_HOME")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return DEFAULT_ROOT_HOME
-    xdg = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return os.path.join(xdg, "cocker")
+__all__ = ["DEFAULT_ROOT_HOME", "Store", "default_home"]
 
 
 class Store(LayoutRepo):
@@ -25,22 +16,22 @@ class Store(LayoutRepo):
     read-only layer trees), `containers/<name>/` and `config/`."""
 
     def __init__(self, home: str | None = None) -> None:
-        self.home = os.path.abspath(home or default_home())
-        super().__init__(self.home, create=True, url=f"local store {self.home}")
-        for sub in ("layers", "containers", "config"):
-            os.makedirs(os.path.join(self.home, sub), exist_ok=True)
+        self.paths = Home(home)
+        self.home = self.paths.root
+        super().__init__(self.paths.repository, create=True, url=f"local store {self.home}")
+        self.paths.ensure()
 
     @property
     def layers_dir(self) -> str:
-        return os.path.join(self.home, "layers")
+        return self.paths.layers
 
     @property
     def containers_dir(self) -> str:
-        return os.path.join(self.home, "containers")
+        return self.paths.containers
 
     @property
     def config_dir(self) -> str:
-        return os.path.join(self.home, "config")
+        return self.paths.config
 
     def container_pins(self) -> dict[str, str]:
         """container name -> manifest digest it was created from (a gc root)."""
@@ -51,7 +42,7 @@ class Store(LayoutRepo):
             return pins
         for n in names:
             try:
-                with open(os.path.join(self.containers_dir, n, "container.json")) as f:
+                with open(self.paths.container_record(n)) as f:
                     d = json.load(f).get("digest")
             except (OSError, ValueError):
                 continue

@@ -14,14 +14,14 @@ import sys
 import time
 from typing import Iterator
 
-from registry.fsutil import write_all
+from common.fsutil import write_all
 from runtime.supervisor import T_DATA, T_EXIT, T_WINSIZE, FrameReader, connect_unix, frame
 
 DETACH_KEYS = b"\x10\x11"      # ctrl-p ctrl-q, as docker
 
 
 def connect(c) -> socket.socket:
-    from registry.errors import Conflict
+    from common.errors import Conflict
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connect_unix(s, os.path.join(c.dir, "attach.sock"))

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.errors import NotFound, UsageError
+from common.errors import NotFound, UsageError
 from runtime.service_state import ServiceSpec, validate_name, validate_port
 
 _STR = (str,)
@@ -241,7 +241,7 @@ def app_dir(store, name: str) -> str:
     It lives next to the containers (store.home/brocker/<name>/app) rather than inside the
     container's own directory because the runtime creates that directory itself and checks
     that a volume's source exists before it does."""
-    return os.path.join(store.home, "brocker", name, "app")
+    return store.paths.brocker_app(name)
 
 
 def stage_files(store, name: str, copies: list[str]) -> None:
@@ -257,7 +257,7 @@ def stage_files(store, name: str, copies: list[str]) -> None:
 
 def prune_app_dirs(store, grace: float = 300.0) -> None:
     """Private directories whose container is gone (brocker never cleaned them up)."""
-    root = os.path.join(store.home, "brocker")
+    root = store.paths.brocker
     try:
         names = os.listdir(root)
     except FileNotFoundError:
@@ -274,7 +274,7 @@ def prune_app_dirs(store, grace: float = 300.0) -> None:
 
 
 def remove_app_dir(store, name: str) -> None:
-    shutil.rmtree(os.path.join(store.home, "brocker", name), ignore_errors=True)
+    shutil.rmtree(os.path.join(store.paths.brocker, name), ignore_errors=True)
 
 
 def container_spec_from_file(path: str, store=None):

@@ -13,7 +13,7 @@ import os
 import re
 import time
 
-from registry.errors import RuntimeFailure, UsageError
+from common.errors import RuntimeFailure, UsageError
 
 ROOT = "/sys/fs/cgroup"
 PARENT = "cocker"

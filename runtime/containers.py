@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from registry.errors import (AlreadyExists, CockerError, Conflict, NotFound, PermissionDenied,
+from common.errors import (AlreadyExists, CockerError, Conflict, NotFound, PermissionDenied,
                              RuntimeFailure, UsageError)
 from runtime.supervisor import write_json
 
@@ -72,7 +72,7 @@ class Container:
         self.store = store
         self.name = name
         self.record = record
-        self.dir = os.path.join(store.containers_dir, name)
+        self.dir = store.paths.container(name)
 
     # record ------------------------------------------------------------------------------
     @property
@@ -262,14 +262,14 @@ def new_name(store) -> str:
 
 @contextlib.contextmanager
 def _locked(c_dir: str, timeout: float | None = None) -> Iterator[None]:
-    from registry.fsutil import flock
+    from common.fsutil import flock
     with flock(os.path.join(c_dir, "lock"), timeout=timeout, what="the container"):
         yield
 
 
 def load(store, name: str) -> Container:
     validate_name(name)
-    path = os.path.join(store.containers_dir, name, "container.json")
+    path = store.paths.container_record(name)
     try:
         with open(path) as f:
             rec = json.load(f)
@@ -345,7 +345,7 @@ def create(store, spec: ContainerSpec, *, durable: bool = True) -> Container:
     from registry import image as imagemod
     from runtime import cgroups, layers, mounts
     name = validate_name(spec.name) if spec.name else new_name(store)
-    cdir = os.path.join(store.containers_dir, name)
+    cdir = store.paths.container(name)
     if os.path.exists(cdir):
         raise AlreadyExists(f"container name {name} is already taken")
     img = imagemod.load(store, spec.image)
@@ -399,7 +399,7 @@ def create(store, spec: ContainerSpec, *, durable: bool = True) -> Container:
         for sub in ("upper", "work", "rootfs"):
             os.mkdir(os.path.join(cdir, sub), 0o755)
         if durable:
-            from registry.fsutil import atomic_write
+            from common.fsutil import atomic_write
             atomic_write(os.path.join(cdir, "container.json"),
                          json.dumps(record, indent=1, sort_keys=True).encode())
         else:

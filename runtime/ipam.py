@@ -16,8 +16,8 @@ import re
 import time
 from typing import Iterator
 
-from registry.errors import AlreadyExists, CockerError, NotFound, UsageError
-from registry.fsutil import atomic_write, flock
+from common.errors import AlreadyExists, CockerError, NotFound, UsageError
+from common.fsutil import atomic_write, flock
 
 DEFAULT_NETWORK = "bridge"
 DEFAULT_BRIDGE = "cocker0"
@@ -31,7 +31,7 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 
 
 def networks_dir(store) -> str:
-    return os.path.join(store.home, "networks")
+    return store.paths.networks
 
 
 @contextlib.contextmanager
@@ -90,7 +90,7 @@ def default_settings(store) -> dict:
     cocker0 on 10.88.0.0/16."""
     conf: dict = {}
     with contextlib.suppress(OSError, ValueError):
-        with open(os.path.join(store.config_dir, "network.json")) as f:
+        with open(store.paths.config_file("network.json")) as f:
             conf = json.load(f)
     bridge = os.environ.get("COCKER_BRIDGE") or conf.get("bridge") or DEFAULT_BRIDGE
     subnet = os.environ.get("COCKER_BRIDGE_SUBNET") or conf.get("subnet") or DEFAULT_SUBNET

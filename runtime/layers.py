@@ -12,8 +12,8 @@ import os
 import time
 
 from registry import digest as digestmod
-from registry.errors import CorruptImage, DigestMismatch
-from registry.fsutil import flock
+from common.errors import CorruptImage, DigestMismatch
+from common.fsutil import flock
 
 TMP_PREFIX = ".tmp-"
 LOCK_PREFIX = ".lock-"
@@ -73,7 +73,7 @@ def used_diff_ids(store) -> set[str]:
             used.update(digestmod.hex_of(d) for d in img.diff_ids)
         except Exception:       # a container whose image blobs are gone still pins its record
             pass
-        rec = os.path.join(store.containers_dir, cname, "container.json")
+        rec = store.paths.container_record(cname)
         with contextlib.suppress(OSError, ValueError):
             import json
             with open(rec) as f:

@@ -84,7 +84,7 @@ def mount_overlay(cdir: str, lowerdir: str, target: str, volatile: bool = False)
 
 def parse_volume(spec: str) -> tuple[str, str, bool]:
     """'HOST:CTR[:ro|rw]' -> (host, ctr, readonly); the host path must exist."""
-    from registry.errors import NotFound, UsageError
+    from common.errors import NotFound, UsageError
     parts = spec.split(":")
     if len(parts) == 3 and parts[2] in ("ro", "rw"):
         host, ctr, ro = parts[0], parts[1], parts[2] == "ro"

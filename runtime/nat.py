@@ -16,8 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Iterator
 
-from registry.errors import RuntimeFailure
-from registry.fsutil import flock
+from common.errors import RuntimeFailure
+from common.fsutil import flock
 
 DNAT_CHAIN = "COCKER"
 POST_CHAIN = "COCKER-POSTROUTING"

@@ -13,7 +13,7 @@ import os
 import re
 from typing import Iterator
 
-from registry.errors import AlreadyExists, NotFound, PermissionDenied, RuntimeFailure, UsageError
+from common.errors import AlreadyExists, NotFound, PermissionDenied, RuntimeFailure, UsageError
 
 NETNS_DIR = "/run/netns"
 LOOPBACK_INDEX = 1          # lo is interface 1 in every network namespace

@@ -22,7 +22,7 @@ import os
 import time
 from typing import Iterator
 
-from registry.errors import AlreadyExists, Conflict, NotFound, PermissionDenied, UsageError
+from common.errors import AlreadyExists, Conflict, NotFound, PermissionDenied, UsageError
 from runtime import hostns, ipam, nat, portmap
 from runtime import netns as ns
 from runtime.netns import delete_netns, new_netns, setup_none  # noqa: F401  (public API)

@@ -18,8 +18,8 @@ import signal
 import subprocess
 import time
 
-from registry.errors import NotFound, RuntimeFailure
-from registry.fsutil import atomic_write
+from common.errors import NotFound, RuntimeFailure
+from common.fsutil import atomic_write
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx",)
 # A replica that cannot be reached within this time is skipped and the request tried on the

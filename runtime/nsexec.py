@@ -33,7 +33,7 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
     except OSError as e:
         for _, fd in nsfds:
             os.close(fd)
-        from registry.errors import Conflict
+        from common.errors import Conflict
         raise Conflict(f"the container stopped ({_describe(e)})") from None
     # opened here, written by the command just before exec (its root is the container's by then)
     cg_fds = []

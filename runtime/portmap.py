@@ -10,7 +10,7 @@ import json
 import os
 import socket
 
-from registry.errors import AlreadyExists, CockerError, UsageError
+from common.errors import AlreadyExists, CockerError, UsageError
 from runtime.nat import Mapping
 
 
@@ -81,7 +81,7 @@ def check_bindable(m: Mapping) -> None:
 
 
 def table_path(store) -> str:
-    return os.path.join(store.home, "networks", "ports.json")
+    return store.paths.port_map
 
 
 def load_table(store) -> dict:

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 
-from registry.errors import CockerError, LockBusy, NotFound
+from common.errors import CockerError, LockBusy, NotFound
 from registry.store import Store
 from runtime import service_state as st
 

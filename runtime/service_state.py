@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-from registry.errors import LockBusy, NotFound, UsageError
-from registry.fsutil import LOCK_TIMEOUT, atomic_write
+from common.errors import LockBusy, NotFound, UsageError
+from common.fsutil import LOCK_TIMEOUT, atomic_write
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
 RESTART_POLICIES = ("always", "on-failure", "no")
@@ -73,7 +73,7 @@ def validate_port(port: Any, what: str) -> int:
 
 
 def services_dir(store) -> str:
-    return os.path.join(store.home, "services")
+    return store.paths.services
 
 
 def service_dir(store, name: str) -> str:

@@ -30,7 +30,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from registry.errors import AlreadyExists, CockerError, Conflict, NotFound, UsageError
+from common.errors import AlreadyExists, CockerError, Conflict, NotFound, UsageError
 from runtime import service_state as st
 from runtime.nginx import Nginx, nginx_binary
 from runtime.service_state import ServiceSpec

@@ -24,7 +24,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from registry.fsutil import write_all
+from common.fsutil import write_all
 from runtime import syscalls as sc
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -152,7 +152,7 @@ def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
             _kill_quietly(sup_pid, signal.SIGKILL)
             if reparent_to_caller:
                 _reap(sup_pid)
-        from registry.errors import RuntimeFailure
+        from common.errors import RuntimeFailure
         raise RuntimeFailure(msg or "could not start the supervisor")
     return Launched(sup_pid, go_w, err_r)
 

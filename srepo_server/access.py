@@ -40,7 +40,7 @@ import threading
 from dataclasses import dataclass, field
 
 from registry import reference as refmod
-from registry.errors import UsageError
+from common.errors import UsageError
 
 OPS = ("read", "write", "delete", "gc")
 

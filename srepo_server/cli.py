@@ -51,7 +51,7 @@ cli.add_command(passwd_command)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from registry.errors import CockerError
+    from common.errors import CockerError
     try:
         cli.main(args=argv, prog_name="srepo-server", standalone_mode=False)
     except click.ClickException as e:

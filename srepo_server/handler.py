@@ -21,7 +21,7 @@ from typing import Any, Callable
 from registry import digest as digestmod
 from registry import reference as refmod
 from registry import smart
-from registry.errors import CockerError, NotFound, PermissionDenied, TransportError
+from common.errors import CockerError, NotFound, PermissionDenied, TransportError
 from registry.layout import GC_GRACE, LayoutRepo
 from registry.repository import ANY, BlobWriter
 from srepo_server.access import Access

@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from registry.errors import UsageError
+from common.errors import UsageError
 
 OPS = ("read", "write", "delete")
 

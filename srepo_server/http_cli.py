@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import click
 
-from registry.errors import UsageError
+from common.errors import UsageError
 
 
 def http_options(f: Callable) -> Callable:

@@ -29,7 +29,7 @@ from typing import Callable, TextIO
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from registry.errors import CockerError, Conflict, InvalidReference, LockBusy, NotFound
+from common.errors import CockerError, Conflict, InvalidReference, LockBusy, NotFound
 from registry.layout import LayoutRepo
 from srepo_server import http_store as hs
 from srepo_server.http_auth import Authenticator, Grant

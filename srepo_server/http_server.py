@@ -14,7 +14,7 @@ import threading
 import time
 from http.server import ThreadingHTTPServer
 
-from registry.errors import UsageError
+from common.errors import UsageError
 
 
 class ClientGone(Exception):

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from registry.errors import CockerError, CorruptImage, NotFound
-from registry.fsutil import atomic_write, disk_error, fsync_dir
+from common.errors import CockerError, CorruptImage, NotFound
+from common.fsutil import atomic_write, disk_error, fsync_dir
 from registry.layout import LayoutRepo
 
 MANIFEST_LIMIT = 4 << 20

@@ -40,7 +40,7 @@ def stdio_args(argv: list[str]) -> dict[str, str] | None:
 
 
 def _serve_stdio(opts: dict[str, str]) -> None:
-    from registry.errors import CockerError
+    from common.errors import CockerError
     try:
         from srepo_server.stdio import serve_stdio
         access = None

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import paramiko
 
 from registry import reference as refmod
-from registry.errors import CockerError, UsageError
+from common.errors import CockerError, UsageError
 from registry.layout import LayoutRepo
 from srepo_server.access import AuthorizedKey, KeyFile
 from srepo_server.handler import serve as serve_handler

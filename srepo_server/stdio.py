@@ -16,7 +16,7 @@ import signal
 import sys
 
 from registry import smart
-from registry.errors import CockerError
+from common.errors import CockerError
 from registry.layout import LayoutRepo
 from srepo_server.access import Access
 from srepo_server.handler import serve

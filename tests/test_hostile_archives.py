@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from registry import layer_tar
-from registry.errors import CorruptImage, UnsafeArchive
+from common.errors import CorruptImage, UnsafeArchive
 from tests.support.codec import entry, listing, make_tar, snapshot
 
 

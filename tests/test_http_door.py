@@ -18,7 +18,7 @@ from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
 from registry.copy import copy
-from registry.errors import AuthError, PermissionDenied, TransportError
+from common.errors import AuthError, PermissionDenied, TransportError
 from registry.http_repo import HttpRepo
 from registry.layout import LayoutRepo
 from tests.support.http_servers import (DOCKER_REGISTRY, RO_TOKEN, TOKEN, DockerRegistry, SrepoHttp,

@@ -15,7 +15,7 @@ import pytest
 from builder import archive_formats as af
 from builder import exporters, importers
 from registry import image as imagemod
-from registry.errors import CockerError, Conflict, CorruptImage, UsageError
+from common.errors import CockerError, Conflict, CorruptImage, UsageError
 from registry.store import Store
 from tests.conftest import make_busybox_rootfs, run_cocker
 from tests.support.codec import snapshot

@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 from registry import layer_tar
-from registry.errors import CockerError
+from common.errors import CockerError
 from tests.conftest import make_busybox_rootfs
 from tests.support.codec import entry, make_tar, snapshot
 

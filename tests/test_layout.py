@@ -10,7 +10,7 @@ from registry import digest as dg
 from registry import image as im
 from registry import oci
 from registry.copy import copy
-from registry.errors import Conflict, DigestMismatch, NotARepository, NotFound
+from common.errors import Conflict, DigestMismatch, NotARepository, NotFound
 from registry.layout import LayoutRepo
 from registry.reference import parse
 

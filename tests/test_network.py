@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from registry.errors import AlreadyExists, Conflict, NotFound, UsageError
+from common.errors import AlreadyExists, Conflict, NotFound, UsageError
 from runtime import ipam
 from runtime import network as net
 from tests.support.net import free_port, iptables_dump, links, netenv, netns_list, unique  # noqa: F401

@@ -1,7 +1,7 @@
 import pytest
 
 from registry import reference as r
-from registry.errors import InvalidReference
+from common.errors import InvalidReference
 
 
 def test_version_order_like_software():

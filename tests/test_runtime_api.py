@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from registry.errors import Conflict, NotFound
+from common.errors import Conflict, NotFound
 from runtime import containers, layers
 from runtime.containers import ContainerSpec
 from tests.support.runtime import assert_no_leftovers, cname, force_remove, rt, rt_home  # noqa: F401

@@ -17,7 +17,7 @@ import pytest
 from registry import digest as digestmod
 from registry import oci
 from registry.copy import copy
-from registry.errors import (Conflict, DigestMismatch, InvalidReference, NotARepository, NotFound,
+from common.errors import (Conflict, DigestMismatch, InvalidReference, NotARepository, NotFound,
                              PermissionDenied, TransportError, UsageError)
 from registry.image import publish
 from registry.layout import LayoutRepo

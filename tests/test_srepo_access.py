@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from registry.errors import UsageError
+from common.errors import UsageError
 from srepo_server.access import Access, KeyFile, parse_authorized_keys, parse_line
 from srepo_server.ssh_door import parse_exec
 

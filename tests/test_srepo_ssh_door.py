@@ -12,7 +12,7 @@ import pytest
 from registry import digest as digestmod
 from registry import ssh
 from registry.copy import copy
-from registry.errors import AuthError, PermissionDenied
+from common.errors import AuthError, PermissionDenied
 from registry.layout import LayoutRepo
 from registry.reference import parse
 from tests.support.srepo import start_door

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from registry import reference
-from registry.errors import AuthError, CockerError, TransportError
+from common.errors import AuthError, CockerError, TransportError
 from registry.layout import LayoutRepo
 from registry.store import Store
 from tests.conftest import run_cocker
@@ -451,7 +451,7 @@ def test_pulled_image_boots(machines, tmp_path, busybox_rootfs):
 def test_sftp_lock_waits_for_holder_and_breaks_a_dead_one(tmp_path, sshd, monkeypatch):
     from registry import sftp_repo
     from registry.copy import copy
-    from registry.errors import LockBusy
+    from common.errors import LockBusy
     from registry.repos import open_repo
     store = Store(str(tmp_path / "home"))
     make_test_image(store, "app", "1.0", [tar_layer({"a": b"a"})])

@@ -51,7 +51,7 @@ def _spec_options(f):
 
 
 def _make_spec(image: str, command: tuple[str, ...], tty: bool, kw: dict):
-    from registry.errors import UsageError
+    from common.errors import UsageError
     from runtime.containers import ContainerSpec
     labels = {}
     for item in kw.pop("labels", ()) or ():
@@ -97,7 +97,7 @@ def create_cmd(ctx, image: str, command: tuple[str, ...], tty: bool, interactive
 def run_cmd(ctx, image: str | None, command: tuple[str, ...], rm: bool, interactive: bool,
             tty: bool, detach: bool, spec_file: str | None, **kw) -> int:
     """Create and start a container; in the foreground its exit code is cocker's."""
-    from registry.errors import UsageError
+    from common.errors import UsageError
     from runtime import containers
     if spec_file:
         if importlib.util.find_spec("runtime.brocker_json") is None:
@@ -167,7 +167,7 @@ def stop_cmd(ctx, names: tuple[str, ...], timeout: float) -> None:
 def kill_cmd(ctx, name: str, sig: str) -> None:
     """Send a signal to the container's main process."""
     import signal as sigmod
-    from registry.errors import UsageError
+    from common.errors import UsageError
     from runtime import containers
     try:
         num = int(sig) if sig.isdigit() else int(getattr(sigmod, "SIG" + sig.upper().removeprefix("SIG")))
@@ -289,7 +289,7 @@ def wait_cmd(ctx, name: str) -> int:
 @click.pass_obj
 def cp_cmd(ctx, src: str, dest: str) -> None:
     """Copy in (`cp HOSTPATH NAME:PATH`, putfile) or out (`cp NAME:PATH HOSTPATH`, getfile)."""
-    from registry.errors import UsageError
+    from common.errors import UsageError
     from runtime import containers
 
     def split(arg: str):

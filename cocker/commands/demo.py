@@ -15,7 +15,7 @@ import textwrap
 
 import click
 
-from registry.errors import CockerError
+from common.errors import CockerError
 
 NAME = "demo/busybox"
 

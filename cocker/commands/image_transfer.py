@@ -19,7 +19,7 @@ from cocker.commands.image import image
 from cocker.output import human_size, print_json, print_table
 from registry import digest as digestmod
 from registry import reference as refmod
-from registry.errors import CockerError, NotARepository, NotFound, UsageError
+from common.errors import CockerError, NotARepository, NotFound, UsageError
 from registry.repository import RefRecord, Repository
 
 

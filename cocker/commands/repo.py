@@ -6,7 +6,7 @@ import click
 
 from cocker.output import human_size, print_json, print_table
 from registry import repos as reposmod
-from registry.errors import UsageError
+from common.errors import UsageError
 
 
 @click.group()

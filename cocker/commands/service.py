@@ -39,7 +39,7 @@ def create_cmd(ctx, name, image, replicas, publish, port, subnet, restart, env, 
     """Create service NAME: a network, nginx, and --replicas containers of --image.
 
     Everything after `--` is the replicas' command."""
-    from registry.errors import UsageError
+    from common.errors import UsageError
     from runtime import services
     from runtime.service_state import DEFAULT_PORT, ServiceSpec
     for e in env:

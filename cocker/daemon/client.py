@@ -17,7 +17,7 @@ import sys
 import urllib.parse
 from typing import Any
 
-from registry.errors import TransportError, UsageError
+from common.errors import TransportError, UsageError
 
 TIMEOUT = 3700.0
 INTERACTIVE = {("container", "attach"), ("image", "edit"), ("container", "edit")}

@@ -16,8 +16,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from registry import errors
-from registry.errors import CockerError, UsageError
+from common import errors
+from common.errors import CockerError, UsageError
 
 CLI_TIMEOUT = 3600
 WORKER_TIMEOUT = 600

@@ -24,7 +24,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from registry.errors import AlreadyExists, PermissionDenied, UsageError
+from common.errors import AlreadyExists, PermissionDenied, UsageError
 from cocker.daemon import routes
 
 DEFAULT_SOCKET = "/run/cocker/cocker.sock"

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any, Callable
 
-from registry.errors import CockerError, UsageError
+from common.errors import CockerError, UsageError
 from registry.store import Store
 
 

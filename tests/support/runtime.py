@@ -76,7 +76,7 @@ def cname(rt):
 
 
 def force_remove(store, name: str) -> None:
-    from registry.errors import CockerError
+    from common.errors import CockerError
     from runtime import containers
     try:
         containers.remove(store, name, force=True)

@@ -9,7 +9,7 @@ import os
 import time
 from typing import Iterator
 
-from registry.errors import CockerError, LockBusy
+from common.errors import CockerError, LockBusy
 
 LOCK_TIMEOUT = float(os.environ.get("COCKER_LOCK_TIMEOUT", "60"))
 
