@@ -29,12 +29,14 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from registry import digest as dm  # noqa: E402
-from registry import image as imagemod  # noqa: E402
-from registry import oci  # noqa: E402
-from registry import reference  # noqa: E402
-from registry.store import Store  # noqa: E402
-from tests.support.sshd import free_port, scripts_dir, start_sshd, tar_layer  # noqa: E402
+from registry import digest as dm
+from registry import image as imagemod
+from registry import (
+    oci,
+    reference,
+)
+from registry.store import Store
+from tests.support.sshd import free_port, scripts_dir, start_sshd, tar_layer
 
 
 class _Random:

@@ -22,10 +22,10 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from registry import digest as digestmod  # noqa: E402
-from registry import oci  # noqa: E402
-from registry.layout import LayoutRepo  # noqa: E402
-from tests.support.http_servers import TOKEN, DockerRegistry, SrepoHttp  # noqa: E402
+from registry import digest as digestmod
+from registry import oci
+from registry.layout import LayoutRepo
+from tests.support.http_servers import TOKEN, DockerRegistry, SrepoHttp
 
 SKOPEO = shutil.which("skopeo")
 

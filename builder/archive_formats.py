@@ -17,10 +17,11 @@ import os
 import re
 import shutil
 import tarfile
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
-from registry import layer_tar
 from common.errors import CorruptImage, NotFound, UnsafeArchive
+from registry import layer_tar
 
 ROOTFS_DIR = "rootfs-dir"
 ROOTFS_TAR = "rootfs-tar"

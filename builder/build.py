@@ -28,17 +28,18 @@ import stat
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from builder import cache as cachemod
 from builder import changes as changesmod
 from builder import meta, treediff
 from builder.recipe import Recipe, Step
+from common.errors import CockerError, NotFound, UsageError
 from registry import digest as digestmod
 from registry import image as imagemod
 from registry import layer_tar, oci
-from common.errors import CockerError, NotFound, UsageError
 from registry.image import Image
 from registry.reference import Reference
 
@@ -190,8 +191,8 @@ def _stage_image(store, config: dict, layers: list[dict]) -> str:
 
 
 def _run_layer(store, base: Image, st: _State, step: Step, log: Callable[[str], None]):
-    from runtime import containers
     from builder.commit import pack_container
+    from runtime import containers
     cfg = oci.new_config(st.diff_ids, base=st.config, history=[])
     mdigest = _stage_image(store, cfg, st.layers)
     name = f"build-{os.getpid()}-{step.index}-{uuid.uuid4().hex[:8]}"

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from typing import Any
 
-from registry import oci
 from common.fsutil import atomic_write, flock
+from registry import oci
 
 MAX_ENTRIES = 5000
 FILE = "build-cache.json"

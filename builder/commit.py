@@ -23,10 +23,10 @@ from typing import Any
 from builder import changes as changesmod
 from builder import meta, treediff
 from builder.changes import Change
+from common.errors import CockerError, UsageError
 from registry import image as imagemod
 from registry import layer_tar
 from registry import reference as refmod
-from common.errors import CockerError, UsageError
 from registry.image import Image
 from registry.reference import Reference
 from registry.repository import RefRecord

@@ -8,13 +8,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from builder import commit as commitmod
 from builder import versioning
-from registry import image as imagemod
 from common.errors import CockerError, NotFound, UsageError
+from registry import image as imagemod
 
 
 @dataclass

@@ -16,13 +16,13 @@ from typing import Any
 
 from builder import archive_formats as af
 from builder.importers import NAME_ANNOTATION
+from common.errors import AlreadyExists, CorruptImage, UsageError
+from common.fsutil import atomic_write
 from registry import copy as copymod
 from registry import digest as digestmod
 from registry import image as imagemod
 from registry import layer_tar, oci
 from registry import reference as refmod
-from common.errors import AlreadyExists, CorruptImage, UsageError
-from common.fsutil import atomic_write
 from registry.image import Image
 from registry.layout import LayoutRepo, is_layout
 from registry.store import Store

@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from builder import archive_formats as af
+from common.errors import CockerError, Conflict, CorruptImage, DigestMismatch, NotFound, UsageError
 from registry import digest as digestmod
 from registry import image as imagemod
 from registry import layer_tar, oci
 from registry import reference as refmod
-from common.errors import (CockerError, Conflict, CorruptImage, DigestMismatch, NotFound,
-                             UsageError)
 from registry.reference import Reference
 from registry.store import Store
 

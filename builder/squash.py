@@ -27,10 +27,10 @@ from typing import Any
 
 from builder import meta
 from builder.treediff import OPAQUE
+from common.errors import DigestMismatch, UsageError
 from registry import digest as digestmod
 from registry import image as imagemod
 from registry import layer_tar, oci
-from common.errors import DigestMismatch, UsageError
 from registry.image import Image
 from registry.reference import Reference
 

@@ -18,7 +18,7 @@ import os
 import shutil
 import stat
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
 REDIRECT = "trusted.overlay.redirect"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from registry import reference as refmod
 from common.errors import AlreadyExists, UsageError
+from registry import reference as refmod
 from registry.reference import Reference
 from registry.repository import Repository
 

@@ -7,7 +7,7 @@ import errno
 import fcntl
 import os
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from common.errors import CockerError, LockBusy
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
+from common.errors import Conflict, DigestMismatch
 from registry import digest as digestmod
 from registry import oci
-from common.errors import Conflict, DigestMismatch
 from registry.progress import Progress
 from registry.reference import Reference
 from registry.repository import ANY, RefRecord, Repository

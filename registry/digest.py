@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import BinaryIO, Iterable
+from collections.abc import Iterable
+from typing import BinaryIO
 
 from common.errors import DigestMismatch, InvalidReference
 
@@ -79,5 +80,5 @@ class Verifier:
         if got != self.expected:
             raise DigestMismatch(f"blob {short(self.expected)}: content hashes to {short(got)}")
 
-    def copy(self) -> "hashlib._Hash":
+    def copy(self) -> hashlib._Hash:
         return self._h.copy()

@@ -21,22 +21,32 @@ import base64
 import contextlib
 import copy as copymod
 import http.client
+import io
 import json
 import os
-import io
 import re
 import ssl
 import threading
 import urllib.parse
-from typing import BinaryIO, Iterable
+from collections.abc import Iterable
+from typing import BinaryIO
 
+from common.errors import (
+    AuthError,
+    Conflict,
+    CorruptImage,
+    DigestMismatch,
+    InvalidReference,
+    NotFound,
+    PermissionDenied,
+    TransportError,
+    UsageError,
+)
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from common.errors import (AuthError, Conflict, CorruptImage, DigestMismatch, InvalidReference,
-                             NotFound, PermissionDenied, TransportError, UsageError)
-from registry.repository import ANY, BlobWriter, RefRecord, Repository
 from registry.reference import Reference
+from registry.repository import ANY, BlobWriter, RefRecord, Repository
 
 CHUNK = 1 << 20
 SMALL = 4 << 20  # blobs up to this size are sent in one request (and checked for manifest-ness)
@@ -117,7 +127,7 @@ def _insecure_from_env(netloc: str) -> bool:
 class _Response:
     """A streamed response body that gives its connection back when fully read."""
 
-    def __init__(self, repo: "HttpRepo", conn_key, conn, resp: http.client.HTTPResponse) -> None:
+    def __init__(self, repo: HttpRepo, conn_key, conn, resp: http.client.HTTPResponse) -> None:
         self.repo, self.key, self.conn, self.resp = repo, conn_key, conn, resp
         self.closed = False
 
@@ -147,7 +157,7 @@ class _Response:
             self.resp.close()
             self.conn.close()
 
-    def __enter__(self) -> "_Response":
+    def __enter__(self) -> _Response:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -193,7 +203,7 @@ class HttpRepo(Repository):
         self._name: str | None = None
 
     # naming ------------------------------------------------------------------------------
-    def for_name(self, name: str) -> "HttpRepo":
+    def for_name(self, name: str) -> HttpRepo:
         """A view whose blob operations happen under repository `name` (shares everything else)."""
         refmod.validate_name(name)
         if name == self._name:

@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.errors import CorruptImage, NotFound
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from common.errors import CorruptImage, NotFound
 from registry.reference import Reference
 from registry.repository import ANY, RefRecord, Repository
 

@@ -18,20 +18,21 @@ import gzip
 import hashlib
 import io
 import os
+import queue
 import shutil
 import stat
-import queue
 import tarfile
 import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import zstandard
 
-from registry import oci
 from common.errors import CockerError, CorruptImage, UnsafeArchive
 from common.fsutil import EarlyWriteback, disk_error
+from registry import oci
 
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3

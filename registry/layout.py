@@ -17,15 +17,14 @@ import hashlib
 import json
 import os
 import time
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
+from common.errors import Conflict, CorruptImage, DigestMismatch, LockBusy, NotARepository, NotFound
+from common.fsutil import EarlyWriteback, atomic_write, disk_error, flock, fsync_dir, start_writeback
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from common.errors import (Conflict, CorruptImage, DigestMismatch, LockBusy, NotARepository,
-                             NotFound)
-from common.fsutil import EarlyWriteback, atomic_write, disk_error, flock, fsync_dir
-from common.fsutil import start_writeback
 from registry.repository import ANY, BlobWriter, RefRecord, Repository
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}

@@ -18,17 +18,17 @@ import secrets
 import stat
 import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import paramiko
 
+from common.errors import AlreadyExists, CockerError, NotFound, TransportError, UnsafeArchive
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
 from registry.sftp_repo import finish_pipelined, open_sftp
-from common.errors import (AlreadyExists, CockerError, NotFound, TransportError,
-                             UnsafeArchive)
 
 SUFFIX = ".cockerimage"
 CHUNK = 1 << 20
@@ -51,7 +51,7 @@ class LegacyImage:
         return {"name": self.name, "version": self.version, "legacy_name": self.raw_name,
                 "file": self.filename, "size": self.size, "digest": None,
                 "created": datetime.datetime.fromtimestamp(
-                    self.mtime, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                    self.mtime, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 def legacy_to_name(raw: str) -> str:
@@ -79,7 +79,7 @@ class LegacyRepo:
         try:
             self.sftp = open_sftp(client)
             st = self.sftp.stat(self.dir)
-        except IOError as e:
+        except OSError as e:
             if getattr(e, "errno", None) == errno.ENOENT:
                 raise NotFound(f"{url}: {self.dir} does not exist") from None
             raise TransportError(f"{url}: {e}") from None
@@ -98,7 +98,7 @@ class LegacyRepo:
             with contextlib.suppress(Exception):
                 self.client.close()
 
-    def __enter__(self) -> "LegacyRepo":
+    def __enter__(self) -> LegacyRepo:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -107,7 +107,7 @@ class LegacyRepo:
     def list(self) -> list[LegacyImage]:
         try:
             entries = self.sftp.listdir_attr(self.dir)
-        except (IOError, paramiko.SSHException) as e:
+        except (OSError, paramiko.SSHException) as e:
             raise TransportError(f"{self.describe()}: {e}") from None
         out = []
         for a in entries:
@@ -145,7 +145,7 @@ class LegacyRepo:
             self.sftp.stat(dest)
             if not force:
                 raise AlreadyExists(f"{fn} already exists in {self.describe()}; use --force")
-        except IOError:
+        except OSError:
             pass
         tmp = posixpath.join(self.dir, f".{fn}.{secrets.token_hex(6)}.partial")
         written = 0
@@ -166,7 +166,7 @@ class LegacyRepo:
             with contextlib.suppress(Exception):
                 self.sftp.remove(tmp)
             raise
-        except (IOError, paramiko.SSHException, EOFError) as e:
+        except (OSError, paramiko.SSHException, EOFError) as e:
             with contextlib.suppress(Exception):
                 self.sftp.remove(tmp)
             raise TransportError(f"{self.describe()}: upload of {fn} failed ({e})") from None
@@ -213,7 +213,7 @@ def import_file(repo, path: str, name: str, version: str, *, created: float | No
     diff_id = check_layer_tar(path)
     layer_digest, size = digestmod.of_file(path)
     repo.ingest(path, layer_digest)
-    when = datetime.datetime.fromtimestamp(created or 0, datetime.timezone.utc).strftime(
+    when = datetime.datetime.fromtimestamp(created or 0, datetime.UTC).strftime(
         "%Y-%m-%dT%H:%M:%SZ") if created else None
     config = oci.new_config([diff_id], created=when, history=[
         {"created": when, "created_by": "cocker 0.x image (imported from a .cockerimage)"}

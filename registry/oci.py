@@ -6,8 +6,8 @@ import json
 import platform
 from typing import Any
 
-from registry import digest as digestmod
 from common.errors import CorruptImage
+from registry import digest as digestmod
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"

@@ -8,11 +8,11 @@ numeric parts numerically (1.9.1 < 1.10.0), a pre-release before its release
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
-from registry import digest as digestmod
 from common.errors import InvalidReference
+from registry import digest as digestmod
 
 UNVERSIONED = "_"
 
@@ -50,7 +50,7 @@ class Reference:
             return f"{self.name}@{self.digest}"
         return f"{self.name}:{self.version}" if self.version is not None else self.name
 
-    def with_version(self, version: str) -> "Reference":
+    def with_version(self, version: str) -> Reference:
         return Reference(self.name, validate_version(version))
 
     @property

@@ -45,7 +45,7 @@ class RepoOptions:
     init: bool = False                 # create the repo when the path is not one
     legacy: bool = False               # a cocker 0.x flat *.cockerimage directory
 
-    def merged(self, **over: Any) -> "RepoOptions":
+    def merged(self, **over: Any) -> RepoOptions:
         d = asdict(self)
         d.update({k: v for k, v in over.items() if v not in (None, False)})
         return RepoOptions(**d)

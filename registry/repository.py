@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
+from common.errors import CockerError, Conflict, NotFound
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from common.errors import CockerError, Conflict, NotFound
 from registry.reference import Reference
 
 ANY = object()  # put_ref/delete_ref without a compare-and-swap precondition
@@ -51,7 +52,7 @@ class BlobWriter(abc.ABC):
     def abort(self) -> None:
         """Stop; what was written may be kept for a later resume."""
 
-    def __enter__(self) -> "BlobWriter":
+    def __enter__(self) -> BlobWriter:
         return self
 
     def __exit__(self, et, ev, tb) -> None:
@@ -201,7 +202,7 @@ class Repository(abc.ABC):
         return problems
 
     # misc --------------------------------------------------------------------------
-    def for_name(self, name: str) -> "Repository":
+    def for_name(self, name: str) -> Repository:
         """A view whose blob operations happen under image `name`. Repositories with one
         blob pool return themselves; OCI registries scope blobs by repository name."""
         return self
@@ -212,7 +213,7 @@ class Repository(abc.ABC):
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "Repository":
+    def __enter__(self) -> Repository:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -28,17 +28,28 @@ import socket
 import stat
 import threading
 import time
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
-# registry.ssh first: it keeps paramiko from importing `invoke` (~140 ms of start-up).
-from registry import ssh as _ssh  # noqa: F401,I001
-import paramiko  # noqa: E402,I001
+import paramiko
 
+from common.errors import (
+    CockerError,
+    Conflict,
+    CorruptImage,
+    DigestMismatch,
+    LockBusy,
+    NotARepository,
+    NotFound,
+    PermissionDenied,
+    TransportError,
+)
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from common.errors import (CockerError, Conflict, CorruptImage, DigestMismatch, LockBusy,
-                             NotARepository, NotFound, PermissionDenied, TransportError)
+
+# registry.ssh first: it keeps paramiko from importing `invoke` (~140 ms of start-up).
+from registry import ssh as _ssh  # noqa: F401
 from registry.layout import GC_GRACE, LAYOUT_VERSION, VERSION_PREFIX
 from registry.repository import ANY, BlobWriter, RefRecord, Repository
 
@@ -78,7 +89,7 @@ def _remote_errors(fn: Callable) -> Callable:
             return fn(self, *a, **kw)
         except CockerError:
             raise
-        except (paramiko.SSHException, EOFError, ConnectionError, socket.timeout) as e:
+        except (TimeoutError, paramiko.SSHException, EOFError, ConnectionError) as e:
             raise TransportError(f"{self.describe()}: connection lost ({e or type(e).__name__})"
                                  ) from None
         except OSError as e:  # an SFTP status: no such file, permission, failure
@@ -154,7 +165,7 @@ class SftpRepo(Repository):
             return self.sftp().stat(path)
         except FileNotFoundError:
             return None
-        except IOError as e:
+        except OSError as e:
             if e.errno == errno.ENOENT:
                 return None
             raise
@@ -163,7 +174,7 @@ class SftpRepo(Repository):
         try:
             with self.sftp().open(path, "rb") as f:
                 return f.read(limit)
-        except (FileNotFoundError, IOError) as e:
+        except (OSError, FileNotFoundError) as e:
             if getattr(e, "errno", None) == errno.ENOENT:
                 return None
             raise
@@ -191,7 +202,7 @@ class SftpRepo(Repository):
             self._makedirs(parent)
         try:
             s.mkdir(path)
-        except IOError:
+        except OSError:
             if self._stat(path) is None:
                 raise
 
@@ -250,7 +261,7 @@ class SftpRepo(Repository):
     def _walk_refs(self, d: str, rel: str, exact: bool, out: list[RefRecord]) -> None:
         try:
             entries = sorted(self.sftp().listdir_attr(d), key=lambda a: a.filename)
-        except IOError as e:
+        except OSError as e:
             if getattr(e, "errno", None) == errno.ENOENT:
                 return
             raise
@@ -305,7 +316,7 @@ class SftpRepo(Repository):
             while d != refs:
                 try:
                     self.sftp().rmdir(d)
-                except IOError:
+                except OSError:
                     break
                 d = posixpath.dirname(d)
             self._update_index(f"{name}:{version}", None)
@@ -351,7 +362,7 @@ class SftpRepo(Repository):
             try:
                 s.mkdir(lockdir)
                 break
-            except IOError:
+            except OSError:
                 pass
             owner = self._read_small(posixpath.join(lockdir, "owner"), 4096)
             key = (owner or b"").decode(errors="replace")
@@ -384,7 +395,7 @@ class SftpRepo(Repository):
         moved = f"{lockdir}.broken.{secrets.token_hex(6)}"
         try:
             s.rename(lockdir, moved)
-        except IOError:
+        except OSError:
             return
         with contextlib.suppress(Exception):
             with contextlib.suppress(IOError):
@@ -408,7 +419,7 @@ class SftpRepo(Repository):
         path = self.blob_path(digest)
         try:
             f = self.sftp().open(path, "rb", bufsize=BUFSIZE)
-        except IOError as e:
+        except OSError as e:
             if getattr(e, "errno", None) == errno.ENOENT:
                 raise NotFound(f"blob {digest} not found in {self.describe()}") from None
             raise
@@ -435,7 +446,7 @@ class SftpRepo(Repository):
             if not entries:
                 return
             now = self.remote_now()
-        except IOError:
+        except OSError:
             return
         for a in entries:
             if now - float(a.st_mtime or 0) > GC_GRACE:
@@ -557,7 +568,7 @@ class _SftpUpload(BlobWriter):
         re-hash its bytes, so the final check covers them. Returns the resume offset."""
         try:
             entries = self.s.listdir_attr(self.uploads)
-        except IOError:
+        except OSError:
             return 0
         cands = [a for a in entries if a.filename.startswith(self.hex + ".")
                  and a.filename.endswith(".partial")]
@@ -572,7 +583,7 @@ class _SftpUpload(BlobWriter):
                 continue  # a live writer
             try:
                 self.s.posix_rename(src, self.partial)
-            except IOError:
+            except OSError:
                 continue  # someone else claimed it
             have = int(self.s.stat(self.partial).st_size or 0)
             if self.size is not None and have > self.size:
@@ -645,7 +656,7 @@ class _SftpUpload(BlobWriter):
             else:
                 try:
                     self.s.posix_rename(self.partial, self.dest)
-                except IOError:
+                except OSError:
                     # A server without posix-rename: plain rename refuses to overwrite,
                     # which for an immutable blob only means someone else won the race.
                     if self.repo._stat(self.dest) is None:

@@ -77,11 +77,12 @@ import collections
 import json
 import struct
 import threading
-from typing import Any, BinaryIO, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, BinaryIO
 
-from registry import digest as digestmod
 from common import errors as errmod
 from common.errors import CockerError, TransportError, UsageError
+from registry import digest as digestmod
 from registry.reference import Reference
 from registry.repository import ANY, BlobWriter, RefRecord, Repository
 
@@ -363,7 +364,7 @@ class _Lease:
     """`with repo._lease() as conn:` — a connection for one exchange, returned afterwards
     (or dropped when the exchange broke the stream)."""
 
-    def __init__(self, repo: "SmartRepo") -> None:
+    def __init__(self, repo: SmartRepo) -> None:
         self.repo = repo
         self.conn: _Conn | None = None
 
@@ -409,7 +410,7 @@ class SmartRepo(Repository):
 
     @classmethod
     def over_channel(cls, chan: Any, *, opener: Callable[[], Any] | None = None,
-                     **kw: Any) -> "SmartRepo":
+                     **kw: Any) -> SmartRepo:
         """A SmartRepo on a paramiko channel already running the server (exec'd);
         `opener()` returns another such channel."""
         def wrap(c: Any) -> tuple[Any, Any, Callable[[], None]]:
@@ -490,7 +491,7 @@ class SmartRepo(Repository):
                 pass
         self._owned = []
 
-    def _owning(self, obj: Any) -> "SmartRepo":
+    def _owning(self, obj: Any) -> SmartRepo:
         """Close `obj` (e.g. the SSH client under the channels) when this repo closes."""
         self._owned.append(obj)
         return self
@@ -626,7 +627,7 @@ class _BlobReader:
             return
         self._finish(None)
 
-    def __enter__(self) -> "_BlobReader":
+    def __enter__(self) -> _BlobReader:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 
 import paramiko
 
-from registry import reference as refmod
 from common.errors import CockerError, InvalidReference, TransportError
+from registry import reference as refmod
 from registry.smart import SmartRepo, tune_allocator
 
 DEFAULT_PORT = 2222

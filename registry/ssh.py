@@ -16,13 +16,13 @@ import os
 import shlex
 import socket
 import sys
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 if "invoke" not in sys.modules:
     # paramiko imports `invoke` (130 ms) only to run `Match exec` lines of ssh_config;
     # every remote command pays that start-up, so go without (Match exec is then ignored).
     sys.modules["invoke"] = None  # type: ignore[assignment]
-import paramiko  # noqa: E402
+import paramiko
 from paramiko.auth_strategy import AuthFailure, AuthStrategy, InMemoryPrivateKey, Password
 
 from common.errors import AuthError, TransportError
@@ -411,7 +411,7 @@ def run(client: paramiko.SSHClient, argv: Sequence[str] | str, *, stdin: bytes =
                 break
             err += data
         rc = chan.recv_exit_status()
-    except socket.timeout:
+    except TimeoutError:
         raise TransportError("remote command timed out") from None
     finally:
         chan.close()

@@ -12,7 +12,7 @@ import socket
 import struct
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from common.fsutil import write_all
 from runtime.supervisor import T_DATA, T_EXIT, T_WINSIZE, FrameReader, connect_unix, frame

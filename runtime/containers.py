@@ -19,11 +19,18 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
-from common.errors import (AlreadyExists, CockerError, Conflict, NotFound, PermissionDenied,
-                             RuntimeFailure, UsageError)
+from common.errors import (
+    AlreadyExists,
+    CockerError,
+    Conflict,
+    NotFound,
+    PermissionDenied,
+    RuntimeFailure,
+    UsageError,
+)
 from runtime.supervisor import write_json
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -280,7 +287,7 @@ def load(store, name: str) -> Container:
     return Container(store, name, rec)
 
 
-def list_containers(store, all: bool = True) -> list[Container]:  # noqa: A002 - the API's name
+def list_containers(store, all: bool = True) -> list[Container]:
     _sweep_removed(store)
     out = []
     with contextlib.suppress(FileNotFoundError):

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from common.errors import AlreadyExists, CockerError, NotFound, UsageError
 from common.fsutil import atomic_write, flock

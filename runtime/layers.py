@@ -11,9 +11,9 @@ import contextlib
 import os
 import time
 
-from registry import digest as digestmod
 from common.errors import CorruptImage, DigestMismatch
 from common.fsutil import flock
+from registry import digest as digestmod
 
 TMP_PREFIX = ".tmp-"
 LOCK_PREFIX = ".lock-"
@@ -40,6 +40,7 @@ def ensure_layers(store, image, progress=None) -> list[str]:
 
 def _unpack_one(store, blob_digest: str, diff_id: str, path: str, progress=None) -> None:
     import shutil
+
     from registry import layer_tar
     hexid = os.path.basename(path)
     with flock(os.path.join(store.layers_dir, LOCK_PREFIX + hexid), what=f"layer {hexid[:12]}"):

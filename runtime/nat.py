@@ -13,8 +13,8 @@ import os
 import shlex
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from common.errors import RuntimeFailure
 from common.fsutil import flock

@@ -11,7 +11,7 @@ import errno
 import ipaddress
 import os
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 from common.errors import AlreadyExists, NotFound, PermissionDenied, RuntimeFailure, UsageError
 

@@ -20,7 +20,7 @@ import contextlib
 import ipaddress
 import os
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from common.errors import AlreadyExists, Conflict, NotFound, PermissionDenied, UsageError
 from runtime import hostns, ipam, nat, portmap

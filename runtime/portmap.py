@@ -7,7 +7,6 @@ import contextlib
 import errno
 import ipaddress
 import json
-import os
 import socket
 
 from common.errors import AlreadyExists, CockerError, UsageError

@@ -15,8 +15,9 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from common.errors import LockBusy, NotFound, UsageError
 from common.fsutil import LOCK_TIMEOUT, atomic_write
@@ -46,7 +47,7 @@ class ServiceSpec:
     pids_limit: int | None = None
     restart: str = "always"
 
-    def validate(self) -> "ServiceSpec":
+    def validate(self) -> ServiceSpec:
         validate_name(self.name)
         if not isinstance(self.replicas, int) or isinstance(self.replicas, bool) or self.replicas < 0:
             raise UsageError(f"replicas must be a whole number >= 0, not {self.replicas!r}")

@@ -27,8 +27,8 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from common.errors import AlreadyExists, CockerError, Conflict, NotFound, UsageError
 from runtime import service_state as st
@@ -151,6 +151,7 @@ def flush_neighbours(netns_path: str | None = None, ip: str | None = None) -> No
     veth with a new MAC; a stale ARP entry would send nginx's (or the host's) packets to the
     old one until the kernel notices, seconds later."""
     import socket as _socket
+
     from runtime.netns import iproute
     try:
         with iproute(netns_path) as ipr:
@@ -269,7 +270,7 @@ def create(store, spec: ServiceSpec, *, start_monitor: bool = True) -> dict:
             "name": spec.name, "spec": st.spec_to_record(spec), "image_ref": image_ref,
             "digest": digest, "network": netname, "publish": [f"{h}:{p}" for h, p in ports],
             "replicas": [], "seq": 0, "state": "creating",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "nginx": {"netns": netns_name(spec.name)},
         }
         undo = _Undo()

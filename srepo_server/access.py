@@ -39,8 +39,8 @@ import re
 import threading
 from dataclasses import dataclass, field
 
-from registry import reference as refmod
 from common.errors import UsageError
+from registry import reference as refmod
 
 OPS = ("read", "write", "delete", "gc")
 
@@ -56,11 +56,11 @@ class Access:
     gc: bool = False
 
     @classmethod
-    def full(cls) -> "Access":
+    def full(cls) -> Access:
         return cls(read=True, write=True, delete=True, prefixes=None, gc=True)
 
     @classmethod
-    def parse(cls, perms: str | None = None, prefixes: str | None = None) -> "Access":
+    def parse(cls, perms: str | None = None, prefixes: str | None = None) -> Access:
         """From the option texts: perms "read,write", prefixes "team/*,tools"."""
         words = [w.strip() for w in (perms if perms is not None else "read").split(",")
                  if w.strip()]

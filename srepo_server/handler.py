@@ -16,12 +16,13 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from common.errors import CockerError, NotFound, PermissionDenied, TransportError
 from registry import digest as digestmod
 from registry import reference as refmod
 from registry import smart
-from common.errors import CockerError, NotFound, PermissionDenied, TransportError
 from registry.layout import GC_GRACE, LayoutRepo
 from registry.repository import ANY, BlobWriter
 from srepo_server.access import Access

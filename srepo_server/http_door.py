@@ -23,13 +23,14 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
-from typing import Callable, TextIO
+from typing import TextIO
 
+from common.errors import CockerError, Conflict, InvalidReference, LockBusy, NotFound
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from common.errors import CockerError, Conflict, InvalidReference, LockBusy, NotFound
 from registry.layout import LayoutRepo
 from srepo_server import http_store as hs
 from srepo_server.http_auth import Authenticator, Grant
@@ -652,7 +653,7 @@ class Door:
         host, port = self.address
         return f"{self.scheme}://{host}:{port}"
 
-    def start(self) -> "Door":
+    def start(self) -> Door:
         self._thread = threading.Thread(target=self.server.serve_forever, name="http-door",
                                         daemon=True)
         self._thread.start()

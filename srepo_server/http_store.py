@@ -22,11 +22,11 @@ import time
 import uuid as uuidmod
 from dataclasses import dataclass, field
 
+from common.errors import CockerError, CorruptImage, NotFound
+from common.fsutil import atomic_write, disk_error, fsync_dir
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
-from common.errors import CockerError, CorruptImage, NotFound
-from common.fsutil import atomic_write, disk_error, fsync_dir
 from registry.layout import LayoutRepo
 
 MANIFEST_LIMIT = 4 << 20
@@ -313,7 +313,7 @@ class Session:
     path: str
     fd: int
     offset: int = 0
-    hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
     lock: threading.Lock = field(default_factory=threading.Lock)
     used: float = field(default_factory=time.monotonic)
 

@@ -27,12 +27,13 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import paramiko
 
-from registry import reference as refmod
 from common.errors import CockerError, UsageError
+from registry import reference as refmod
 from registry.layout import LayoutRepo
 from srepo_server.access import AuthorizedKey, KeyFile
 from srepo_server.handler import serve as serve_handler
@@ -127,7 +128,7 @@ def parse_exec(command: str) -> str | None:
 class _Server(paramiko.ServerInterface):
     """One connection's policy: who the peer is and which channel requests it gets."""
 
-    def __init__(self, door: "SshDoor", peer: str) -> None:
+    def __init__(self, door: SshDoor, peer: str) -> None:
         self.door, self.peer = door, peer
         self.key: AuthorizedKey | None = None
         self.user = "?"
@@ -265,7 +266,7 @@ class SshDoor:
             while not self._stop.is_set():
                 try:
                     conn, peer = self.sock.accept()
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError as e:
                     if self._stop.is_set():

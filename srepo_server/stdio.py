@@ -15,8 +15,8 @@ import os
 import signal
 import sys
 
-from registry import smart
 from common.errors import CockerError
+from registry import smart
 from registry.layout import LayoutRepo
 from srepo_server.access import Access
 from srepo_server.handler import serve

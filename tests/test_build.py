@@ -8,8 +8,14 @@ import textwrap
 
 import pytest
 
-from tests.support.builder import (busybox_image, cleanup_containers, image_view,  # noqa: F401
-                                   listing, our_mounts, publish_layers)
+from tests.support.builder import (
+    busybox_image,
+    cleanup_containers,
+    image_view,
+    listing,
+    our_mounts,
+    publish_layers,
+)
 
 pytestmark = pytest.mark.root
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.support.builder import busybox_image, cleanup_containers, our_mounts  # noqa: F401
+from tests.support.builder import busybox_image, cleanup_containers, our_mounts
 
 pytestmark = pytest.mark.root
 

@@ -30,7 +30,7 @@ class Daemon:
         self.home, self.sock, self.port, self.token_file = home, sock, port, token_file
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Daemon":
+    def start(self) -> Daemon:
         argv = [sys.executable, "-m", "cocker.main", "daemon", "--socket", self.sock]
         if self.port:
             argv += ["--listen", f"127.0.0.1:{self.port}"]

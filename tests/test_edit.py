@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.support.builder import busybox_image, cleanup_containers  # noqa: F401
+from tests.support.builder import busybox_image, cleanup_containers
 
 pytestmark = pytest.mark.root
 

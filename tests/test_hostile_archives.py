@@ -13,8 +13,8 @@ import os
 import pytest
 import zstandard
 
-from registry import layer_tar
 from common.errors import CorruptImage, UnsafeArchive
+from registry import layer_tar
 from tests.support.codec import entry, listing, make_tar, snapshot
 
 

@@ -14,15 +14,22 @@ import time
 
 import pytest
 
+from common.errors import AuthError, PermissionDenied, TransportError
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
 from registry.copy import copy
-from common.errors import AuthError, PermissionDenied, TransportError
 from registry.http_repo import HttpRepo
 from registry.layout import LayoutRepo
-from tests.support.http_servers import (DOCKER_REGISTRY, RO_TOKEN, TOKEN, DockerRegistry, SrepoHttp,
-                                        make_image, request)
+from tests.support.http_servers import (
+    DOCKER_REGISTRY,
+    RO_TOKEN,
+    TOKEN,
+    DockerRegistry,
+    SrepoHttp,
+    make_image,
+    request,
+)
 
 SKOPEO = shutil.which("skopeo")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -634,6 +641,7 @@ def test_eight_pulls_and_four_pushes_at_once(door, src, tmp_path):
 
 def test_gc_during_a_push(tmp_path, src):
     import threading
+
     from srepo_server import http_store
     srv = SrepoHttp(str(tmp_path / "repo"), str(tmp_path))
     try:

@@ -10,8 +10,8 @@ import tarfile
 
 import pytest
 
-from registry import layer_tar
 from common.errors import CockerError
+from registry import layer_tar
 from tests.conftest import make_busybox_rootfs
 from tests.support.codec import entry, make_tar, snapshot
 

@@ -6,11 +6,11 @@ import os
 
 import pytest
 
+from common.errors import Conflict, DigestMismatch, NotARepository, NotFound
 from registry import digest as dg
 from registry import image as im
 from registry import oci
 from registry.copy import copy
-from common.errors import Conflict, DigestMismatch, NotARepository, NotFound
 from registry.layout import LayoutRepo
 from registry.reference import parse
 

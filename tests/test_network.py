@@ -19,7 +19,7 @@ import pytest
 from common.errors import AlreadyExists, Conflict, NotFound, UsageError
 from runtime import ipam
 from runtime import network as net
-from tests.support.net import free_port, iptables_dump, links, netenv, netns_list, unique  # noqa: F401
+from tests.support.net import free_port, iptables_dump, links, netenv, netns_list, unique
 
 pytestmark = pytest.mark.root
 
@@ -256,7 +256,7 @@ def test_port_mappings_from_localhost(netenv, tmp_path):
             try:
                 reply = u.recvfrom(100)[0]
                 break
-            except socket.timeout:
+            except TimeoutError:
                 continue
     assert reply == b"echo:hi"
     shown = net.get_network(netenv.store, info["name"])["endpoints"]["web"]["ports"]

@@ -1,7 +1,7 @@
 import pytest
 
-from registry import reference as r
 from common.errors import InvalidReference
+from registry import reference as r
 
 
 def test_version_order_like_software():

@@ -10,7 +10,7 @@ import pytest
 from registry.layout import LayoutRepo
 from registry.store import Store
 from tests.conftest import run_cocker
-from tests.support.sshd import make_test_image, scripts_dir, sshd, tar_layer  # noqa: F401
+from tests.support.sshd import make_test_image, scripts_dir, sshd, tar_layer
 
 
 @pytest.fixture

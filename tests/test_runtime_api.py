@@ -13,7 +13,7 @@ import pytest
 from common.errors import Conflict, NotFound
 from runtime import containers, layers
 from runtime.containers import ContainerSpec
-from tests.support.runtime import assert_no_leftovers, cname, force_remove, rt, rt_home  # noqa: F401
+from tests.support.runtime import assert_no_leftovers, cname, force_remove, rt, rt_home
 
 pytestmark = pytest.mark.root
 

@@ -7,8 +7,7 @@ import os
 
 import pytest
 
-from tests.support.runtime import (assert_no_leftovers, build_many_layers, cgroup_dirs, cname,  # noqa: F401
-                                   rt, rt_home)
+from tests.support.runtime import assert_no_leftovers, build_many_layers, cgroup_dirs, cname, rt, rt_home
 
 pytestmark = pytest.mark.root
 
@@ -89,8 +88,9 @@ def test_fifty_layers_boot(rt, cname):
 
 def test_digest_is_pinned_at_create(rt, cname):
     store, cli = rt
-    from tests.support.runtime import build_image
     import tempfile
+
+    from tests.support.runtime import build_image
     with tempfile.TemporaryDirectory() as d:
         from tests.conftest import make_busybox_rootfs
         root = make_busybox_rootfs(os.path.join(d, "r"))

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from tests.support.runtime import (assert_no_leftovers, cgroup_dirs, cname, mounts_under,  # noqa: F401
-                                   rt, rt_home)
+from tests.support.runtime import assert_no_leftovers, cgroup_dirs, cname, mounts_under, rt, rt_home
 
 pytestmark = pytest.mark.root
 

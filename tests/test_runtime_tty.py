@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.support.runtime import cname, rt, rt_home  # noqa: F401
+from tests.support.runtime import cname, rt, rt_home
 
 pytestmark = pytest.mark.root
 

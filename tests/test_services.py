@@ -18,8 +18,17 @@ import pytest
 
 from tests.conftest import run_cocker
 from tests.support.net import free_port, unique_subnet
-from tests.support.services import (HTTPD, Load, answers, force_cleanup, get, leftovers,
-                                    make_home, unique_name, wait_for)
+from tests.support.services import (
+    HTTPD,
+    Load,
+    answers,
+    force_cleanup,
+    get,
+    leftovers,
+    make_home,
+    unique_name,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),

@@ -14,11 +14,19 @@ import time
 
 import pytest
 
+from common.errors import (
+    Conflict,
+    DigestMismatch,
+    InvalidReference,
+    NotARepository,
+    NotFound,
+    PermissionDenied,
+    TransportError,
+    UsageError,
+)
 from registry import digest as digestmod
 from registry import oci
 from registry.copy import copy
-from common.errors import (Conflict, DigestMismatch, InvalidReference, NotARepository, NotFound,
-                             PermissionDenied, TransportError, UsageError)
 from registry.image import publish
 from registry.layout import LayoutRepo
 from registry.reference import parse
@@ -69,7 +77,7 @@ class Served:
         b = self.pair()
         return SmartRepo(b.makefile("rb"), b.makefile("wb"), url="pair", closer=b.close, **kw)
 
-    def raw(self) -> "Raw":
+    def raw(self) -> Raw:
         return Raw(self.pair())
 
     def close(self) -> None:

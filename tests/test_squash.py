@@ -7,8 +7,16 @@ import tarfile
 
 import pytest
 
-from tests.support.builder import (DIR, OPAQUE, WHITEOUT, image_view, listing, make_tree,
-                                   our_mounts, publish_layers)
+from tests.support.builder import (
+    DIR,
+    OPAQUE,
+    WHITEOUT,
+    image_view,
+    listing,
+    make_tree,
+    our_mounts,
+    publish_layers,
+)
 
 pytestmark = pytest.mark.root
 

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from common.errors import AuthError, PermissionDenied
 from registry import digest as digestmod
 from registry import ssh
 from registry.copy import copy
-from common.errors import AuthError, PermissionDenied
 from registry.layout import LayoutRepo
 from registry.reference import parse
 from tests.support.srepo import start_door

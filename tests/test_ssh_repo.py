@@ -12,21 +12,20 @@ import time
 
 import pytest
 
-from registry import reference
 from common.errors import AuthError, CockerError, TransportError
+from registry import reference
 from registry.layout import LayoutRepo
 from registry.store import Store
 from tests.conftest import run_cocker
-from tests.support.sshd import (make_test_image, scripts_dir, sshd, sshd_factory,  # noqa: F401
-                                tar_layer)
+from tests.support.sshd import make_test_image, scripts_dir, sshd, sshd_factory, tar_layer
 
 MODES = ["sftp", "smart"]
 
 
 def _smart_available() -> bool:
     try:
-        import registry.smart  # noqa: F401
-        import srepo_server.stdio  # noqa: F401
+        import registry.smart
+        import srepo_server.stdio
     except ImportError:
         return False
     return True
@@ -449,9 +448,9 @@ def test_pulled_image_boots(machines, tmp_path, busybox_rootfs):
 
 
 def test_sftp_lock_waits_for_holder_and_breaks_a_dead_one(tmp_path, sshd, monkeypatch):
+    from common.errors import LockBusy
     from registry import sftp_repo
     from registry.copy import copy
-    from common.errors import LockBusy
     from registry.repos import open_repo
     store = Store(str(tmp_path / "home"))
     make_test_image(store, "app", "1.0", [tar_layer({"a": b"a"})])

@@ -167,6 +167,7 @@ def stop_cmd(ctx, names: tuple[str, ...], timeout: float) -> None:
 def kill_cmd(ctx, name: str, sig: str) -> None:
     """Send a signal to the container's main process."""
     import signal as sigmod
+
     from common.errors import UsageError
     from runtime import containers
     try:

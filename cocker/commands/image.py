@@ -12,10 +12,10 @@ import importlib.util
 import click
 
 from cocker.output import human_size, print_json, print_table
+from common.errors import Conflict, NotFound
 from registry import digest as digestmod
 from registry import image as imagemod
 from registry import reference as refmod
-from common.errors import Conflict, NotFound
 from registry.repository import ANY
 
 EXTENSIONS = ("cocker.commands.image_io", "cocker.commands.image_transfer",

@@ -36,8 +36,8 @@ def build_cmd(ctx, context: str, recipe_path: str | None, tag: str | None, bump:
     from builder import build as buildmod
     from builder import recipe as recipemod
     from builder import versioning
-    from registry import reference as refmod
     from common.errors import UsageError
+    from registry import reference as refmod
     args: dict[str, str] = {}
     for a in build_args:
         k, sep, v = a.partition("=")

@@ -17,9 +17,9 @@ import click
 
 from cocker.commands.image import image
 from cocker.output import human_size, print_json, print_table
+from common.errors import CockerError, NotARepository, NotFound, UsageError
 from registry import digest as digestmod
 from registry import reference as refmod
-from common.errors import CockerError, NotARepository, NotFound, UsageError
 from registry.repository import RefRecord, Repository
 
 

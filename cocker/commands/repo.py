@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from cocker.output import human_size, print_json, print_table
-from registry import repos as reposmod
 from common.errors import UsageError
+from registry import repos as reposmod
 
 
 @click.group()

@@ -13,8 +13,9 @@ import re
 import subprocess
 import sys
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from common import errors
 from common.errors import CockerError, UsageError

@@ -24,8 +24,8 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from common.errors import AlreadyExists, PermissionDenied, UsageError
 from cocker.daemon import routes
+from common.errors import AlreadyExists, PermissionDenied, UsageError
 
 DEFAULT_SOCKET = "/run/cocker/cocker.sock"
 MAX_BODY = 4 * 1024 * 1024

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from common.errors import CockerError, UsageError
 from registry.store import Store
@@ -67,6 +68,7 @@ def container_stop(store: Store, a: dict) -> dict:
 
 def container_kill(store: Store, a: dict) -> dict:
     import signal
+
     from runtime import containers
     sig = a.get("signal", "KILL")
     signum = sig if isinstance(sig, int) else getattr(signal, "SIG" + str(sig).upper().removeprefix("SIG"))

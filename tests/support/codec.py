@@ -7,7 +7,7 @@ import io
 import os
 import stat
 import tarfile
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def entry(name: str, kind: str = "file", data: bytes = b"", link: str = "", mode: int = 0o644,

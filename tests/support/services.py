@@ -91,7 +91,7 @@ class Load:
                     self.failures.append(f"{type(e).__name__}: {e}")
             time.sleep(0.01)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self._threads:
             t.start()
         return self

@@ -220,6 +220,7 @@ def make_test_image(repo, name: str, version: str, layers: list[bytes], *,
                     force: bool = True):
     """Publish name:version in `repo` from layer blobs (plain tar or gzip tar bytes)."""
     import gzip
+
     from registry import digest as dm
     from registry import image as imagemod
     from registry import oci
