@@ -10,11 +10,16 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-# Runtime: overlay/namespaces need nothing extra; iptables for NAT and port mappings; nginx for services;
-# busybox-static for the demo image. Peers and test doubles-free interop: skopeo, docker-registry, umoci,
-# runc, buildah, OpenSSH.
-pkgs=(python3 python3-venv python3-pip busybox-static iptables nginx-light zstd ca-certificates
-      openssh-client openssh-server skopeo docker-registry umoci runc buildah uidmap)
+# Every system package a feature, a test or a bench uses, so `bash scripts/test.sh` runs with no skip:
+# runtime: iproute2 and iptables (NAT, port mappings), nginx (services), tini and catatonit (--init),
+#   python3-seccomp and libseccomp-dev (the seccomp filter), busybox-static (the demo and test image);
+# SSH repositories: openssh-client, openssh-server (the demo's and the tests' throwaway sshd);
+# peers the interop tests and benches run side by side: skopeo, docker-registry, umoci, runc, crun,
+#   buildah, podman; zstd (the layer codec's CLI peer); tmux (terminal tests);
+# chromium and chromium-driver: the headless browser that tests srepo-server's web page.
+pkgs=(python3 python3-venv python3-pip busybox-static iproute2 iptables nginx-light zstd ca-certificates
+      openssh-client openssh-server skopeo docker-registry umoci runc crun buildah podman uidmap
+      tini catatonit python3-seccomp libseccomp-dev tmux chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -73,3 +73,20 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "root" in item.keywords:
                 item.add_marker(skip)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fail-on-skip", action="store_true",
+                     help="exit non-zero when any test was skipped (CI: every dependency is installed)")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # A skip in CI means a missing package or privilege: a test that silently stopped testing.
+    if not session.config.getoption("--fail-on-skip") or exitstatus not in (0, 1):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped") if reporter is not None else None
+    if skipped:
+        reporter.write_line(f"--fail-on-skip: {len(skipped)} skipped (reasons above): failing the run",
+                            red=True)
+        session.exitstatus = 1
