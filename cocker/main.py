@@ -65,11 +65,11 @@ def cli(ctx: click.Context, home: str | None, daemon_url: str | None, quiet: boo
 def main(argv: list[str] | None = None) -> None:
     from common.errors import CockerError
     try:
-        # --host / COCKER_HOST: the whole command runs in a cocker daemon (cocker/daemon/client.py);
+        # --host / COCKER_HOST: the whole command runs in a cocker daemon (runtime/daemon/client.py);
         # the client is imported only then (http.client costs start-up time)
         args = sys.argv[1:] if argv is None else list(argv)
         if os.environ.get("COCKER_HOST") or any(a == "--host" or a.startswith("--host=") for a in args):
-            from cocker.daemon.client import maybe_forward
+            from runtime.daemon.client import maybe_forward
             forwarded = maybe_forward(args)
             if forwarded is not None:
                 sys.exit(forwarded)

@@ -71,7 +71,7 @@ class Daemon:
         if tcp:
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
         else:
-            from cocker.daemon.client import UnixHTTPConnection
+            from runtime.daemon.client import UnixHTTPConnection
             conn = UnixHTTPConnection(self.sock, timeout=120)
         try:
             data = json.dumps(body).encode() if body is not None else None

@@ -22,7 +22,7 @@ def daemon(ctx, socket_path: str | None, listen: str | None, token_file: str | N
     Stateless: everything is read from and written to the store, so a restarted daemon finds
     its containers and services as they are. `cocker --host unix://PATH COMMAND` (or
     COCKER_HOST) sends any command through it."""
-    from cocker.daemon import server
+    from runtime.daemon import server
     path = socket_path or server.DEFAULT_SOCKET
 
     def ready() -> None:

@@ -1,7 +1,7 @@
 """The daemon's routes: cocker's own (/api/v2/...) and brocker's (/api/v1/...).
 
 Reads (lists, inspects) are answered in the daemon from the store on disk. Anything that starts
-or stops processes runs in a worker process (cocker.daemon.worker), so the daemon keeps no state
+or stops processes runs in a worker process (runtime.daemon.worker), so the daemon keeps no state
 and no children: restarted, it finds everything as it is.
 """
 
@@ -59,7 +59,7 @@ def child_env() -> dict[str, str]:
 
 
 def worker(home: str, op: str, args: dict) -> Any:
-    p = subprocess.run([sys.executable, "-m", "cocker.daemon.worker", "--home", home],
+    p = subprocess.run([sys.executable, "-m", "runtime.daemon.worker", "--home", home],
                        input=json.dumps({"op": op, "args": args}), capture_output=True, text=True,
                        timeout=WORKER_TIMEOUT, env=child_env(), cwd="/")
     try:

@@ -24,7 +24,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from cocker.daemon import routes
+from runtime.daemon import routes
 from common.errors import AlreadyExists, PermissionDenied, UsageError
 
 DEFAULT_SOCKET = "/run/cocker/cocker.sock"

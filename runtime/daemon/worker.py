@@ -1,4 +1,4 @@
-"""One daemon operation in a process of its own: `python -m cocker.daemon.worker --home HOME`.
+"""One daemon operation in a process of its own: `python -m runtime.daemon.worker --home HOME`.
 
 The daemon never starts containers, nginx or monitors from its own threads: those processes
 would be its children (zombies to reap, signals to share, exit codes lost to a stray waitpid).
