@@ -36,6 +36,7 @@ from srepo_server import http_store as hs
 from srepo_server.http_auth import Authenticator, Grant
 from srepo_server.http_server import BadBody, Body, ClientGone, Server, parse_addr, tls_context
 from srepo_server.http_store import ApiError
+from srepo_server.manifest_shape import check_manifest_shape
 
 CHUNK = 1 << 20
 API_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
@@ -512,6 +513,10 @@ class Handler(BaseHTTPRequestHandler):
         repo = self.app.repo
         if self.command in READ_METHODS:
             self._require("read", name)
+            if not _is_digest_like(ref) and not refmod.VERSION_RE.match(ref):
+                # No tag can have this spelling, so no such manifest: what the spec's
+                # conformance suite expects, rather than a complaint about the spelling.
+                raise ApiError(404, "MANIFEST_UNKNOWN", f"manifest {name}:{ref} not found")
             digest = hs.resolve_manifest(repo, name, ref)
             data, mt = hs.read_manifest(repo, digest)
             self._respond(200, {"Docker-Content-Digest": digest, "ETag": f'"{digest}"'},
@@ -534,6 +539,7 @@ class Handler(BaseHTTPRequestHandler):
         data = self._body().read_all(limit)
         if data is None:
             raise ApiError(413, "SIZE_INVALID", f"manifest is larger than {limit} bytes")
+        check_manifest_shape(data)
         digest, subject = hs.put_manifest(repo, name, ref, data,
                                           self.headers.get("Content-Type"))
         headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}

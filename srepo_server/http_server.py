@@ -184,6 +184,9 @@ class Server(ThreadingHTTPServer):
     def process_request_thread(self, request, client_address) -> None:
         try:
             request.settimeout(self.app.idle_timeout)
+            # Responses are written as headers then body; with Nagle on, a keep-alive
+            # client's next request waits for the delayed ACK (~40 ms) each time.
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is not None:
                 try:
                     # The handshake runs here, in the connection's own thread, never in accept.

@@ -360,7 +360,7 @@ def test_bad_names_digests_and_paths(door):
         ("/v2/ok/blobs/sha256:..%2f..%2fetc%2fpasswd", 400, "DIGEST_INVALID"),
         ("/v2/ok/blobs/sha512:" + "0" * 128, 400, "DIGEST_INVALID"),
         ("/v2/ok/blobs/sha256:" + "0" * 64, 404, "BLOB_UNKNOWN"),
-        ("/v2/ok/manifests/bad%20tag", 400, "TAG_INVALID"),
+        ("/v2/ok/manifests/bad%20tag", 404, "MANIFEST_UNKNOWN"),
         ("/v2/ok/manifests/nope", 404, "MANIFEST_UNKNOWN"),
         ("/v2/ok/blobs/uploads/../../x", 404, None),
     ]:
