@@ -83,6 +83,15 @@ class Home:
     def brocker_app(self, name: str) -> str:
         return os.path.join(self.brocker, name, "app")
 
+    # -- caches: derived data, safe to delete
+    @property
+    def cache(self) -> str:
+        return os.path.join(self.root, "cache")
+
+    def seccomp_filter(self, key: str) -> str:
+        """A seccomp profile compiled to BPF for one (profile, arch, kernel, caps) `key`."""
+        return os.path.join(self.cache, "seccomp", f"{key}.bpf")
+
     def ensure(self) -> None:
         """Create the store's own directories (not the repository layout's)."""
         for d in (self.layers, self.containers, self.config):

@@ -1,0 +1,1 @@
+"""The container's processes: how they are started, confined and watched."""
