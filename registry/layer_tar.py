@@ -33,12 +33,13 @@ import zstandard
 from common.errors import CockerError, CorruptImage, UnsafeArchive
 from common.fsutil import EarlyWriteback, disk_error
 from registry import oci
+from registry.limits import LayerLimits, shorten
 
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 6
-DEFAULT_MAX_BYTES = 64 << 30
-DEFAULT_MAX_ENTRIES = 4_000_000
+# The largest uid/gid a Linux inode holds; (uid_t)-1 means "unchanged" to chown.
+MAX_ID = (1 << 32) - 2
 MAX_META_HEADER = 1 << 20  # PAX / GNU long-name headers are read into memory: keep them small
 
 WHITEOUT_PREFIX = ".wh."
@@ -252,15 +253,32 @@ def open_layer(stream: BinaryIO) -> BinaryIO:
 _DECOMPRESS_ERRORS = (zstandard.ZstdError, zlib.error, EOFError, gzip.BadGzipFile)
 
 
-def layer_diff_id(stream: BinaryIO) -> tuple[str, int]:
-    """diff_id and uncompressed size of a (possibly compressed) layer stream."""
+class _Counted:
+    """Counts the (compressed) bytes read through it, for the compression-ratio guard."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self.src = src
+        self.n = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.src.read(n)
+        self.n += len(data)
+        return data
+
+
+def layer_diff_id(stream: BinaryIO, limits: LayerLimits | None = None) -> tuple[str, int]:
+    """diff_id and uncompressed size of a (possibly compressed) layer stream; a stream
+    that expands past the limits' ratio is refused before it is read to the end."""
+    lim = limits or LayerLimits.from_env()
     h = hashlib.sha256()
     n = 0
+    counted = _Counted(stream)
     try:
-        r = open_layer(stream)
+        r = open_layer(counted)  # type: ignore[arg-type]
         while chunk := r.read(CHUNK):
             h.update(chunk)
             n += len(chunk)
+            lim.check_ratio(n, counted.n)
     except _DECOMPRESS_ERRORS as e:
         raise CorruptImage(f"layer does not decompress: {e}") from None
     return "sha256:" + h.hexdigest(), n
@@ -573,9 +591,13 @@ class _CappedReader(io.RawIOBase):
     all sequential extraction needs. Lets tarfile read bodies without its stream-mode
     copying."""
 
-    def __init__(self, src: BinaryIO, limit: int) -> None:
+    def __init__(self, src: BinaryIO, limit: int, why: str, limits: LayerLimits,
+                 compressed: _Counted) -> None:
         self.src = src
         self.limit = limit
+        self.why = why
+        self.limits = limits
+        self.compressed = compressed
         self.h = hashlib.sha256()
         self.pos = 0
 
@@ -617,7 +639,9 @@ class _CappedReader(io.RawIOBase):
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         self.pos += len(data)
         if self.pos > self.limit:
-            raise UnsafeArchive(f"layer expands past {self.limit} bytes; refused as a size bomb")
+            raise UnsafeArchive(f"layer expands past {self.limit} bytes ({self.why}); "
+                                "refused as a size bomb")
+        self.limits.check_ratio(self.pos, self.compressed.n)
         self.h.update(data)
         return data
 
@@ -627,16 +651,26 @@ class _CappedReader(io.RawIOBase):
         return len(data)
 
 
-def _split(name: str, what: str = "entry") -> list[str]:
-    """Components of an archive path; refuses absolute paths, '..' and NULs."""
+def _split(name: str, what: str = "entry", limits: LayerLimits | None = None) -> list[str]:
+    """Components of an archive path; refuses absolute paths, '..', NULs and (given
+    `limits`) paths too deep or too long."""
     if "\0" in name:
-        raise UnsafeArchive(f"{what} {name!r}: NUL in path")
+        raise UnsafeArchive(f"{what} {shorten(name)}: NUL in path")
     if name.startswith("/"):
-        raise UnsafeArchive(f"{what} {name!r}: absolute path refused")
+        raise UnsafeArchive(f"{what} {shorten(name)}: absolute path refused")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise UnsafeArchive(f"{what} {name!r}: '..' in path refused")
+        raise UnsafeArchive(f"{what} {shorten(name)}: '..' in path refused")
+    if limits is not None:
+        limits.check_path(parts, name)
     return parts
+
+
+def _check_ids(ti: tarfile.TarInfo) -> None:
+    for what, v in (("uid", ti.uid), ("gid", ti.gid)):
+        if not isinstance(v, int) or not 0 <= v <= MAX_ID:
+            raise UnsafeArchive(f"entry {shorten(ti.name)}: {what} {v} is out of range "
+                                f"(0..{MAX_ID})")
 
 
 def _xattrs_of(ti: tarfile.TarInfo) -> dict[str, bytes]:
@@ -660,10 +694,12 @@ _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 class _Unpacker:
     def __init__(self, dest: str, whiteouts: str, allow_devices: bool,
-                 skip_devices: bool = False) -> None:
+                 skip_devices: bool = False, limits: LayerLimits | None = None) -> None:
         if whiteouts not in ("overlay", "apply"):
             raise CockerError(f"unknown whiteout mode {whiteouts!r}")
         self.whiteouts = whiteouts
+        self.limits = limits or LayerLimits.from_env()
+        self.skipped_devices = 0
         self.allow_devices = allow_devices
         self.skip_devices = skip_devices
         os.makedirs(dest, exist_ok=True)
@@ -686,14 +722,26 @@ class _Unpacker:
     # path resolution ----------------------------------------------------------------
     def _dir(self, comps: tuple[str, ...], entry: str, create: bool = True) -> int:
         """fd of directory `comps` under the root, never following a symlink; missing
-        parents are created (root-owned, 0755) when `create`."""
+        parents are created (root-owned, 0755) when `create`. A loop from the deepest
+        cached ancestor, not a recursion: paths may be thousands of components deep."""
         if not comps:
             return self.root
         fd = self.cache.get(comps)
         if fd is not None:
             self.cache.move_to_end(comps)
             return fd
-        parent = self._dir(comps[:-1], entry, create)
+        known = len(comps) - 1
+        while known and comps[:known] not in self.cache:
+            known -= 1
+        parent = self.root
+        if known:
+            parent = self.cache[comps[:known]]
+            self.cache.move_to_end(comps[:known])
+        for depth in range(known + 1, len(comps) + 1):
+            parent = self._open_child(parent, comps[:depth], entry, create)
+        return parent
+
+    def _open_child(self, parent: int, comps: tuple[str, ...], entry: str, create: bool) -> int:
         c = comps[-1]
         try:
             fd = os.open(c, _O_DIR, dir_fd=parent)
@@ -706,10 +754,11 @@ class _Unpacker:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 what = "a symlink" if e.errno == errno.ELOOP or stat.S_ISLNK(
                     os.stat(c, dir_fd=parent, follow_symlinks=False).st_mode) else "not a directory"
-                raise UnsafeArchive(f"entry {entry!r}: parent {'/'.join(comps)!r} is {what}; "
-                                    "refusing to write through it") from None
+                raise UnsafeArchive(f"entry {shorten(entry)}: parent {shorten('/'.join(comps))} "
+                                    f"is {what}; refusing to write through it") from None
             raise
         self.cache[comps] = fd
+        # The newest entries (this walk's parents) stay; the least recently used go.
         if len(self.cache) > 128:
             _, old = self.cache.popitem(last=False)
             os.close(old)
@@ -721,24 +770,34 @@ class _Unpacker:
         except FileNotFoundError:
             return None
 
-    def _remove(self, parent: int, name: str, st: os.stat_result | None = None) -> None:
+    def _forget_below(self, comps: tuple[str, ...]) -> None:
+        """Close the cached fds of `comps` and everything under it (it is going away);
+        the fds of its parents stay valid for the caller."""
+        n = len(comps)
+        for key in [k for k in self.cache if k[:n] == comps]:
+            os.close(self.cache.pop(key))
+
+    def _remove(self, parent: int, comps: tuple[str, ...],
+                st: os.stat_result | None = None) -> None:
+        name = comps[-1]
         st = st or self._lstat(parent, name)
         if st is None:
             return
         if stat.S_ISDIR(st.st_mode):
-            self._clear_cache()  # cached fds below it are going away
+            self._forget_below(comps)
             shutil.rmtree(name, dir_fd=parent)
         else:
             os.unlink(name, dir_fd=parent)
 
-    def _replace(self, parent: int, name: str, keep_dir: bool = False) -> bool:
-        """Clear the way for a new entry (last entry wins). True if a directory was kept."""
-        st = self._lstat(parent, name)
+    def _replace(self, parent: int, comps: tuple[str, ...], keep_dir: bool = False) -> bool:
+        """Clear the way for a new entry (last entry wins, as tar and containerd do, even
+        over a directory of the same layer). True if a directory was kept."""
+        st = self._lstat(parent, comps[-1])
         if st is None:
             return False
         if keep_dir and stat.S_ISDIR(st.st_mode):
             return True
-        self._remove(parent, name, st)
+        self._remove(parent, comps, st)
         return False
 
     # metadata ------------------------------------------------------------------------
@@ -759,9 +818,10 @@ class _Unpacker:
 
     # entries -------------------------------------------------------------------------
     def entry(self, tf: tarfile.TarFile, ti: tarfile.TarInfo) -> None:
-        parts = _split(ti.name)
+        parts = _split(ti.name, limits=self.limits)
         if not parts:
             return  # the root itself: its metadata belongs to whoever made dest
+        _check_ids(ti)
         comps = tuple(parts)
         base = parts[-1]
         pdir = comps[:-1]
@@ -770,16 +830,16 @@ class _Unpacker:
             return
         parent = self._dir(pdir, ti.name)
         if ti.isdir():
-            if not self._replace(parent, base, keep_dir=True):
+            if not self._replace(parent, comps, keep_dir=True):
                 os.mkdir(base, 0o700, dir_fd=parent)
             self.dirs[comps] = ti
         elif ti.isreg():
-            self._replace(parent, base)
+            self._replace(parent, comps)
             self._file(tf, ti, parent, base)
         elif ti.issym():
             if "\0" in ti.linkname:
-                raise UnsafeArchive(f"entry {ti.name!r}: NUL in symlink target")
-            self._replace(parent, base)
+                raise UnsafeArchive(f"entry {shorten(ti.name)}: NUL in symlink target")
+            self._replace(parent, comps)
             os.symlink(ti.linkname, base, dir_fd=parent)
             if self.root_owner:
                 os.chown(base, ti.uid, ti.gid, dir_fd=parent, follow_symlinks=False)
@@ -789,20 +849,21 @@ class _Unpacker:
         elif ti.ischr() or ti.isblk():
             kind = "char" if ti.ischr() else "block"
             if ti.ischr() and ti.devmajor == 0 and ti.devminor == 0 and self.whiteouts == "overlay":
-                self._replace(parent, base)
+                self._replace(parent, comps)
                 self._mknod_whiteout(parent, base, ti.name)
             elif self.allow_devices:
-                self._replace(parent, base)
+                self._replace(parent, comps)
                 os.mknod(base, (stat.S_IFCHR if ti.ischr() else stat.S_IFBLK) | 0o600,
                          os.makedev(ti.devmajor, ti.devminor), dir_fd=parent)
                 self._special_meta(parent, base, ti)
             elif self.skip_devices:
+                self.skipped_devices += 1
                 return
             else:
                 raise UnsafeArchive(f"entry {ti.name!r}: {kind} device {ti.devmajor}:"
                                     f"{ti.devminor} refused (device nodes are not image content)")
         elif ti.isfifo():
-            self._replace(parent, base)
+            self._replace(parent, comps)
             os.mkfifo(base, 0o600, dir_fd=parent)
             self._special_meta(parent, base, ti)
         else:
@@ -838,7 +899,7 @@ class _Unpacker:
             os.close(fd)
 
     def _hardlink(self, ti: tarfile.TarInfo, comps: tuple[str, ...]) -> None:
-        target = tuple(_split(ti.linkname, f"hardlink {ti.name!r} ->"))
+        target = tuple(_split(ti.linkname, f"hardlink {shorten(ti.name)} ->", self.limits))
         if not target:
             raise UnsafeArchive(f"entry {ti.name!r}: hardlink to the root refused")
         try:
@@ -856,7 +917,7 @@ class _Unpacker:
             if target == comps:
                 return
             parent = self._dir(comps[:-1], ti.name)
-            self._replace(parent, comps[-1])
+            self._replace(parent, comps)
             os.link(target[-1], comps[-1], src_dir_fd=tparent, dst_dir_fd=parent,
                     follow_symlinks=False)
         finally:
@@ -881,7 +942,7 @@ class _Unpacker:
                 return
             for child in os.listdir(parent):
                 if pdir + (child,) not in self.written:
-                    self._remove(parent, child)
+                    self._remove(parent, pdir + (child,))
             return
         if base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
             return  # aufs metadata (.wh..wh.plnk, ...): not content
@@ -890,7 +951,7 @@ class _Unpacker:
         if name in ("", ".", ".."):
             raise UnsafeArchive(f"entry {entry!r}: bad whiteout name")
         if self.whiteouts == "overlay":
-            self._replace(parent, name)
+            self._remove(parent, pdir + (name,))
             self._mknod_whiteout(parent, name, entry)
             # The whiteout's own owner and time, so packing this tree again is identical.
             if self.root_owner:
@@ -899,7 +960,7 @@ class _Unpacker:
             self.written.add(pdir + (name,))
         elif pdir + (name,) not in self.written:
             # A whiteout only hides lower layers, never an entry of its own layer.
-            self._remove(parent, name)
+            self._remove(parent, pdir + (name,))
 
     def finish(self) -> None:
         """Directory metadata last (deepest first), so writing inside them and their
@@ -914,11 +975,22 @@ class _Unpacker:
             os.utime(fd, ns=self._times(ti))
 
 
-def unpack(stream: BinaryIO, dest: str, *, whiteouts: str = "overlay",
-           max_bytes: int | None = None, max_entries: int | None = None,
-           allow_devices: bool = False, skip_devices: bool = False,
-           progress: Any = None) -> str:
-    """Extract a layer (gzip/zstd/plain) into `dest`; returns its diff_id.
+@dataclass
+class Unpacked:
+    diff_id: str
+    skipped_devices: int = 0  # device nodes dropped under `skip_devices`
+
+
+def unpack(stream: BinaryIO, dest: str, **kw: Any) -> str:
+    """Extract a layer into `dest` (see `unpack_layer`); returns its diff_id."""
+    return unpack_layer(stream, dest, **kw).diff_id
+
+
+def unpack_layer(stream: BinaryIO, dest: str, *, whiteouts: str = "overlay",
+                 max_bytes: int | None = None, max_entries: int | None = None,
+                 allow_devices: bool = False, skip_devices: bool = False,
+                 limits: LayerLimits | None = None, progress: Any = None) -> Unpacked:
+    """Extract a layer (gzip/zstd/plain) into `dest`.
 
     whiteouts="overlay": `.wh.X` -> char 0/0 `X`, `.wh..wh..opq` -> trusted.overlay.opaque=y
     (the tree is usable as an overlay lowerdir). whiteouts="apply": delete what they name
@@ -926,17 +998,26 @@ def unpack(stream: BinaryIO, dest: str, *, whiteouts: str = "overlay",
     Device nodes are refused unless `allow_devices` (create them) or `skip_devices` (drop
     them: a rootfs tarball's /dev is the runtime's business); a char 0/0 node is an
     overlay whiteout and accepted in overlay mode.
-    Raises UnsafeArchive for traversal, symlink/hardlink escapes, devices and size bombs;
+    `limits` (default: from the environment) bound the decompressed bytes (and the free
+    space of `dest`'s filesystem), the compression ratio, entries, path depth and names;
+    `max_bytes` / `max_entries` override two of them.
+    Raises UnsafeArchive for traversal, symlink/hardlink escapes, devices and bombs;
     CorruptImage for a malformed archive. Nothing is ever written outside `dest`.
     """
-    limit = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
-    max_entries = DEFAULT_MAX_ENTRIES if max_entries is None else max_entries
+    lim = limits or LayerLimits.from_env()
+    os.makedirs(dest, exist_ok=True)
+    if max_bytes is not None:
+        limit, why = max_bytes, f"max_bytes={max_bytes}"
+    else:
+        limit, why = lim.byte_budget(dest)
+    max_entries = lim.max_entries if max_entries is None else max_entries
+    counted = _Counted(stream)
     try:
-        raw = open_layer(stream)
+        raw = open_layer(counted)  # type: ignore[arg-type]
     except _DECOMPRESS_ERRORS as e:
         raise CorruptImage(f"layer does not decompress: {e}") from None
-    capped = _CappedReader(raw, limit)
-    u = _Unpacker(dest, whiteouts, allow_devices, skip_devices)
+    capped = _CappedReader(raw, limit, why, lim, counted)
+    u = _Unpacker(dest, whiteouts, allow_devices, skip_devices, lim)
     current = "?"
     try:
         tf = tarfile.open(fileobj=capped, mode="r:", tarinfo=_SafeTarInfo)
@@ -950,12 +1031,15 @@ def unpack(stream: BinaryIO, dest: str, *, whiteouts: str = "overlay",
             current = ti.name
             count += 1
             if count > max_entries:
-                raise UnsafeArchive(f"layer has more than {max_entries} entries; refused")
+                raise UnsafeArchive(f"layer has more than {max_entries} entries; refused "
+                                    "(COCKER_MAX_ENTRIES)")
             if ti.isreg():
+                # Declared sizes count before a byte is written: a header may claim
+                # terabytes (or a sparse file a huge real size) with little data behind.
                 data += ti.size
                 if data > limit:
-                    raise UnsafeArchive(f"entry {ti.name!r}: layer content exceeds {limit} bytes;"
-                                        " refused as a size bomb")
+                    raise UnsafeArchive(f"entry {shorten(ti.name)}: layer content exceeds "
+                                        f"{limit} bytes ({why}); refused as a size bomb")
             u.entry(tf, ti)
             if progress is not None and ti.isreg():
                 progress.update(ti.size)
@@ -966,17 +1050,22 @@ def unpack(stream: BinaryIO, dest: str, *, whiteouts: str = "overlay",
         while rest := capped.read(CHUNK):
             if rest.count(0) != len(rest):
                 raise CorruptImage(f"layer has data after its end (a damaged header after "
-                                   f"{current!r}?)")
+                                   f"{shorten(current)}?)")
     except tarfile.TarError as e:
-        raise CorruptImage(f"layer is not a valid tar (at {current!r}): {e}") from None
+        raise CorruptImage(f"layer is not a valid tar (at {shorten(current)}): {e}") from None
     except _DECOMPRESS_ERRORS as e:
-        raise CorruptImage(f"layer does not decompress (at {current!r}): {e}") from None
+        raise CorruptImage(f"layer does not decompress (at {shorten(current)}): {e}") from None
     except CockerError:
         raise
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise disk_error(e, dest) from e
-        raise CorruptImage(f"cannot extract entry {current!r}: {e.strerror or e}") from None
+        raise CorruptImage(f"cannot extract entry {shorten(current)}: {e.strerror or e}"
+                           ) from None
+    except (ValueError, OverflowError, UnicodeError) as e:
+        # tarfile's header parsing raises these for numbers and names it cannot represent
+        raise CorruptImage(f"layer has a malformed entry (at {shorten(current)}): {e}"
+                           ) from None
     finally:
         u.close()
-    return "sha256:" + capped.h.hexdigest()
+    return Unpacked("sha256:" + capped.h.hexdigest(), u.skipped_devices)
