@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -130,23 +131,62 @@ def test_socket_is_root_only(daemon):
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
 
 
+def brocker_client(port: int, method: str, path: str, raw: bytes | None = None) -> tuple[int, bytes]:
+    """A request as brocker's Go client makes it: localhost:3000-style URL, the JSON file's bytes
+    as they are, the whole response body kept raw."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        headers = {"Content-Type": "application/json"} if raw is not None else {}
+        conn.request(method, path, body=raw, headers=headers)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+# brocker-client's Container struct: key -> the one JSON type its decoder accepts
+BROCKER_CONTAINER = {"Name": str, "service-name": str, "command": str, "copy-file": bool,
+                     "file": str, "Pid": int, "IP": str, "StartTime": str, "VEth": str,
+                     "Directory": str, "Active": bool}
+
+
 def test_brocker_service_and_container_routes(daemon, brocker_service):
     port, member = brocker_service["port"], brocker_service["member"]
     assert get(port) == (200, "served through the daemon")
     for method in ("GET", "POST"):
-        status, out = daemon.call(method, "/api/v1/container/list", tcp=True)
-        assert status == 200 and isinstance(out, list)
-        assert [c.get("service") for c in out if c["name"] == member] == [brocker_service["name"]]
+        status, raw = brocker_client(daemon.port, method, "/api/v1/container/list")
+        assert status == 200
+        out = json.loads(raw)
+        assert isinstance(out, list) and out
+        for c in out:
+            assert {k: type(v) for k, v in c.items()} == BROCKER_CONTAINER, c
+            # Go's time.Time accepts RFC 3339 only
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)",
+                                c["StartTime"]), c["StartTime"]
+        mine = [c for c in out if c["Name"] == member]
+        assert len(mine) == 1
+        c = mine[0]
+        assert c["service-name"] == brocker_service["name"] and c["Active"] is True
+        assert c["command"] == "httpd -f -p 8080 -h /app"
+        assert c["copy-file"] is True and c["file"].endswith("/index.html")
+        assert c["Directory"] and c["IP"] and c["VEth"] and c["Pid"] > 0
 
 
-def test_brocker_exec_gives_the_containers_init_pid(daemon, brocker_service):
-    status, pid = daemon.call("POST", "/api/v1/container/exec", {"name": brocker_service["member"]},
-                              tcp=True)
-    assert status == 200 and isinstance(pid, int)
-    # brocker's client nsenters that pid: it lives in namespaces of its own
-    assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
-    with open(f"/proc/{pid}/net/dev") as f:                   # its network namespace's links
-        assert "eth0:" in f.read()
+def test_brocker_exec_gives_a_pid_inside_the_container(daemon, brocker_service):
+    status, body = brocker_client(daemon.port, "POST", "/api/v1/container/exec",
+                                  json.dumps({"name": brocker_service["member"]}).encode())
+    assert status == 200
+    assert re.fullmatch(rb"[0-9]+", body), body             # the client uses the body as it is
+    pid = body.decode()
+    for ns in ("pid", "net", "mnt"):                        # the namespaces nsenter joins
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+    # what brocker's client then runs: the command sees the container's /app, not the host's
+    p = subprocess.run(["nsenter", "--target", pid, "--pid", "--net", "--mount",
+                        "cat", "/app/index.html"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and p.stdout == "served through the daemon\n", p.stderr
+    p = subprocess.run(["nsenter", "--target", pid, "--pid", "--net", "--mount",
+                        "cat", "/etc/motd"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and p.stdout == "--- Welcome to a cocker container ---\n"
 
 
 def test_brocker_standalone_container_run_and_stop(daemon, dhome):
@@ -226,14 +266,14 @@ def test_commands_through_host(daemon, dhome, brocker_service):
 
 
 def test_restarted_daemon_loses_nothing(daemon, brocker_service):
-    _, before_c = daemon.call("GET", "/api/v1/container/list")
+    _, before_c = daemon.call("GET", "/api/v2/containers")
     _, before_s = daemon.call("GET", f"/api/v2/services/{brocker_service['name']}")
     daemon.stop()
     assert not os.path.exists(daemon.sock)
     # the service keeps serving without the daemon: nothing lived in it
     assert get(brocker_service["port"]) == (200, "served through the daemon")
     daemon.start()
-    _, after_c = daemon.call("GET", "/api/v1/container/list")
+    _, after_c = daemon.call("GET", "/api/v2/containers")
     _, after_s = daemon.call("GET", f"/api/v2/services/{brocker_service['name']}")
     key = lambda cs: sorted((c["name"], c["status"], c["ip"]) for c in cs)  # noqa: E731
     assert key(after_c) == key(before_c)
@@ -267,3 +307,21 @@ def test_tcp_rules(dhome, tmp_path):
         assert p.returncode == 0 and "web" in p.stdout
     finally:
         d.stop()
+
+
+def test_tcp_without_token_serves_root_only(daemon):
+    """Every local user can reach loopback: without a token only root's sockets are served."""
+    url = f"http://127.0.0.1:{daemon.port}/api/v1/container/list"
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+    p = subprocess.run([*as_nobody, "curl", "-s", "-w", "\n%{http_code}", url],
+                       capture_output=True, text=True, timeout=60)
+    body, _, code = p.stdout.rpartition("\n")
+    assert code == "403", p.stdout
+    assert "without --token-file" in body and "uid 65534" in body
+    p = subprocess.run([*as_nobody, "curl", "-s", "-X", "POST", "-d", '{"name": "x"}',
+                        f"http://127.0.0.1:{daemon.port}/api/v1/container/stop"],
+                       capture_output=True, text=True, timeout=60)
+    assert "PermissionDenied" in p.stdout
+    p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url],
+                       capture_output=True, text=True, timeout=60)
+    assert p.stdout == "200"

@@ -9,8 +9,9 @@ import click
 @click.option("--socket", "socket_path", default=None, metavar="PATH",
               help="Unix socket (default /run/cocker/cocker.sock; mode 0600, root only).")
 @click.option("--listen", default=None, metavar="IP:PORT",
-              help="Also serve TCP, e.g. 127.0.0.1:3000 (brocker's port). A non-loopback "
-                   "address needs --token-file.")
+              help="Also serve TCP, e.g. 127.0.0.1:3000 (brocker's port). Without "
+                   "--token-file only root's connections are served and the address must be "
+                   "loopback.")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="File with a bearer token every TCP request must carry.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request to stderr.")
@@ -29,7 +30,7 @@ def daemon(ctx, socket_path: str | None, listen: str | None, token_file: str | N
         click.echo(f"cocker daemon: serving {ctx.store.home} on unix://{path}"
                    + (f" and http://{listen}" if listen else ""), err=True)
         if listen and not token_file:
-            click.echo("cocker daemon: warning: TCP without --token-file: every local user can "
-                       "use this API (it runs containers as root)", err=True)
+            click.echo("cocker daemon: TCP without --token-file serves root's connections only",
+                       err=True)
 
     server.serve(ctx.store.home, path, listen, token_file, verbose=verbose, ready=ready)

@@ -7,6 +7,7 @@ and no children: restarted, it finds everything as it is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Any
 
 from common import errors
 from common.errors import CockerError, UsageError
+from runtime.daemon import brocker_v1
 
 CLI_TIMEOUT = 3600
 WORKER_TIMEOUT = 600
@@ -27,6 +29,10 @@ STATUS = {  # error class -> HTTP status
     "NotFound": 404, "AlreadyExists": 409, "Conflict": 409, "LockBusy": 423,
     "UsageError": 400, "InvalidReference": 400, "PermissionDenied": 403, "AuthError": 401,
 }
+
+
+class PlainText(str):
+    """A body sent as it is (text/plain, no newline), for clients that read the raw body."""
 
 
 class HttpError(Exception):
@@ -75,7 +81,7 @@ def worker(home: str, op: str, args: dict) -> Any:
     return out["result"]
 
 
-def run_cli(home: str, argv: list[str]) -> dict:
+def run_cli(home: str, argv: object) -> dict:
     """Run a cocker command as the daemon (its store, its privileges); capture everything."""
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         raise UsageError("'argv' must be a list of strings")
@@ -115,17 +121,35 @@ def v1_container_run(req: Request, m) -> tuple[int, Any]:
     return 201, info
 
 
+def _bridge_endpoints(store) -> dict[str, dict]:
+    from runtime import network
+    out: dict[str, dict] = {}
+    for n in network.list_networks(store):
+        with contextlib.suppress(CockerError):
+            out.update(network.get_network(store, n["name"]).get("endpoints") or {})
+    return out
+
+
 def v1_container_list(req: Request, m) -> tuple[int, Any]:
-    return 200, _containers(req.home)
+    from runtime import containers
+    store = _store(req.home)
+    endpoints = _bridge_endpoints(store)
+    out = []
+    for c in containers.list_containers(store, all=True):
+        info = c.info()
+        first = c.workload_pid() if info["status"] == "running" else None
+        out.append(brocker_v1.container_entry(store, info, c.record, endpoints, first))
+    return 200, out
 
 
 def v1_container_exec(req: Request, m) -> tuple[int, Any]:
-    """brocker's client asks for the host pid of the container's init, then nsenters it."""
+    """brocker's client takes the body as the pid to nsenter: bare digits of the container's
+    first process (in its pid, net and mount namespaces)."""
     from runtime import containers
     c = containers.load(_store(req.home), _name(req))
-    if c.state() != "running" or not c.pid:
-        raise HttpError(409, f"container {c.name} is not running", "Conflict")
-    return 200, c.pid
+    running = c.state() == "running"
+    return 200, PlainText(brocker_v1.exec_target(c.name, running,
+                                                 c.workload_pid() if running else None))
 
 
 def v1_container_stop(req: Request, m) -> tuple[int, Any]:
@@ -291,7 +315,7 @@ def dispatch(req: Request) -> tuple[int, Any]:
             return 504, {"error": "operation timed out", "type": "CockerError"}
         except OSError as e:
             return 500, {"error": f"{e.strerror or e}", "type": "CockerError"}
-        except Exception as e:  # a bug must not kill the connection without an answer
+        except Exception as e:  # noqa: BLE001 -- a bug must not drop the connection unanswered
             return 500, {"error": f"internal error: {type(e).__name__}: {e}", "type": "CockerError"}
     if allowed:
         return 405, {"error": f"{req.method} not allowed on {path} (use {', '.join(sorted(set(allowed)))})",
@@ -299,4 +323,4 @@ def dispatch(req: Request) -> tuple[int, Any]:
     return 404, {"error": f"no route {req.method} {path}", "type": "NotFound"}
 
 
-__all__ = ["dispatch", "Request", "run_cli", "worker"]
+__all__ = ["dispatch", "PlainText", "Request", "run_cli", "worker"]

@@ -5,7 +5,8 @@ Unlike brockerd (all interfaces, no authentication, state in memory):
   daemon's own user only;
 - TCP listens on a loopback address (brocker's port 3000 is the usual choice); any other address
   is refused unless a token file is given, and with a token file every TCP request must carry
-  `Authorization: Bearer <token>`;
+  `Authorization: Bearer <token>`; without one, only connections from root's sockets are served
+  (the owner of the client's end, read from the kernel's socket table);
 - nothing is kept in memory: every answer comes from the store on disk.
 """
 
@@ -19,13 +20,14 @@ import signal
 import socket
 import socketserver
 import stat
-import struct
+import subprocess
+import sys
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from runtime.daemon import routes
-from common.errors import AlreadyExists, PermissionDenied, UsageError
+from common.errors import AlreadyExists, CockerError, PermissionDenied, UsageError
+from runtime.daemon import peer, routes
 
 DEFAULT_SOCKET = "/run/cocker/cocker.sock"
 MAX_BODY = 4 * 1024 * 1024
@@ -34,6 +36,7 @@ MAX_BODY = 4 * 1024 * 1024
 class Handler(BaseHTTPRequestHandler):
     server_version = "cocker-daemon"
     protocol_version = "HTTP/1.1"
+    peer_uid: int | None = None        # a TCP client's uid, looked up once per connection
 
     def address_string(self) -> str:
         return self.server.label  # type: ignore[attr-defined]
@@ -43,31 +46,44 @@ class Handler(BaseHTTPRequestHandler):
             super().log_message(fmt, *args)
 
     def _reply(self, status: int, obj) -> None:
-        data = (json.dumps(obj, default=str) + "\n").encode()
+        if isinstance(obj, routes.PlainText):
+            data, ctype = str(obj).encode(), "text/plain; charset=utf-8"
+        else:
+            data, ctype = (json.dumps(obj, default=str) + "\n").encode(), "application/json"
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
 
-    def _authorized(self) -> bool:
+    def _refusal(self) -> str | None:
+        """Why this request may not be served, or None when it may."""
         srv = self.server
         if srv.kind == "unix":  # type: ignore[attr-defined]
-            creds = self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                               struct.calcsize("3i"))
-            _pid, uid, _gid = struct.unpack("3i", creds)
-            return uid in (0, os.geteuid())
+            uid = peer.unix_peer_uid(self.connection)
+            return None if uid in (0, os.geteuid()) else f"uid {uid} may not use this socket"
         token = srv.token  # type: ignore[attr-defined]
-        if token is None:
-            return True
-        got = self.headers.get("Authorization", "")
-        return hmac.compare_digest(got.encode(), f"Bearer {token}".encode())
+        if token is not None:
+            got = self.headers.get("Authorization", "")
+            if hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+                return None
+            return "this daemon needs 'Authorization: Bearer <token>' (COCKER_TOKEN)"
+        # No token: every local user can reach loopback, so only root's sockets are served
+        # (the API runs containers as root).
+        if self.peer_uid is None:
+            self.peer_uid = peer.tcp_peer_uid(self.connection)
+        if self.peer_uid == 0:
+            return None
+        who = "an unknown user" if self.peer_uid is None else f"uid {self.peer_uid}"
+        return (f"{who} may not use this daemon: without --token-file its TCP door serves "
+                "root only")
 
     def _handle(self) -> None:
-        if not self._authorized():
-            self._reply(401 if self.server.kind == "tcp" else 403,  # type: ignore[attr-defined]
-                        {"error": "not authorized", "type": "PermissionDenied"})
+        refusal = self._refusal()
+        if refusal is not None:
+            tokened = self.server.token is not None  # type: ignore[attr-defined]
+            self._reply(401 if tokened else 403, {"error": refusal, "type": "PermissionDenied"})
             return
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -114,7 +130,7 @@ class UnixServer(_Mixin, socketserver.ThreadingMixIn, socketserver.UnixStreamSer
             super().server_bind()
         finally:
             os.umask(old)
-        os.chmod(self.server_address, 0o600)
+        os.chmod(str(self.server_address), 0o600)
 
 
 class TcpServer(_Mixin, ThreadingHTTPServer):
@@ -194,11 +210,11 @@ def serve(home: str, socket_path: str = DEFAULT_SOCKET, listen: str | None = Non
         # services made before this daemon (or before a reboot) get their monitors back
         try:
             routes.worker(home, "ensure_monitors", {})
-        except Exception:
-            pass
-        threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
-        for s, t in zip(servers, threads):
-            t.start()
+        except (CockerError, routes.HttpError, subprocess.SubprocessError, OSError) as e:
+            # a service that cannot get its monitor back must not keep the API down
+            print(f"cocker daemon: warning: restoring service monitors: {e}", file=sys.stderr)
+        for s in servers:
+            threading.Thread(target=s.serve_forever, daemon=True).start()
             started.append(s)
         stop = threading.Event()
         me = os.getpid()
