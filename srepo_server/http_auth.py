@@ -85,8 +85,14 @@ def parse_token_file(text: str, path: str = "token file") -> dict[str, Grant]:
         if len(parts[0]) < 8:
             raise UsageError(f"{where}: token is too short (at least 8 characters)")
         ops = _parse_ops(parts[1], where) if len(parts) > 1 else frozenset(OPS)
-        tokens[parts[0]] = Grant(f"token#{n}", ops, tuple(parts[2:]))
+        tokens[parts[0]] = Grant(token_id(parts[0]), ops, tuple(parts[2:]))
     return tokens
+
+
+def token_id(token: str) -> str:
+    """A stable name for a token in logs and as the owner of upload sessions (which
+    survive restarts and edits of the file), revealing nothing of the token."""
+    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

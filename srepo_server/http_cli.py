@@ -9,6 +9,12 @@ from typing import Any
 import click
 
 from common.errors import UsageError
+from srepo_server.http_uploads import (
+    MAX_BYTES_PER_OWNER,
+    MAX_SESSIONS_PER_OWNER,
+    UPLOAD_TTL,
+    Limits,
+)
 
 
 def http_options(f: Callable) -> Callable:
@@ -32,6 +38,16 @@ def http_options(f: Callable) -> Callable:
                      help="Append the HTTP access log to FILE instead of stderr."),
         click.option("--idle-timeout", type=float, default=60.0, show_default=True,
                      help="Seconds a connection may stay silent before it is closed."),
+        click.option("--upload-ttl", type=click.FloatRange(min=1), default=UPLOAD_TTL,
+                     show_default=True,
+                     help="Seconds an unfinished upload may stay untouched before it is "
+                     "removed with its data."),
+        click.option("--max-uploads-per-user", type=click.IntRange(min=1),
+                     default=MAX_SESSIONS_PER_OWNER, show_default=True,
+                     help="Unfinished uploads one token or user may hold at once."),
+        click.option("--max-upload-bytes-per-user", type=click.IntRange(min=1),
+                     default=MAX_BYTES_PER_OWNER, show_default=True,
+                     help="Bytes one token or user may hold in unfinished uploads."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -51,7 +67,11 @@ def _door_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
     return dict(tls_cert=opts.get("tls_cert"), tls_key=opts.get("tls_key"),
                 anonymous_read=bool(opts.get("anonymous_read")), token_file=opts.get("token_file"),
                 htpasswd=opts.get("htpasswd"), access_log=log,
-                idle_timeout=opts.get("idle_timeout") or 60.0)
+                idle_timeout=opts.get("idle_timeout") or 60.0,
+                upload_limits=Limits(
+                    ttl=opts.get("upload_ttl") or UPLOAD_TTL,
+                    max_sessions=opts.get("max_uploads_per_user") or MAX_SESSIONS_PER_OWNER,
+                    max_bytes=opts.get("max_upload_bytes_per_user") or MAX_BYTES_PER_OWNER))
 
 
 def start_http(root: str, opts: dict[str, Any]):

@@ -36,6 +36,7 @@ from srepo_server import http_store as hs
 from srepo_server.http_auth import Authenticator, Grant
 from srepo_server.http_server import BadBody, Body, ClientGone, Server, parse_addr, tls_context
 from srepo_server.http_store import ApiError
+from srepo_server.http_uploads import Limits, Session, Uploads
 from srepo_server.manifest_shape import check_manifest_shape
 
 CHUNK = 1 << 20
@@ -59,9 +60,9 @@ class App:
 
     def __init__(self, root: str, auth: Authenticator, *, access_log: TextIO | None = None,
                  idle_timeout: float = 60.0, manifest_limit: int = hs.MANIFEST_LIMIT,
-                 sendfile: bool = True) -> None:
+                 sendfile: bool = True, upload_limits: Limits | None = None) -> None:
         self.repo = LayoutRepo(root, create=True)
-        self.uploads = hs.Uploads(self.repo)
+        self.uploads = Uploads(self.repo, upload_limits)
         self.auth = auth
         self.access_log = access_log if access_log is not None else sys.stderr
         self.idle_timeout = idle_timeout
@@ -418,7 +419,7 @@ class Handler(BaseHTTPRequestHandler):
     def _location(self, name: str, uid: str) -> str:
         return f"/v2/{name}/blobs/uploads/{uid}"
 
-    def _upload_headers(self, name: str, s: hs.Session) -> dict:
+    def _upload_headers(self, name: str, s: Session) -> dict:
         return {"Location": self._location(name, s.uuid), "Docker-Upload-UUID": s.uuid,
                 "Range": f"0-{max(s.offset - 1, 0)}"}
 
@@ -439,7 +440,7 @@ class Handler(BaseHTTPRequestHandler):
         digest = self.query.get("digest")
         if digest:
             _check_digest(digest)
-            s = self.app.uploads.create(name)
+            s = self.app.uploads.create(name, g.who)
             try:
                 with s.lock:
                     self._stream_into(s)
@@ -451,10 +452,10 @@ class Handler(BaseHTTPRequestHandler):
             self._respond(201, {"Location": f"/v2/{name}/blobs/{digest}",
                                 "Docker-Content-Digest": digest})
             return
-        s = self.app.uploads.create(name)
+        s = self.app.uploads.create(name, g.who)
         self._respond(202, self._upload_headers(name, s))
 
-    def _stream_into(self, s: hs.Session) -> None:
+    def _stream_into(self, s: Session) -> None:
         body = self._body()
         while chunk := body.read(CHUNK):
             self.app.uploads.write(s, chunk)
@@ -470,14 +471,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _h_upload(self, name: str, uuid: str) -> None:
         self._method(("GET", "PATCH", "PUT", "DELETE"))
-        self._require("read" if self.command == "GET" else "write", name)
+        g = self._require("read" if self.command == "GET" else "write", name)
         ups = self.app.uploads
-        s = ups.get(uuid, name)
+        s = ups.get(uuid, name, g.who)
         if not s.lock.acquire(timeout=30):
             raise ApiError(409, "BLOB_UPLOAD_INVALID", "another request is writing this upload")
         try:
-            if s.fd < 0:
-                raise ApiError(404, "BLOB_UPLOAD_UNKNOWN", "unknown upload session")
+            ups.ensure_open(s)
             if self.command == "GET":
                 self._respond(204, self._upload_headers(name, s))
                 return
@@ -633,11 +633,12 @@ class Door:
                  tls_key: str | None = None, anonymous_read: bool = False,
                  token_file: str | None = None, htpasswd: str | None = None,
                  access_log: TextIO | None = None, idle_timeout: float = 60.0,
-                 max_connections: int = 2048) -> None:
+                 max_connections: int = 2048, upload_limits: Limits | None = None) -> None:
         if bool(tls_cert) != bool(tls_key):
             raise InvalidReference("--tls-cert and --tls-key go together")
         auth = Authenticator(token_file, htpasswd, anonymous_read)
-        self.app = App(root, auth, access_log=access_log, idle_timeout=idle_timeout)
+        self.app = App(root, auth, access_log=access_log, idle_timeout=idle_timeout,
+                       upload_limits=upload_limits)
         tls = tls_context(tls_cert, tls_key) if tls_cert else None
         host, port = parse_addr(addr)
         _raise_nofile()
@@ -667,8 +668,10 @@ class Door:
         return self
 
     def _reaper(self) -> None:
-        while not self._stop.wait(60):
-            self.app.uploads.expire_idle()
+        limits = self.app.uploads.limits
+        every = max(0.5, min(60.0, limits.ttl / 4, limits.fd_idle / 2))
+        while not self._stop.wait(every):
+            self.app.uploads.expire()
 
     def stop(self, drain: float = 10.0) -> None:
         """Stop accepting, let requests in progress finish (up to `drain` s), close."""

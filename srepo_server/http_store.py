@@ -4,7 +4,7 @@
                                           tag reaches it, or its subject disappears)
     srepo/referrers/<subject hex>/<hex>   descriptor of a manifest whose `subject` is that digest
     srepo/deleted/<name>/@sha256:<hex>    manifest deleted by digest under this name
-    tmp/http-uploads/<uuid>               upload sessions (flock'd while the server holds them)
+    tmp/http-uploads/                     upload sessions (srepo_server.http_uploads)
 
 Blobs are one content-addressed pool for every name, as in every cocker repository, so a
 directory filled by SFTP or smart pushes is served as it is and a cross-repo mount is free.
@@ -13,25 +13,17 @@ directory filled by SFTP or smart pushes is served as it is and a cross-repo mou
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
-import threading
-import time
-import uuid as uuidmod
-from dataclasses import dataclass, field
 
 from common.errors import CockerError, CorruptImage, NotFound
-from common.fsutil import atomic_write, disk_error, fsync_dir
+from common.fsutil import atomic_write
 from registry import digest as digestmod
 from registry import oci
 from registry import reference as refmod
 from registry.layout import LayoutRepo
 
 MANIFEST_LIMIT = 4 << 20
-SESSION_IDLE = 3600.0  # an idle session's fd is let go (the file stays, resumable until gc)
-_UUID_LEN = 32
 
 
 class ApiError(Exception):
@@ -303,160 +295,3 @@ def _subject_of(repo: LayoutRepo, d: str) -> str | None:
     except (ApiError, ValueError, AttributeError):
         return None
     return s if digestmod.is_valid(s) else None
-
-
-# upload sessions ----------------------------------------------------------------------------
-@dataclass
-class Session:
-    uuid: str
-    name: str
-    path: str
-    fd: int
-    offset: int = 0
-    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    used: float = field(default_factory=time.monotonic)
-
-
-class Uploads:
-    """Upload sessions: a file in tmp/http-uploads per session, written at its offset.
-
-    The server keeps a shared flock on every session it holds, so `gc` (in any process)
-    never sweeps one; the running sha256 is kept in memory, recomputed from the file
-    after a restart.
-    """
-
-    def __init__(self, repo: LayoutRepo, max_sessions: int = 4096) -> None:
-        self.repo = repo
-        self.dir = os.path.join(repo.tmp_dir, "http-uploads")
-        os.makedirs(self.dir, exist_ok=True)
-        self.sessions: dict[str, Session] = {}
-        self.lock = threading.Lock()
-        self.max_sessions = max_sessions
-
-    def _open(self, uid: str, name: str, create: bool) -> Session:
-        path = os.path.join(self.dir, uid)
-        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
-        fd = os.open(path, flags, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        return Session(uid, name, path, fd)
-
-    def create(self, name: str) -> Session:
-        with self.lock:
-            if len(self.sessions) >= self.max_sessions:
-                self._expire(0.0, keep_busy=True)
-            if len(self.sessions) >= self.max_sessions:
-                raise ApiError(429, "TOOMANYREQUESTS", "too many upload sessions in progress")
-            uid = uuidmod.uuid4().hex
-            try:
-                s = self._open(uid, name, create=True)
-                atomic_write(path_name(s.path), name.encode())
-            except OSError as e:
-                raise disk_error(e, self.dir) from e
-            self.sessions[uid] = s
-            return s
-
-    def get(self, uid: str, name: str) -> Session:
-        if len(uid) != _UUID_LEN or not all(c in "0123456789abcdef" for c in uid):
-            raise ApiError(404, "BLOB_UPLOAD_UNKNOWN", "unknown upload session")
-        with self.lock:
-            s = self.sessions.get(uid)
-            if s is None:
-                try:
-                    with open(path_name(os.path.join(self.dir, uid)), encoding="utf-8") as f:
-                        owner = f.read().strip()
-                    s = self._open(uid, owner, create=False)
-                except (OSError, UnicodeDecodeError):
-                    raise ApiError(404, "BLOB_UPLOAD_UNKNOWN", "unknown upload session") from None
-                # Resumed after a restart or expiry: rebuild the running hash from the file.
-                s.offset = _rehash(s.fd, s.hasher)
-                self.sessions[uid] = s
-            if s.name != name:
-                raise ApiError(404, "BLOB_UPLOAD_UNKNOWN", "unknown upload session")
-            s.used = time.monotonic()
-            return s
-
-    def write(self, s: Session, data: bytes) -> None:
-        """Append at the session's offset (callers hold s.lock)."""
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.pwrite(s.fd, view, s.offset)
-                s.hasher.update(view[:n])
-                s.offset += n
-                view = view[n:]
-        except OSError as e:
-            os.ftruncate(s.fd, s.offset)
-            raise disk_error(e, s.path) from e
-        s.used = time.monotonic()
-
-    def finish(self, s: Session, digest: str) -> None:
-        """Verify and move into the blob pool (durable before it returns), or refuse."""
-        got = "sha256:" + s.hasher.hexdigest()
-        if got != digest:
-            self.drop(s)
-            raise ApiError(400, "DIGEST_INVALID", "uploaded content does not match the digest",
-                           {"expected": digest, "got": got, "size": s.offset})
-        dest = self.repo.blob_path(digest)
-        try:
-            os.fsync(s.fd)
-            if not os.path.exists(dest):
-                os.rename(s.path, dest)
-                fsync_dir(os.path.dirname(dest))
-            else:
-                os.unlink(s.path)
-        except OSError as e:
-            raise disk_error(e, dest) from e
-        self._forget(s)
-
-    def drop(self, s: Session) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(s.path)
-        self._forget(s)
-
-    def _forget(self, s: Session) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(path_name(s.path))
-        with self.lock:
-            self.sessions.pop(s.uuid, None)
-        with contextlib.suppress(OSError):
-            os.close(s.fd)
-        s.fd = -1
-
-    def _expire(self, idle: float, keep_busy: bool = True) -> None:
-        now = time.monotonic()
-        for uid, s in list(self.sessions.items()):
-            if now - s.used < idle:
-                continue
-            if keep_busy and not s.lock.acquire(blocking=False):
-                continue
-            try:
-                self.sessions.pop(uid, None)
-                with contextlib.suppress(OSError):
-                    os.close(s.fd)
-                s.fd = -1
-            finally:
-                if keep_busy:
-                    s.lock.release()
-
-    def expire_idle(self, idle: float = SESSION_IDLE) -> None:
-        with self.lock:
-            self._expire(idle)
-
-    def close(self) -> None:
-        with self.lock:
-            self._expire(-1.0, keep_busy=False)
-
-
-def path_name(path: str) -> str:
-    return path + ".name"
-
-
-def _rehash(fd: int, h) -> int:
-    off = 0
-    while True:
-        chunk = os.pread(fd, 1 << 20, off)
-        if not chunk:
-            return off
-        h.update(chunk)
-        off += len(chunk)

@@ -77,12 +77,13 @@ class SrepoHttp:
     """`srepo-server --http` as a real subprocess."""
 
     def __init__(self, root: str, workdir: str, *, anonymous_read: bool = True,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, token_lines: list[str] = ()) -> None:
+        """`token_lines` are added to the token file (TOKEN PERMS [PREFIX...])."""
         self.root, self.workdir = root, workdir
         self.port = free_port()
         self.tokens = os.path.join(workdir, "tokens")
         with open(self.tokens, "w") as f:
-            f.write(f"{TOKEN} all\n{RO_TOKEN} read\n")
+            f.write(f"{TOKEN} all\n{RO_TOKEN} read\n" + "".join(t + "\n" for t in token_lines))
         self.log = os.path.join(workdir, f"access-{self.port}.log")
         self.args = [sys.executable, "-m", "srepo_server.main", "--root", root,
                      "--http", f"127.0.0.1:{self.port}", "--token-file", self.tokens,
