@@ -15,7 +15,7 @@ import pytest
 from common.errors import UsageError
 from common.home import Home
 from runtime.process import capabilities as caps
-from runtime.process import seccomp
+from runtime.process import kernel_views, seccomp
 
 pytestmark = pytest.mark.root
 
@@ -202,3 +202,77 @@ def test_compiled_filter_is_cached_per_caps(filter_home):
         f.write(marker)
     assert marker in (seccomp.filter_for(filter_home, None, caps.DEFAULT),
                       seccomp.filter_for(filter_home, None, caps.DEFAULT | {"SYS_ADMIN"}))
+
+
+# kernel_views: masks and read-only paths in a private mount namespace, the devices cgroup
+def _private_mount_ns() -> None:
+    CLONE_NEWNS, MS_REC, MS_PRIVATE = 0x00020000, 16384, 1 << 18
+    assert _libc.unshare(CLONE_NEWNS) == 0
+    assert _libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None) == 0
+
+
+def test_masked_and_readonly_paths():
+    def body() -> dict:
+        _private_mount_ns()          # the host's /proc is masked only in this child's namespace
+        kernel_views.mask()
+        kernel_views.make_readonly()
+        out: dict = {}
+        # /proc/kcore is absent from some kernels (this VM's): the masks of the others tell
+        for name in ("/proc/keys", "/proc/timer_list", "/proc/interrupts"):
+            with open(name, "rb") as f:
+                out[name] = len(f.read(64))
+        out["acpi"] = os.listdir("/proc/acpi") if os.path.isdir("/proc/acpi") else []
+        try:
+            with open("/proc/sys/kernel/core_pattern", "w") as f:
+                f.write("|/bin/false")
+            out["core_pattern"] = "written"
+        except OSError as e:
+            out["core_pattern"] = e.errno
+        try:
+            os.open("/proc/sysrq-trigger", os.O_WRONLY)
+            out["sysrq"] = "opened"
+        except OSError as e:
+            out["sysrq"] = e.errno
+        return out
+    out = in_child(body)
+    assert out["/proc/keys"] == out["/proc/timer_list"] == out["/proc/interrupts"] == 0
+    assert out["acpi"] == []
+    assert out["core_pattern"] == 30            # EROFS
+    assert out["sysrq"] == (30 if os.path.exists("/proc/sysrq-trigger") else 2)
+
+
+def test_mask_refuses_a_dev_null_that_is_not_the_null_device(tmp_path):
+    (tmp_path / "dev").mkdir()
+    os.symlink("/etc/hostname", tmp_path / "dev" / "null")
+    with pytest.raises(OSError):
+        kernel_views.mask(str(tmp_path), ["/x"])
+
+
+def test_devices_cgroup_denies_a_host_disk(tmp_path):
+    cg = f"/sys/fs/cgroup/devices/cocker-test-{os.getpid()}"
+    if not os.path.isdir("/sys/fs/cgroup/devices"):
+        pytest.fail("no v1 devices controller on this machine")
+    root_dev = os.stat("/").st_dev
+    disk = tmp_path / "disk"
+    os.mknod(disk, 0o600 | 0o060000, root_dev)       # block device of the host's /
+    null = tmp_path / "null"
+    os.mknod(null, 0o666 | 0o020000, os.makedev(1, 3))
+    os.mkdir(cg)
+    try:
+        kernel_views.restrict_devices_v1(cg)
+
+        def body() -> dict:
+            with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+            out = {}
+            for name in ("disk", "null"):
+                try:
+                    os.close(os.open(tmp_path / name, os.O_RDONLY))
+                    out[name] = "opened"
+                except OSError as e:
+                    out[name] = e.errno
+            return out
+        out = in_child(body)
+        assert out == {"disk": 1, "null": "opened"}
+    finally:
+        os.rmdir(cg)
