@@ -15,7 +15,7 @@ import pytest
 from common.errors import UsageError
 from common.home import Home
 from runtime.process import capabilities as caps
-from runtime.process import kernel_views, seccomp
+from runtime.process import confinement, kernel_views, seccomp
 
 pytestmark = pytest.mark.root
 
@@ -82,15 +82,10 @@ def filter_home(tmp_path) -> Home:
 
 def confine(home: Home, cap_set: frozenset[str], *, uid: int = 0, nnp: bool = False,
             profile: str | None = None) -> Callable[[], dict]:
-    bpf = seccomp.filter_for(home, profile, cap_set)
+    conf = confinement.Confinement(cap_set, seccomp.filter_for(home, profile, cap_set), nnp)
 
     def body() -> dict:
-        if not nnp:
-            seccomp.install(bpf)          # needs CAP_SYS_ADMIN: before the drop
-        caps.apply(caps.to_mask(cap_set), uid, uid, [])
-        if nnp:
-            seccomp.set_no_new_privs()
-            seccomp.install(bpf)
+        confinement.enter(conf, uid, uid, [])
         return {"status": status(), "probes": probes()}
     return body
 
@@ -276,3 +271,13 @@ def test_devices_cgroup_denies_a_host_disk(tmp_path):
         assert out == {"disk": 1, "null": "opened"}
     finally:
         os.rmdir(cg)
+
+
+def test_prepare_privileged_and_unconfined(filter_home):
+    priv = confinement.prepare(filter_home, privileged=True)
+    assert priv.caps == caps.known() and priv.seccomp_bpf is None
+    unconf = confinement.prepare(filter_home, seccomp_profile=seccomp.UNCONFINED, cap_add=["NET_ADMIN"])
+    assert unconf.seccomp_bpf is None and "NET_ADMIN" in unconf.caps
+    st = in_child(lambda: (confinement.enter(unconf), {"status": status()})[1])["status"]
+    assert st["Seccomp"] == "0"
+    assert st["CapEff"] == caps.format_mask(caps.to_mask(caps.DEFAULT | {"NET_ADMIN"}))
