@@ -83,6 +83,11 @@ class Home:
     def brocker_app(self, name: str) -> str:
         return os.path.join(self.brocker, name, "app")
 
+    # -- user namespaces: the slice of the subordinate ids each --userns auto container holds
+    @property
+    def userns_allocations(self) -> str:
+        return os.path.join(self.root, "userns", "allocations.json")
+
     # -- caches: derived data, safe to delete
     @property
     def cache(self) -> str:

@@ -134,6 +134,23 @@ def set_keepcaps(on: bool) -> None:
     _prctl(_PR_SET_KEEPCAPS, 1 if on else 0)
 
 
+def capget() -> tuple[int, int]:
+    """The calling thread's (effective, permitted) sets."""
+    header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_Data * 2)()
+    if _libc.capget(ctypes.byref(header), data) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"capget: {os.strerror(e)}")
+    return (data[0].effective | data[1].effective << 32,
+            data[0].permitted | data[1].permitted << 32)
+
+
+def raise_effective() -> None:
+    """Make every permitted capability effective again (after setfsuid dropped the fs ones)."""
+    permitted = capget()[1]
+    capset(permitted, permitted)
+
+
 def capset(effective: int, permitted: int) -> None:
     """Set the effective and permitted sets; the inheritable set is always emptied
     (CVE-2022-24769: a non-empty one let file-inheritable caps be gained at execve), and so is
@@ -162,6 +179,9 @@ def apply(caps: int, uid: int = 0, gid: int = 0, groups: list[int] | None = None
     """Confine the calling process to `caps` (a mask) as user uid:gid: the bounding set is cut
     to `caps`, then root keeps `caps` as effective and permitted, and any other user keeps
     nothing (docker: CapEff 0 for a non-root user). Inheritable and ambient end empty."""
+    # what the caller does not hold itself (a host root without CAP_SYS_RESOURCE, say) it
+    # cannot hand on: --privileged means every capability there is to give
+    caps &= capget()[1]
     drop_bounding(caps)
     switch_user(uid, gid, list(groups or []))
     keep = caps if uid == 0 else 0

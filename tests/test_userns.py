@@ -1,0 +1,135 @@
+"""runtime/process/userns.py on its own: subordinate id pools and slices (on private copies of
+/etc/subuid and /etc/subgid), and a real user namespace with idmapped layer mounts under an
+overlay, joined after pivot_root, as the container's first process does it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from common.errors import RuntimeFailure
+from common.home import Home
+from runtime import syscalls as sc
+from runtime.process import confinement, userns
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def subids(tmp_path) -> tuple[str, str]:
+    uid, gid = tmp_path / "subuid", tmp_path / "subgid"
+    uid.write_text("alice:100000:65536\n")
+    gid.write_text("alice:100000:65536\nbob:165536:65536")
+    return str(uid), str(gid)
+
+
+def test_pool_is_added_after_every_range_handed_out(subids):
+    uids, gids = userns.ensure_pool(*subids)
+    assert uids == gids == userns.IdRange(231072, userns.POOL)
+    with open(subids[1]) as f:
+        assert f.read() == f"alice:100000:65536\nbob:165536:65536\ncocker:231072:{userns.POOL}\n"
+    assert userns.ensure_pool(*subids) == (uids, gids)        # found, not added twice
+
+
+def test_existing_entry_is_used(tmp_path):
+    for name in ("subuid", "subgid"):
+        (tmp_path / name).write_text("cocker:500000:131072\n")
+    uids, gids = userns.ensure_pool(str(tmp_path / "subuid"), str(tmp_path / "subgid"))
+    assert uids == gids == userns.IdRange(500000, 131072)
+
+
+def test_slices_first_fit_recorded_and_released(tmp_path, subids):
+    home = Home(str(tmp_path / "home"))
+    a = userns.allocate(home, "a", subuid=subids[0], subgid=subids[1])
+    b = userns.allocate(home, "b", subuid=subids[0], subgid=subids[1])
+    assert (a.uid_start, b.uid_start) == (231072, 231072 + userns.SLICE)
+    assert userns.allocate(home, "a", subuid=subids[0], subgid=subids[1]) == a   # recorded
+    userns.release(home, "a")
+    c = userns.allocate(home, "c", subuid=subids[0], subgid=subids[1])
+    assert c.uid_start == a.uid_start                                          # reused
+    assert oct(os.stat(home.userns_allocations).st_mode & 0o777) == "0o600"
+
+
+def test_pool_exhausted_is_a_clear_error(tmp_path, subids):
+    home = Home(str(tmp_path / "home"))
+    for name in ("subuid", "subgid"):
+        (tmp_path / name).write_text("cocker:300000:70000\n")
+    userns.allocate(home, "a", subuid=subids[0], subgid=subids[1])
+    with pytest.raises(RuntimeFailure, match="no 65536 free ids"):
+        userns.allocate(home, "b", subuid=subids[0], subgid=subids[1])
+
+
+def test_old_kernel_is_refused():
+    with pytest.raises(RuntimeFailure, match=r"Linux 5\.19 or newer.*5\.10\.0-28-amd64"):
+        userns.check_kernel("5.10.0-28-amd64")
+    userns.check_kernel("6.1.0")
+
+
+def test_mapped_root_over_shared_idmapped_layer(tmp_path, subids, busybox_rootfs):
+    """Container root is host uid N inside a user namespace; the layer stays owned by 0 on disk
+    (shared with unmapped containers); what root writes lands as 0 in the upper dir."""
+    userns.check_kernel()
+    home = Home(str(tmp_path / "home"))
+    idmap = userns.allocate(home, "c", subuid=subids[0], subgid=subids[1])
+    cdir = tmp_path / "c"
+    for d in ("upper", "work", "rootfs"):
+        (cdir / d).mkdir(parents=True)
+    conf = confinement.prepare(home)
+    ufd = userns.make_userns(idmap)
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    out_r, out_w = os.pipe()
+    pid = sc.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            os.dup2(out_w, 1)
+            os.dup2(out_w, 2)
+            sc.unshare(sc.CLONE_NEWNS)
+            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            userns.idmap_mount(busybox_rootfs, ufd)
+            userns.idmap_mount(str(cdir), ufd)
+            with userns.as_mapped_root(idmap):
+                sc.mount("overlay", str(cdir / "rootfs"), "overlay", 0,
+                         f"lowerdir={busybox_rootfs},upperdir={cdir}/upper,workdir={cdir}/work")
+            os.chdir(cdir / "rootfs")
+            sc.pivot_root(".", ".")
+            sc.umount2(".", sc.MNT_DETACH)
+            os.chdir("/")
+            userns.join(ufd)
+            confinement.enter(conf)
+            os.write(ready_w, b"r")
+            os.read(go_r, 1)
+            os.execv("/bin/sh", ["sh", "-c", "id -u; touch /made-by-root; stat -c %u /bin/busybox"])
+        except BaseException as e:  # noqa: BLE001 - reported through the output pipe
+            os.write(2, f"child: {e}\n".encode())
+        finally:
+            os._exit(1)
+    os.close(ready_w)
+    os.close(go_r)
+    os.close(out_w)
+    os.close(ufd)
+    try:
+        assert os.read(ready_r, 1) == b"r", os.read(out_r, 4096).decode()
+        with open(f"/proc/{pid}/status") as f:
+            status = dict(line.split(":", 1) for line in f)
+        host_uids = status["Uid"].split()
+        os.write(go_w, b"g")
+        _, code = os.waitpid(pid, 0)
+        output = os.read(out_r, 4096).decode().split()
+    finally:
+        for fd in (ready_r, go_w, out_r):
+            os.close(fd)
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    assert host_uids == [str(idmap.uid_start)] * 4       # the host sees the mapped uid
+    assert output[:2] == ["0", "0"], output                # inside: root, and busybox owned by root
+    assert os.WEXITSTATUS(code) == 0
+    assert os.lstat(cdir / "upper" / "made-by-root").st_uid == 0
+    assert os.stat(os.path.join(busybox_rootfs, "bin", "busybox")).st_uid == 0
+    # nothing of it stays mounted on the host
+    assert not subprocess.run(["grep", "-q", str(cdir), "/proc/self/mountinfo"]).returncode == 0
