@@ -66,9 +66,10 @@ def timed(argv: list[str], env: dict, cwd: str | None = None) -> float:
 
 def build_images(home: str, layers: int) -> str:
     from builder.testimage import make_busybox_rootfs
-    from registry import image as imagemod
-    from registry import layer_tar, oci
-    from registry.store import Store
+    from registry.layer import tar_codec as layer_tar
+    from registry.oci import manifest as oci
+    from registry.repo import image as imagemod
+    from registry.repo.store import Store
     store = Store(home)
     tmp = tempfile.mkdtemp(prefix="bootbench-")
     try:

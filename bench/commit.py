@@ -108,7 +108,7 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/commit.py needs root")
-    from registry.store import Store
+    from registry.repo.store import Store
     from runtime import containers
     from tests.conftest import make_busybox_rootfs
     from tests.support.builder import publish_layers
@@ -135,12 +135,12 @@ def main() -> None:
         os.unlink(out)
         cli = [sys.executable, "-m", "cocker.main", "container", "commit", name]
         t_cocker = timed(lambda: run(cli + ["bench/commit:1"], env=env, cwd=os.path.dirname(HERE)))
-        from registry import image as imagemod
+        from registry.repo import image as imagemod
         layer = imagemod.load(store, "bench/commit:1").layers[-1]
         t_tar2 = timed(lambda: run(["sh", "-c", f"tar -C {c.upper_dir} -cf - . | zstd -q -T0 -3 "
                                                f"-o {out}"]))
         t_cocker2 = timed(lambda: run(cli + ["bench/commit:2"], env=env, cwd=os.path.dirname(HERE)))
-        from registry import layer_tar
+        from registry.layer import tar_codec as layer_tar
 
         def pack_only() -> None:
             with open(out, "wb") as f:

@@ -45,7 +45,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/network.py needs root", file=sys.stderr)
         return 2
-    from registry.store import Store
+    from registry.repo.store import Store
     from runtime import network as net
     store = Store(tempfile.mkdtemp(prefix="cocker-bench-net-"))
     name = f"bench{uuid.uuid4().hex[:6]}"

@@ -124,7 +124,7 @@ def main() -> None:
     results: dict[str, tuple[float, int]] = {}
     cocker_out = os.path.join(out, "cocker.tar.zst")
     cocker_cmd = [sys.executable, "-c",
-                  "import sys; from registry import layer_tar\n"
+                  "import sys; from registry.layer import tar_codec as layer_tar\n"
                   "with open(sys.argv[2], 'wb', buffering=1 << 20) as f:\n"
                   "    print(layer_tar.pack_dir(sys.argv[1], f).digest)",
                   tree, cocker_out]

@@ -29,13 +29,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from registry import digest as dm
-from registry import image as imagemod
-from registry import (
-    oci,
-    reference,
-)
-from registry.store import Store
+from registry.oci import digest as dm
+from registry.oci import manifest as oci
+from registry.oci import reference
+from registry.repo import image as imagemod
+from registry.repo.store import Store
 from tests.support.sshd import free_port, scripts_dir, start_sshd, tar_layer
 
 
@@ -152,8 +150,8 @@ def main() -> None:
             shutil.rmtree(remote)
 
         # The same pushes in one process (no interpreter start-up): what the protocol costs.
-        from registry.copy import copy
-        from registry.repos import open_repo
+        from registry.repo.copy import copy
+        from registry.transports.remotes import open_repo
         kw = dict(identity=sshd.client_key, known_hosts=sshd.known_hosts, config_path=None)
         for mode in ("sftp", "smart"):
             remote = os.path.join(base, f"inproc-{mode}")

@@ -29,11 +29,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from registry import digest as digestmod  # noqa: E402
-from registry import oci  # noqa: E402
-from registry.image import publish  # noqa: E402
-from registry.layout import LayoutRepo  # noqa: E402
-from registry.store import Store  # noqa: E402
+from registry.oci import digest as digestmod  # noqa: E402
+from registry.oci import manifest as oci  # noqa: E402
+from registry.repo.image import publish  # noqa: E402
+from registry.repo.layout import LayoutRepo  # noqa: E402
+from registry.repo.store import Store  # noqa: E402
 
 
 def make_image(store: Store, size_mb: int) -> tuple[str, list[str]]:

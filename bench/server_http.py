@@ -22,9 +22,9 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from registry import digest as digestmod
-from registry import oci
-from registry.layout import LayoutRepo
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.repo.layout import LayoutRepo
 from tests.support.http_servers import TOKEN, DockerRegistry, SrepoHttp
 
 SKOPEO = shutil.which("skopeo")

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from common.errors import CorruptImage, NotFound, UnsafeArchive
-from registry import layer_tar
+from registry.layer import tar_codec as layer_tar
 
 ROOTFS_DIR = "rootfs-dir"
 ROOTFS_TAR = "rootfs-tar"

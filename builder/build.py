@@ -37,11 +37,12 @@ from builder import changes as changesmod
 from builder import meta, treediff
 from builder.recipe import Recipe, Step
 from common.errors import CockerError, NotFound, UsageError
-from registry import digest as digestmod
-from registry import image as imagemod
-from registry import layer_tar, oci
-from registry.image import Image
-from registry.reference import Reference
+from registry.layer import tar_codec as layer_tar
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci.reference import Reference
+from registry.repo import image as imagemod
+from registry.repo.image import Image
 
 BUILD_HOSTNAME = "build"
 CACHE_VERSION = 1

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from common.fsutil import atomic_write, flock
-from registry import oci
+from registry.oci import manifest as oci
 
 MAX_ENTRIES = 5000
 FILE = "build-cache.json"

@@ -24,12 +24,12 @@ from builder import changes as changesmod
 from builder import meta, treediff
 from builder.changes import Change
 from common.errors import CockerError, UsageError
-from registry import image as imagemod
-from registry import layer_tar
-from registry import reference as refmod
-from registry.image import Image
-from registry.reference import Reference
-from registry.repository import RefRecord
+from registry.layer import tar_codec as layer_tar
+from registry.oci import reference as refmod
+from registry.oci.reference import Reference
+from registry.repo import image as imagemod
+from registry.repo.image import Image
+from registry.repo.repository import RefRecord
 
 
 class NothingToCommit(CockerError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from builder import commit as commitmod
 from builder import versioning
 from common.errors import CockerError, NotFound, UsageError
-from registry import image as imagemod
+from registry.repo import image as imagemod
 
 
 @dataclass

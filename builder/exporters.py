@@ -18,14 +18,15 @@ from builder import archive_formats as af
 from builder.importers import NAME_ANNOTATION
 from common.errors import AlreadyExists, CorruptImage, UsageError
 from common.fsutil import atomic_write
-from registry import copy as copymod
-from registry import digest as digestmod
-from registry import image as imagemod
-from registry import layer_tar, oci
-from registry import reference as refmod
-from registry.image import Image
-from registry.layout import LayoutRepo, is_layout
-from registry.store import Store
+from registry.layer import tar_codec as layer_tar
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci import reference as refmod
+from registry.repo import copy as copymod
+from registry.repo import image as imagemod
+from registry.repo.image import Image
+from registry.repo.layout import LayoutRepo, is_layout
+from registry.repo.store import Store
 
 EXPORT_FORMATS = ("oci", "docker-archive", "cockerimage", "rootfs")
 

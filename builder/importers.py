@@ -1,6 +1,6 @@
 """`cocker image import SOURCE [REF]`: any supported format into the local store.
 
-Atomic: layer blobs go in first (verified), then one `registry.image.publish` writes the
+Atomic: layer blobs go in first (verified), then one `registry.repo.image.publish` writes the
 config and manifest and, last, the ref. A failure leaves no ref behind (orphan blobs are
 gc's business).
 """
@@ -18,12 +18,13 @@ from typing import Any, BinaryIO
 
 from builder import archive_formats as af
 from common.errors import CockerError, Conflict, CorruptImage, DigestMismatch, NotFound, UsageError
-from registry import digest as digestmod
-from registry import image as imagemod
-from registry import layer_tar, oci
-from registry import reference as refmod
-from registry.reference import Reference
-from registry.store import Store
+from registry.layer import tar_codec as layer_tar
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci import reference as refmod
+from registry.oci.reference import Reference
+from registry.repo import image as imagemod
+from registry.repo.store import Store
 
 DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 NAME_ANNOTATION = "io.cocker.image.name"  # full name:version, kept in exported layouts

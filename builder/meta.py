@@ -57,7 +57,7 @@ def derive_config(base_config: dict, diff_ids: list[str], history: list[dict], *
                   created: str, author: str | None = None) -> dict:
     """A child config: the base's runtime settings, the full diff_id chain, history
     (base's + `history`), `created`; the image author when one is given."""
-    from registry import oci
+    from registry.oci import manifest as oci
     cfg = oci.new_config(diff_ids, created=created, base=base_config,
                          history=layer_history(base_config) + history)
     if author:

@@ -44,7 +44,7 @@ from typing import Any
 from builder import changes as changesmod
 from builder.changes import Change
 from common.errors import CockerError
-from registry import reference as refmod
+from registry.oci import reference as refmod
 
 ROOT_KEYS = ("from", "tag", "squash", "author", "args", "config", "step")
 CONFIG_KEYS = {"cmd": "cmd", "entrypoint": "entrypoint", "workdir": "workdir", "env": "env",

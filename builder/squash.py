@@ -28,11 +28,12 @@ from typing import Any
 from builder import meta
 from builder.treediff import OPAQUE
 from common.errors import DigestMismatch, UsageError
-from registry import digest as digestmod
-from registry import image as imagemod
-from registry import layer_tar, oci
-from registry.image import Image
-from registry.reference import Reference
+from registry.layer import tar_codec as layer_tar
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci.reference import Reference
+from registry.repo import image as imagemod
+from registry.repo.image import Image
 
 
 def squash(store, src: str, target: Reference, *, since: str | None = None,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 
 from common.errors import AlreadyExists, UsageError
-from registry import reference as refmod
-from registry.reference import Reference
-from registry.repository import Repository
+from registry.oci import reference as refmod
+from registry.oci.reference import Reference
+from registry.repo.repository import Repository
 
 _NUMERIC = re.compile(r"^[vV]?\d+(\.\d+)*(-[0-9A-Za-z.-]+)?$")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.progress import Progress
+from registry.repo.progress import Progress
 
 
 @dataclass
@@ -18,7 +18,7 @@ class Context:
     @property
     def store(self):
         if self._store is None:
-            from registry.store import Store
+            from registry.repo.store import Store
             self._store = Store(self.home)
         return self._store
 

@@ -231,7 +231,7 @@ def container_spec(data: dict, *, store=None, what: str = "container JSON",
 
 
 def _default_store():
-    from registry.store import Store
+    from registry.repo.store import Store
     return Store()
 
 

@@ -349,7 +349,7 @@ def create(store, spec: ContainerSpec, *, durable: bool = True) -> Container:
     """Resolve the image to its digest, check every option, then make the container's directory.
     `durable=False` (a throw-away container) skips the fsyncs of its record."""
     _require_root()
-    from registry import image as imagemod
+    from registry.repo import image as imagemod
     from runtime import cgroups, layers, mounts
     name = validate_name(spec.name) if spec.name else new_name(store)
     cdir = store.paths.container(name)
@@ -425,8 +425,8 @@ def _plan(c: Container, detached: bool):
     paths = c.layer_paths
     missing = [p for p in paths if not os.path.isdir(p)]
     if missing:                       # removed by a gc since create: unpack them again
-        from registry import image as imagemod
-        from registry.repository import RefRecord
+        from registry.repo import image as imagemod
+        from registry.repo.repository import RefRecord
         from runtime import layers
         name = re.split(r"[:@]", c.image, maxsplit=1)[0]
         img = imagemod.load_record(c.store, RefRecord(name, "_", c.digest))

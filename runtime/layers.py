@@ -13,7 +13,7 @@ import time
 
 from common.errors import CorruptImage, DigestMismatch
 from common.fsutil import flock
-from registry import digest as digestmod
+from registry.oci import digest as digestmod
 
 TMP_PREFIX = ".tmp-"
 LOCK_PREFIX = ".lock-"
@@ -41,7 +41,7 @@ def ensure_layers(store, image, progress=None) -> list[str]:
 def _unpack_one(store, blob_digest: str, diff_id: str, path: str, progress=None) -> None:
     import shutil
 
-    from registry import layer_tar
+    from registry.layer import tar_codec as layer_tar
     hexid = os.path.basename(path)
     with flock(os.path.join(store.layers_dir, LOCK_PREFIX + hexid), what=f"layer {hexid[:12]}"):
         if os.path.isdir(path):          # another process finished it while we waited
@@ -63,8 +63,8 @@ def _unpack_one(store, blob_digest: str, diff_id: str, path: str, progress=None)
 
 def used_diff_ids(store) -> set[str]:
     """diff_id hexes of every stored image and every container's pinned image."""
-    from registry import image as imagemod
-    from registry.repository import RefRecord
+    from registry.repo import image as imagemod
+    from registry.repo.repository import RefRecord
     used: set[str] = set()
     for img in imagemod.list_images(store):
         used.update(digestmod.hex_of(d) for d in img.diff_ids)

@@ -19,7 +19,7 @@ import sys
 import time
 
 from common.errors import CockerError, LockBusy, NotFound
-from registry.store import Store
+from registry.repo.store import Store
 from runtime import service_state as st
 
 POLL = 0.2

@@ -105,7 +105,7 @@ def check_port_free(host_ip: str, port: int) -> None:
 def resolve_image(store, ref: str) -> tuple[str, str]:
     """An image reference -> (exact name:version, manifest digest). Every replica runs that
     version, whatever is published later under the same name."""
-    from registry import image as imagemod
+    from registry.repo import image as imagemod
     try:
         img = imagemod.load(store, ref)
     except NotFound:

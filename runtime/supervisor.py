@@ -492,7 +492,7 @@ def _finish(S: _Sup, code: int) -> None:
         try:
             if plan.host_netns_fd >= 0:
                 sc.setns(plan.host_netns_fd, sc.CLONE_NEWNET)
-            from registry.store import Store
+            from registry.repo.store import Store
             from runtime import network
             store = Store(plan.home)
             if plan.published:

@@ -40,7 +40,7 @@ import threading
 from dataclasses import dataclass, field
 
 from common.errors import UsageError
-from registry import reference as refmod
+from registry.oci import reference as refmod
 
 OPS = ("read", "write", "delete", "gc")
 

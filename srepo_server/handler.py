@@ -1,6 +1,6 @@
 """The one smart-protocol handler: stdio, the SSH door's exec channels and tests all call `serve`.
 
-The protocol itself (framing, operations, errors) is described in `registry.smart`.
+The protocol itself (framing, operations, errors) is described in `registry.wire.framing`.
 Rules kept here: every name and digest is validated before a path is built, every operation
 is checked against the caller's `Access`, malformed input is answered with an error frame
 (the connection is only closed when the stream can no longer be framed), and a blob becomes
@@ -20,11 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 from common.errors import CockerError, NotFound, PermissionDenied, TransportError
-from registry import digest as digestmod
-from registry import reference as refmod
-from registry import smart
-from registry.layout import GC_GRACE, LayoutRepo
-from registry.repository import ANY, BlobWriter
+from registry.oci import digest as digestmod
+from registry.oci import reference as refmod
+from registry.repo.layout import GC_GRACE, LayoutRepo
+from registry.repo.repository import ANY, BlobWriter
+from registry.wire import framing
 from srepo_server.access import Access
 
 SERVER = "srepo-server 0.1.0"
@@ -70,12 +70,12 @@ class _Handler:
     def run(self) -> None:
         while True:
             try:
-                line = smart.read_line(self.rfile, smart.MAX_REQUEST_LINE)
-            except smart.FrameTooLong as e:
-                self._try_send(smart.error_frame(e))
+                line = framing.read_line(self.rfile, framing.MAX_REQUEST_LINE)
+            except framing.FrameTooLong as e:
+                self._try_send(framing.error_frame(e))
                 self._note("-", "closing: " + str(e))
                 return
-            except smart.ConnectionLost:
+            except framing.ConnectionLost:
                 return
             if line is None:
                 return
@@ -91,7 +91,7 @@ class _Handler:
         t0 = time.monotonic()
         op = "?"
         try:
-            req = smart.parse_frame(line)
+            req = framing.parse_frame(line)
             op = str(req.get("op"))[:40]
             fn = self.ops.get(op)
             if fn is None:
@@ -102,7 +102,7 @@ class _Handler:
             self._note(op, f"closing: {e}", t0)
             return False
         except CockerError as e:
-            if not self._try_send(smart.error_frame(e)):
+            if not self._try_send(framing.error_frame(e)):
                 return False
             self._note(op, f"{type(e).__name__}: {e}", t0)
         except Exception as e:  # a bug must not take the server down with it
@@ -124,7 +124,7 @@ class _Handler:
     # output --------------------------------------------------------------------------
     def _send(self, frame: dict) -> None:
         try:
-            self.wfile.write(smart.encode(frame))
+            self.wfile.write(framing.encode(frame))
             self.wfile.flush()
         except (OSError, ValueError, EOFError) as e:
             raise _Close(f"client gone ({e})") from None
@@ -200,13 +200,13 @@ class _Handler:
         versions = req.get("versions", [1])
         if not isinstance(versions, list):
             raise BadRequest("hello: versions must be a list")
-        common = [v for v in smart.PROTOCOL_VERSIONS if v in versions]
+        common = [v for v in framing.PROTOCOL_VERSIONS if v in versions]
         if not common:
             raise TransportError(f"no common protocol version (server speaks "
-                                 f"{list(smart.PROTOCOL_VERSIONS)}, client {versions})")
-        self._reply(version=max(common), server=SERVER, capabilities=list(smart.CAPABILITIES),
+                                 f"{list(framing.PROTOCOL_VERSIONS)}, client {versions})")
+        self._reply(version=max(common), server=SERVER, capabilities=list(framing.CAPABILITIES),
                     access=self.access.summary(), namespace=self.ns,
-                    max_chunk=smart.MAX_CHUNK)
+                    max_chunk=framing.MAX_CHUNK)
         return str(req.get("client", ""))[:80]
 
     def op_list(self, req: dict) -> str:
@@ -316,7 +316,7 @@ class _Handler:
                         raise
             f.seek(offset)
             while sent < n:
-                chunk = f.read(min(n - sent, smart.CHUNK))
+                chunk = f.read(min(n - sent, framing.CHUNK))
                 if not chunk:
                     raise _Close("blob file shorter than its size")
                 self.wfile.write(chunk)
@@ -369,20 +369,20 @@ class _Handler:
         failure: CockerError | None = None
         while True:
             try:
-                (n,) = smart._LEN.unpack(smart.read_exact(self.rfile, 4))
-            except smart.ConnectionLost as e:
+                (n,) = framing.LEN.unpack(framing.read_exact(self.rfile, 4))
+            except framing.ConnectionLost as e:
                 raise _Close(f"client gone during upload ({e})") from None
-            if n == smart.END:
+            if n == framing.END:
                 return received, failure, False
-            if n == smart.ABORT:
+            if n == framing.ABORT:
                 return received, failure, True
-            if n > smart.MAX_CHUNK:
-                self._try_send(smart.error_frame(
-                    TransportError(f"chunk of {n} bytes over the {smart.MAX_CHUNK} limit")))
+            if n > framing.MAX_CHUNK:
+                self._try_send(framing.error_frame(
+                    TransportError(f"chunk of {n} bytes over the {framing.MAX_CHUNK} limit")))
                 raise _Close("oversized chunk")
             try:
-                data = smart.read_exact(self.rfile, n)
-            except smart.ConnectionLost as e:
+                data = framing.read_exact(self.rfile, n)
+            except framing.ConnectionLost as e:
                 raise _Close(f"client gone during upload ({e})") from None
             received += n
             if failure is None:

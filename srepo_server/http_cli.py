@@ -104,7 +104,7 @@ def gc_command(ctx: click.Context, gc_root: str | None, grace: float, dry_run: b
     root = gc_root or (ctx.obj or {}).get("root")
     if not root:
         raise click.UsageError("gc needs --root PATH")
-    from registry.layout import LayoutRepo
+    from registry.repo.layout import LayoutRepo
     from srepo_server import http_store
     repo = LayoutRepo(root)
     removed, freed = http_store.gc(repo, grace=grace, dry_run=dry_run)

@@ -28,10 +28,10 @@ from http.server import BaseHTTPRequestHandler
 from typing import TextIO
 
 from common.errors import CockerError, Conflict, InvalidReference, LockBusy, NotFound
-from registry import digest as digestmod
-from registry import oci
-from registry import reference as refmod
-from registry.layout import LayoutRepo
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci import reference as refmod
+from registry.repo.layout import LayoutRepo
 from srepo_server import http_store as hs
 from srepo_server.http_auth import Authenticator, Grant
 from srepo_server.http_server import BadBody, Body, ClientGone, Server, parse_addr, tls_context

@@ -18,10 +18,10 @@ import os
 
 from common.errors import CockerError, CorruptImage, NotFound
 from common.fsutil import atomic_write
-from registry import digest as digestmod
-from registry import oci
-from registry import reference as refmod
-from registry.layout import LayoutRepo
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci import reference as refmod
+from registry.repo.layout import LayoutRepo
 
 MANIFEST_LIMIT = 4 << 20
 

@@ -24,7 +24,7 @@ import uuid as uuidmod
 from dataclasses import dataclass, field
 
 from common.fsutil import atomic_write, disk_error, fsync_dir
-from registry.layout import LayoutRepo
+from registry.repo.layout import LayoutRepo
 from srepo_server.http_store import ApiError
 
 UPLOAD_TTL = 24 * 3600.0

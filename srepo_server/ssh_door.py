@@ -33,8 +33,8 @@ from typing import Any
 import paramiko
 
 from common.errors import CockerError, UsageError
-from registry import reference as refmod
-from registry.layout import LayoutRepo
+from registry.oci import reference as refmod
+from registry.repo.layout import LayoutRepo
 from srepo_server.access import AuthorizedKey, KeyFile
 from srepo_server.handler import serve as serve_handler
 
@@ -208,7 +208,7 @@ class _Server(paramiko.ServerInterface):
                 status = 127
                 return
             self.door.log(f"{who} session{' /' + ns if ns else ''} access={self.key.access}")
-            from registry.smart import ChannelStream
+            from registry.wire.channel import ChannelStream
             stream = ChannelStream(chan)
             t0 = time.monotonic()
             serve_handler(stream, stream, self.door.repo, self.key.access, namespace=ns or None,
@@ -339,7 +339,7 @@ def serve(root: str, addr: str, host_key: str, authorized_keys: str, *,
     """Run the SSH door until SIGTERM/SIGINT."""
     # paramiko reports every dropped handshake with a traceback; our own log says it once.
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-    from registry.smart import tune_allocator
+    from registry.wire.channel import tune_allocator
     tune_allocator()
     door = SshDoor(root, addr, host_key, authorized_keys, log=log)
     if threading.current_thread() is threading.main_thread():

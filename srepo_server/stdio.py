@@ -16,8 +16,9 @@ import signal
 import sys
 
 from common.errors import CockerError
-from registry import smart
-from registry.layout import LayoutRepo
+from registry.repo.layout import LayoutRepo
+from registry.wire import framing
+from registry.wire.channel import tune_allocator
 from srepo_server.access import Access
 from srepo_server.handler import serve
 
@@ -35,7 +36,7 @@ def serve_stdio(root: str, access: Access | None = None, *, namespace: str | Non
     os.close(devnull)
     # A client that hangs up should end us quietly, not with a traceback about SIGPIPE.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    smart.tune_allocator()
+    tune_allocator()
     rfile = os.fdopen(in_fd, "rb", buffering=1 << 16)
     wfile = os.fdopen(out_fd, "wb", buffering=1 << 16)
     try:
@@ -59,8 +60,8 @@ def serve_stdio(root: str, access: Access | None = None, *, namespace: str | Non
 
 def _refuse(rfile, wfile, exc: CockerError) -> None:
     try:
-        if smart.read_line(rfile, smart.MAX_REQUEST_LINE) is not None:
-            wfile.write(smart.encode(smart.error_frame(exc)))
+        if framing.read_line(rfile, framing.MAX_REQUEST_LINE) is not None:
+            wfile.write(framing.encode(framing.error_frame(exc)))
             wfile.flush()
     except (CockerError, OSError):
         pass

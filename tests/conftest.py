@@ -32,7 +32,7 @@ def home(tmp_path, monkeypatch) -> str:
 
 @pytest.fixture
 def store(home):
-    from registry.store import Store
+    from registry.repo.store import Store
     return Store(home)
 
 

@@ -72,7 +72,7 @@ def test_build_twice_second_fully_cached(store, busybox_image, context, cocker,
         files = listing(m)
     assert files["app/msg"] == "hello\n" and files["app/src/a.txt"] == "A\n"
     assert files["app/src/sub/b.txt"] == "B\n" and "etc/motd" not in files
-    from registry import image as imagemod
+    from registry.repo import image as imagemod
     img = imagemod.load(store, "app:0.0.2")
     assert img.config["config"]["Cmd"] == ["/bin/cat", "/app/msg"]
     assert "MODE=prod" in img.config["config"]["Env"]
@@ -91,7 +91,7 @@ def test_reproducible_across_stores(tmp_path, busybox_image, context, cocker,
     env = {"SOURCE_DATE_EPOCH": "1700000000"}
     first, _ = build(cocker, context, "--tag", "app:1", env=env)
     other = str(tmp_path / "home2")
-    from registry.store import Store
+    from registry.repo.store import Store
     from tests.conftest import make_busybox_rootfs
     s2 = Store(other)
     rootfs = make_busybox_rootfs(str(tmp_path / "rootfs2"))

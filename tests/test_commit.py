@@ -49,7 +49,7 @@ def test_commit_added_changed_deleted_and_replaced_dir(store, busybox_image, coc
     assert "hello from cocker" in text or "NO" in text
     assert "NO" in text
     assert store.get_ref("busybox", "1.0") == busybox_image.digest
-    from registry import image as imagemod
+    from registry.repo import image as imagemod
     from runtime import containers
     assert containers.load(store, name).state() == "exited"
     img = imagemod.load(store, "bb:0.1.0")

@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from common.errors import CorruptImage, UnsafeArchive
-from registry import layer_tar
+from registry.layer import tar_codec as layer_tar
 from tests.support.codec import entry, listing, make_tar, snapshot
 
 

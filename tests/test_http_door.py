@@ -15,12 +15,12 @@ import time
 import pytest
 
 from common.errors import AuthError, PermissionDenied, TransportError
-from registry import digest as digestmod
-from registry import oci
-from registry import reference as refmod
-from registry.copy import copy
-from registry.http_repo import HttpRepo
-from registry.layout import LayoutRepo
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci import reference as refmod
+from registry.repo.copy import copy
+from registry.repo.layout import LayoutRepo
+from registry.transports.http.repo import HttpRepo
 from tests.support.http_servers import (
     DOCKER_REGISTRY,
     RO_TOKEN,

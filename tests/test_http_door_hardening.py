@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from registry import oci
+from registry.oci import manifest as oci
 from srepo_server.http_door import Door
 from srepo_server.manifest_shape import json_depth_exceeds
 from tests.support.http_calls import call, conn, error_code, error_message, push_blob

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from registry import digest as digestmod
+from registry.oci import digest as digestmod
 from tests.support.http_calls import call, conn, error_code, error_message
 from tests.support.http_servers import TOKEN, SrepoHttp
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from builder import importers
-from registry.store import Store
+from registry.repo.store import Store
 
 VERSIONS = ["_", "1.9.1", "1.10.0", "2.0.0-rc1", "2.0.0", "1.2"]
 

@@ -15,8 +15,8 @@ import pytest
 from builder import archive_formats as af
 from builder import exporters, importers
 from common.errors import CockerError, Conflict, CorruptImage, UsageError
-from registry import image as imagemod
-from registry.store import Store
+from registry.repo import image as imagemod
+from registry.repo.store import Store
 from tests.conftest import make_busybox_rootfs, run_cocker
 from tests.support.codec import snapshot
 

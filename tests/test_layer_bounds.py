@@ -15,9 +15,10 @@ import pytest
 import zstandard
 
 from common.errors import CockerError, UnsafeArchive
-from registry import digest as digestmod
-from registry import image as imagemod
-from registry import layer_tar, limits
+from registry import limits
+from registry.layer import tar_codec as layer_tar
+from registry.oci import digest as digestmod
+from registry.repo import image as imagemod
 from runtime import layers as layersmod
 from tests.support.codec import entry, make_tar
 

@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 from common.errors import CockerError
-from registry import layer_tar
+from registry.layer import tar_codec as layer_tar
 from tests.conftest import make_busybox_rootfs
 from tests.support.codec import entry, make_tar, snapshot
 

@@ -7,12 +7,12 @@ import os
 import pytest
 
 from common.errors import Conflict, DigestMismatch, NotARepository, NotFound
-from registry import digest as dg
-from registry import image as im
-from registry import oci
-from registry.copy import copy
-from registry.layout import LayoutRepo
-from registry.reference import parse
+from registry.oci import digest as dg
+from registry.oci import manifest as oci
+from registry.oci.reference import parse
+from registry.repo import image as im
+from registry.repo.copy import copy
+from registry.repo.layout import LayoutRepo
 
 
 def _image(repo, name, version, payload=b"layer-bytes"):

@@ -148,7 +148,7 @@ def test_addresses_released_and_reused(netenv):
 
 
 def _connect_worker(home, network, owner, path, q):
-    from registry.store import Store
+    from registry.repo.store import Store
     from runtime import network as n
     try:
         q.put((owner, n.connect(Store(home), network, owner, path)["ip"]))

@@ -1,7 +1,7 @@
 import pytest
 
 from common.errors import InvalidReference
-from registry import reference as r
+from registry.oci import reference as r
 
 
 def test_version_order_like_software():

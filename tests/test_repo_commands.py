@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from registry.layout import LayoutRepo
-from registry.store import Store
+from registry.repo.layout import LayoutRepo
+from registry.repo.store import Store
 from tests.conftest import run_cocker
 from tests.support.sshd import make_test_image, scripts_dir, sshd, tar_layer
 

@@ -63,7 +63,7 @@ def test_layer_gc_keeps_used_trees(rt, cname):
     img = build_image(store, f"gc-{cname}", "1.0", [d])
     tree = layers.ensure_layers(store, img)[0]
     assert os.path.isfile(os.path.join(tree, "only-here", "x"))
-    used_busybox = layers.ensure_layers(store, __import__("registry.image", fromlist=["x"])
+    used_busybox = layers.ensure_layers(store, __import__("registry.repo.image", fromlist=["x"])
                                         .load(store, "busybox:1.0"))[0]
     assert layers.gc(store) == 0 or os.path.isdir(tree)       # still referenced by its image
     store.delete_ref(f"gc-{cname}", "1.0")

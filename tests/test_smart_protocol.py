@@ -24,13 +24,13 @@ from common.errors import (
     TransportError,
     UsageError,
 )
-from registry import digest as digestmod
-from registry import oci
-from registry.copy import copy
-from registry.image import publish
-from registry.layout import LayoutRepo
-from registry.reference import parse
-from registry.smart import SmartRepo
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci.reference import parse
+from registry.repo.copy import copy
+from registry.repo.image import publish
+from registry.repo.layout import LayoutRepo
+from registry.transports.smart.client import SmartRepo
 from srepo_server.access import Access
 from srepo_server.handler import serve
 
@@ -571,7 +571,7 @@ def test_client_reports_transport_errors(served):
 
 
 def test_channel_stream_framing():
-    from registry.smart import ChannelStream
+    from registry.wire.channel import ChannelStream
     a, b = socket.socketpair()
     try:
         s = ChannelStream(b)
@@ -595,7 +595,7 @@ def test_channel_stream_framing():
 
 
 def test_smart_repo_over_channel_stream(served, local, tmp_path):
-    from registry.smart import ChannelStream
+    from registry.wire.channel import ChannelStream
     make_image(local, "cs", "1", sizes=(2 << 20, 10))
     s = ChannelStream(served.pair())
     with SmartRepo(s, s, closer=s.close) as r:

@@ -37,7 +37,7 @@ def stacked(store, tmp_path):
 
 
 def _names(store, desc) -> list[str]:
-    from registry import layer_tar
+    from registry.layer import tar_codec as layer_tar
     with store.open_blob(desc["digest"]) as f, tarfile.open(fileobj=layer_tar.open_layer(f),
                                                             mode="r|") as tf:
         return [m.name for m in tf]
@@ -57,7 +57,7 @@ def test_squash_since_keeps_base_and_whiteouts(store, stacked, cocker):
     # what the upper layers deleted from the base is still deleted
     assert "a/y" in got and "d/q" not in got and "e/f" not in got and "b/z" not in got
     assert got["c"] == "DIR" and got["a/x"] == "x3" and got["n"] == "n2"
-    from registry import image as imagemod
+    from registry.repo import image as imagemod
     img = imagemod.load(store, "app:2")
     names = _names(store, img.layers[-1])
     assert any(n.endswith(".wh..wh..opq") for n in names)      # b, d and e hide the base's
@@ -69,7 +69,7 @@ def test_squash_since_keeps_base_and_whiteouts(store, stacked, cocker):
 
 def test_squash_all_is_one_flat_layer(store, stacked, cocker):
     cocker("image", "squash", "app:1", "flat", "--bump", "major")
-    from registry import image as imagemod
+    from registry.repo import image as imagemod
     img = imagemod.load(store, "flat:1.0.0")
     assert len(img.layers) == 1
     assert not any(".wh." in n for n in _names(store, img.layers[0]))

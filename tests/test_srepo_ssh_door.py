@@ -10,11 +10,11 @@ import time
 import pytest
 
 from common.errors import AuthError, PermissionDenied
-from registry import digest as digestmod
-from registry import ssh
-from registry.copy import copy
-from registry.layout import LayoutRepo
-from registry.reference import parse
+from registry.oci import digest as digestmod
+from registry.oci.reference import parse
+from registry.repo.copy import copy
+from registry.repo.layout import LayoutRepo
+from registry.transports.ssh import connect as ssh
 from tests.support.srepo import start_door
 from tests.support.sshd import keygen
 from tests.test_smart_protocol import make_image
@@ -39,7 +39,7 @@ def door(tmp_path_factory):
 def test_cli_push_pull(door, tmp_path, cocker):
     a = str(tmp_path / "a")
     b = str(tmp_path / "b")
-    from registry.store import Store
+    from registry.repo.store import Store
     digest = make_image(Store(a), "web", "1.0", sizes=(300_000, 5000))
     env = door.client_env("rw")
     url = door.url()
@@ -58,7 +58,7 @@ def test_cli_push_pull(door, tmp_path, cocker):
 
 
 def test_read_only_key_cannot_push(door, tmp_path, cocker):
-    from registry.store import Store
+    from registry.repo.store import Store
     home = str(tmp_path / "h")
     make_image(Store(home), "ro-try", "1")
     p = cocker("image", "push", "ro-try:1", "--repo", door.url(), check=False,
@@ -90,7 +90,7 @@ def test_prefix_limited_key(door, tmp_path):
 
 def test_unknown_key_refused(door, tmp_path):
     stranger = keygen(str(tmp_path / "stranger"), "stranger@test")
-    from registry.srepo_transport import open_srepo
+    from registry.transports.srepo.transport import open_srepo
     with pytest.raises(AuthError):
         open_srepo(door.url(), identity=stranger, known_hosts=door.known_hosts, config_path=None)
     assert "refused: not in authorized_keys" in door.read_log()

@@ -13,9 +13,9 @@ import time
 import pytest
 
 from common.errors import AuthError, CockerError, TransportError
-from registry import reference
-from registry.layout import LayoutRepo
-from registry.store import Store
+from registry.oci import reference
+from registry.repo.layout import LayoutRepo
+from registry.repo.store import Store
 from tests.conftest import run_cocker
 from tests.support.sshd import make_test_image, scripts_dir, sshd, sshd_factory, tar_layer
 
@@ -24,7 +24,7 @@ MODES = ["sftp", "smart"]
 
 def _smart_available() -> bool:
     try:
-        import registry.smart
+        import registry.transports.smart.client
         import srepo_server.stdio
     except ImportError:
         return False
@@ -155,7 +155,7 @@ def test_host_key_mismatch_refused(machines, tmp_path, sshd):
                          *extra, check=False)
         assert "HOST KEY MISMATCH" in one_line_error(p)
     assert not os.path.exists(tmp_path / "remote")
-    from registry import ssh
+    from registry.transports.ssh import connect as ssh
     with pytest.raises(AuthError):
         ssh.connect(sshd.host, sshd.port, "root", identity=sshd.client_key,
                     known_hosts=sshd.known_hosts, config_path=None)
@@ -213,8 +213,8 @@ class _CutStream:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_cut_transfer_resumes_and_fsck_is_clean(tmp_path, sshd, mode):
-    from registry.copy import copy
-    from registry.repos import open_repo
+    from registry.repo.copy import copy
+    from registry.transports.remotes import open_repo
     url = mode_url(sshd, str(tmp_path / "remote"), mode)
     store = Store(str(tmp_path / "home"))
     big = tar_layer({"blob": os.urandom(12 << 20)})
@@ -449,9 +449,9 @@ def test_pulled_image_boots(machines, tmp_path, busybox_rootfs):
 
 def test_sftp_lock_waits_for_holder_and_breaks_a_dead_one(tmp_path, sshd, monkeypatch):
     from common.errors import LockBusy
-    from registry import sftp_repo
-    from registry.copy import copy
-    from registry.repos import open_repo
+    from registry.repo.copy import copy
+    from registry.transports.remotes import open_repo
+    from registry.transports.ssh import sftp_repo
     store = Store(str(tmp_path / "home"))
     make_test_image(store, "app", "1.0", [tar_layer({"a": b"a"})])
     kw = dict(identity=sshd.client_key, known_hosts=sshd.known_hosts, config_path=None)

@@ -13,10 +13,10 @@ import click
 
 from cocker.output import human_size, print_json, print_table
 from common.errors import Conflict, NotFound
-from registry import digest as digestmod
-from registry import image as imagemod
-from registry import reference as refmod
-from registry.repository import ANY
+from registry.oci import digest as digestmod
+from registry.oci import reference as refmod
+from registry.repo import image as imagemod
+from registry.repo.repository import ANY
 
 EXTENSIONS = ("cocker.commands.image_io", "cocker.commands.image_transfer",
               "cocker.commands.image_build")

@@ -37,7 +37,7 @@ def build_cmd(ctx, context: str, recipe_path: str | None, tag: str | None, bump:
     from builder import recipe as recipemod
     from builder import versioning
     from common.errors import UsageError
-    from registry import reference as refmod
+    from registry.oci import reference as refmod
     args: dict[str, str] = {}
     for a in build_args:
         k, sep, v = a.partition("=")

@@ -18,9 +18,9 @@ import click
 from cocker.commands.image import image
 from cocker.output import human_size, print_json, print_table
 from common.errors import CockerError, NotARepository, NotFound, UsageError
-from registry import digest as digestmod
-from registry import reference as refmod
-from registry.repository import RefRecord, Repository
+from registry.oci import digest as digestmod
+from registry.oci import reference as refmod
+from registry.repo.repository import RefRecord, Repository
 
 
 def remote_options(f):
@@ -53,14 +53,14 @@ def _ssh_kw(identity, accept_new, mode, remote_command, init=False) -> dict:
 
 
 def open_remote(ctx, spec: str | None, **kw) -> Repository:
-    from registry.repos import open_repo
+    from registry.transports.remotes import open_repo
     return open_repo(spec, ctx.store, **kw)
 
 
 def _is_legacy(ctx, spec: str | None, legacy: bool) -> bool:
     if legacy:
         return True
-    from registry.repos import resolve_spec
+    from registry.transports.remotes import resolve_spec
     with contextlib.suppress(CockerError):
         return resolve_spec(spec, ctx.store)[1].legacy
     return False
@@ -99,7 +99,7 @@ def _report(ctx, verb: str, results: list, as_json: bool, started: float) -> Non
 
 def _transfer(ctx, src: Repository, dst: Repository, recs: list[RefRecord], force: bool,
               jobs: int) -> list:
-    from registry.copy import copy
+    from registry.repo.copy import copy
     progress = ctx.progress()
     try:
         return [copy(rec, src, dst, force=force, jobs=jobs, progress=progress) for rec in recs]
@@ -215,7 +215,7 @@ def _match(pattern: str | None, name: str, version: str) -> bool:
 def search_cmd(ctx, pattern, repo_spec, legacy, as_json, identity, accept_new, mode,
                remote_command, jobs) -> None:
     """List the images a repository holds (PATTERN: a substring or a glob)."""
-    from registry import image as imagemod
+    from registry.repo import image as imagemod
     kw = _ssh_kw(identity, accept_new, mode, remote_command)
     rows: list[dict] = []
     if _is_legacy(ctx, repo_spec, legacy):
@@ -263,14 +263,14 @@ def remote_rm(ctx, refs: tuple[str, ...], repo_spec: str, all_versions: bool, **
 
 # legacy cocker 0.x repos ---------------------------------------------------------------------
 def _legacy_rows(ctx, repo_spec, kw) -> list[dict]:
-    from registry.repos import open_legacy
+    from registry.transports.remotes import open_legacy
     with open_legacy(repo_spec, ctx.store, **kw) as legacy:
         return [i.summary() for i in legacy.list()]
 
 
 def _legacy_pull(ctx, repo_spec, refs, all_versions, force, kw, as_json, probe=False) -> bool:
-    from registry import legacy_srepo
-    from registry.repos import open_legacy
+    from registry.transports.legacy import repo as legacy_srepo
+    from registry.transports.remotes import open_legacy
     store = ctx.store
     with open_legacy(repo_spec, store, **kw) as legacy:
         available = legacy.list()
@@ -310,9 +310,9 @@ def _legacy_pull(ctx, repo_spec, refs, all_versions, force, kw, as_json, probe=F
 
 def _legacy_push(ctx, repo_spec, recs, force, kw) -> None:
     """Write each image as a cocker 0.x .cockerimage (a gzip tar of its whole tree)."""
-    from registry import image as imagemod
-    from registry import oci
-    from registry.repos import open_legacy
+    from registry.oci import manifest as oci
+    from registry.repo import image as imagemod
+    from registry.transports.remotes import open_legacy
     store = ctx.store
     with open_legacy(repo_spec, store, **kw) as legacy:
         for rec in recs:

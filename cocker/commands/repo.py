@@ -6,7 +6,7 @@ import click
 
 from cocker.output import human_size, print_json, print_table
 from common.errors import UsageError
-from registry import repos as reposmod
+from registry.transports import remotes as reposmod
 
 
 @click.group()

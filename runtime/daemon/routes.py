@@ -97,7 +97,7 @@ def run_cli(home: str, argv: object) -> dict:
 
 
 def _store(home: str):
-    from registry.store import Store
+    from registry.repo.store import Store
     return Store(home)
 
 
@@ -215,12 +215,12 @@ def v2_container_rm(req: Request, m) -> tuple[int, Any]:
 
 
 def v2_images_list(req: Request, m) -> tuple[int, Any]:
-    from registry import image as imagemod
+    from registry.repo import image as imagemod
     return 200, [i.summary() for i in imagemod.list_images(_store(req.home), req.query.get("name"))]
 
 
 def v2_image_inspect(req: Request, m) -> tuple[int, Any]:
-    from registry import image as imagemod
+    from registry.repo import image as imagemod
     return 200, imagemod.load(_store(req.home), m["ref"]).inspect()
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common.errors import CockerError, UsageError
-from registry.store import Store
+from registry.repo.store import Store
 
 
 def _container_spec(args: dict):

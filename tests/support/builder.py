@@ -18,8 +18,9 @@ WHITEOUT, DIR, OPAQUE = object(), object(), object()
 def publish_layers(store, name: str, version: str, trees: list[str], base=None,
                    config: dict | None = None, sde: int | None = 1_600_000_000):
     """Publish an image whose layers are the given overlay-form trees (bottom -> top)."""
-    from registry import image as imagemod
-    from registry import layer_tar, oci
+    from registry.layer import tar_codec as layer_tar
+    from registry.oci import manifest as oci
+    from registry.repo import image as imagemod
     layers = list(base.layers) if base else []
     diff_ids = list(base.diff_ids) if base else []
     for t in trees:
@@ -81,7 +82,7 @@ def listing(root: str) -> dict[str, str]:
 def image_view(store, ref: str):
     """The merged (read-only) filesystem of an image version."""
     from builder import treediff
-    from registry import image as imagemod
+    from registry.repo import image as imagemod
     from runtime import layers as layertrees
     img = imagemod.load(store, ref)
     trees = list(reversed(layertrees.ensure_layers(store, img)))

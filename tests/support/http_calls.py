@@ -6,7 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 
-from registry import digest as digestmod
+from registry.oci import digest as digestmod
 from tests.support.http_servers import TOKEN
 
 

@@ -18,8 +18,8 @@ import tarfile
 import time
 import urllib.request
 
-from registry import oci
-from registry.layout import LayoutRepo
+from registry.oci import manifest as oci
+from registry.repo.layout import LayoutRepo
 
 TOKEN = "test-token-rw-0123456789"
 RO_TOKEN = "test-token-ro-0123456789"
@@ -56,7 +56,7 @@ def tar_gz(files: dict[str, bytes]) -> bytes:
 def make_image(repo: LayoutRepo, name: str, version: str, files: dict[str, bytes] | None = None,
                extra_layers: list[bytes] | None = None) -> str:
     """Publish a small gzip-layered OCI image in `repo`; returns the manifest digest."""
-    from registry import digest as digestmod
+    from registry.oci import digest as digestmod
     layers, diff_ids = [], []
     for content in [files or {"hello.txt": f"{name}:{version}\n".encode()}] + \
             [{"blob.bin": b} for b in (extra_layers or [])]:

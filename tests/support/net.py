@@ -23,7 +23,7 @@ import uuid
 
 import pytest
 
-from registry.store import Store
+from registry.repo.store import Store
 
 
 def unique(prefix: str) -> str:

@@ -17,8 +17,9 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 def build_image(store, name: str, version: str, layer_dirs: list[str], config: dict | None = None):
-    from registry import image as imagemod
-    from registry import layer_tar, oci
+    from registry.layer import tar_codec as layer_tar
+    from registry.oci import manifest as oci
+    from registry.repo import image as imagemod
     packed = [layer_tar.pack_into(store, d, compression="zstd") for d in layer_dirs]
     cfg = oci.new_config([p.diff_id for p in packed])
     cfg["config"] = dict(config or {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin:/sbin:/usr/bin"]})
@@ -46,7 +47,7 @@ def build_many_layers(store, n: int = 50, name: str = "layered", version: str = 
 
 @pytest.fixture(scope="session")
 def rt_home(tmp_path_factory) -> dict:
-    from registry.store import Store
+    from registry.repo.store import Store
     from tests.support.net import unique, unique_subnet
     home = str(tmp_path_factory.mktemp("rt") / "home")
     build_busybox(Store(home))
@@ -58,7 +59,7 @@ def rt_home(tmp_path_factory) -> dict:
 @pytest.fixture
 def rt(rt_home, monkeypatch):
     """(store, cli): the shared runtime store exported as COCKER_HOME, and a CLI runner."""
-    from registry.store import Store
+    from registry.repo.store import Store
     from tests.conftest import run_cocker
     for k, v in rt_home.items():
         monkeypatch.setenv(k, v)

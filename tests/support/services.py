@@ -141,7 +141,7 @@ def _nginx_pids_for(prefix: str) -> list[int]:
 
 def leftovers(home: str, name: str, bridge: str | None = None) -> list[str]:
     """What of service `name` is still on the host or in the store (empty: nothing)."""
-    from registry.store import Store
+    from registry.repo.store import Store
     from runtime import containers, network
     from runtime.services import netns_name, network_name
     store = Store(home)
@@ -175,7 +175,7 @@ def force_cleanup(home: str, name: str) -> None:
     env = {"COCKER_HOME": home}
     run_cocker("service", "rm", name, check=False, env=env)
     sdir = os.path.join(home, "services", name)
-    from registry.store import Store
+    from registry.repo.store import Store
     from runtime import containers, network
     from runtime.services import netns_name, network_name, nginx_owner
     store = Store(home)

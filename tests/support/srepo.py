@@ -53,7 +53,7 @@ class SrepoDoor:
         return env
 
     def open(self, key: str, prefix: str = "", **kw):
-        from registry.srepo_transport import open_srepo
+        from registry.transports.srepo.transport import open_srepo
         return open_srepo(self.url(prefix), identity=self.keys[key],
                           known_hosts=self.known_hosts, config_path=None, **kw)
 
@@ -119,7 +119,7 @@ class SrepoDoor:
 def start_door(base: str, keys: dict[str, str], *, root: str | None = None) -> SrepoDoor:
     """A door serving `root` (created) with one client key per entry of `keys`
     (name -> authorized_keys options, e.g. 'srepo-perms="all"'). The caller stops it."""
-    from registry.layout import LayoutRepo
+    from registry.repo.layout import LayoutRepo
     os.makedirs(base, exist_ok=True)
     root = root or os.path.join(base, "repo")
     LayoutRepo(root, create=True)

@@ -221,9 +221,9 @@ def make_test_image(repo, name: str, version: str, layers: list[bytes], *,
     """Publish name:version in `repo` from layer blobs (plain tar or gzip tar bytes)."""
     import gzip
 
-    from registry import digest as dm
-    from registry import image as imagemod
-    from registry import oci
+    from registry.oci import digest as dm
+    from registry.oci import manifest as oci
+    from registry.repo import image as imagemod
     descs, diffs = [], []
     for data in layers:
         d = dm.of_bytes(data)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from common.errors import InvalidReference
-from registry import digest as digestmod
+from registry.oci import digest as digestmod
 
 UNVERSIONED = "_"
 

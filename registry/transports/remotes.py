@@ -24,7 +24,7 @@ from typing import Any
 
 from common.errors import CockerError, NotARepository, NotFound, TransportError, UsageError
 from common.fsutil import atomic_write, flock
-from registry.repository import Repository
+from registry.repo.repository import Repository
 
 CONFIG_FILE = "repos.json"
 REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -171,10 +171,10 @@ def check_url(kind: str, url: str) -> None:
     if kind == "ssh":
         parse_ssh(url)
     elif kind == "srepo":
-        from registry.srepo_transport import parse_url
+        from registry.transports.srepo.transport import parse_url
         parse_url(url)
     elif kind == "http":
-        from registry.http_repo import HttpRepo
+        from registry.transports.http.repo import HttpRepo
         HttpRepo(url)
 
 
@@ -214,7 +214,7 @@ def open_repo(spec: str | None, store=None, **options: Any) -> Repository:
     opts = stored.merged(**options)
     kind, url = classify(url)
     if kind == "path":
-        from registry.layout import LayoutRepo
+        from registry.repo.layout import LayoutRepo
         path = url[len("file://"):] if url.startswith("file://") else url
         path = os.path.expanduser(path)
         if not os.path.exists(path) and not opts.init:
@@ -223,25 +223,25 @@ def open_repo(spec: str | None, store=None, **options: Any) -> Repository:
     if kind == "ssh":
         return open_ssh(parse_ssh(url), opts)
     if kind == "srepo":
-        from registry.srepo_transport import open_srepo
+        from registry.transports.srepo.transport import open_srepo
         return open_srepo(url, identity=opts.identity, accept_new=opts.accept_new,
                           known_hosts=opts.known_hosts, config_path=opts.config_path)
     if kind == "http":
-        from registry.http_repo import HttpRepo
+        from registry.transports.http.repo import HttpRepo
         return HttpRepo(url)
     raise NotFound(f"no repo named {spec!r} is configured")
 
 
 def connect_ssh(t: SshTarget, opts: RepoOptions):
-    from registry import ssh
+    from registry.transports.ssh import connect as ssh
     return ssh.connect(t.host, t.port, t.user, identity=opts.identity,
                        accept_new=opts.accept_new, known_hosts=opts.known_hosts,
                        config_path=opts.config_path)
 
 
 def open_ssh(t: SshTarget, opts: RepoOptions) -> Repository:
-    from registry.sftp_repo import SftpRepo
-    from registry.smart import tune_allocator
+    from registry.transports.ssh.sftp_repo import SftpRepo
+    from registry.wire.channel import tune_allocator
     tune_allocator()  # blobs cross this process in MiB-sized buffers, whichever the mode
     mode = t.query.get("mode", opts.mode or "auto")
     if mode not in ("auto", "smart", "sftp"):
@@ -267,8 +267,8 @@ def open_ssh(t: SshTarget, opts: RepoOptions) -> Repository:
 
 def _open_smart(client, root: str, command: str, url: str, *, required: bool):
     """The smart protocol over an exec channel, or None when the remote lacks the server."""
-    from registry import ssh
-    from registry.smart import SmartRepo
+    from registry.transports.smart.client import SmartRepo
+    from registry.transports.ssh import connect as ssh
 
     argv = [*command.split(), "--stdio", "--root", root]
 
@@ -313,7 +313,7 @@ def _open_smart(client, root: str, command: str, url: str, *, required: bool):
 
 def open_legacy(spec: str | None, store=None, **options: Any):
     """A cocker 0.x flat *.cockerimage directory over SFTP (default: the remote home)."""
-    from registry.legacy_srepo import LegacyRepo
+    from registry.transports.legacy.repo import LegacyRepo
     url, stored, _ = resolve_spec(spec, store)
     opts = stored.merged(**options)
     kind, url = classify(url)

@@ -1,8 +1,8 @@
 """`srepo://[user@]host[:port][/prefix]`: a repository behind srepo-server's own SSH door.
 
-The connection is an ordinary SSH connection (`registry.ssh.connect`: ~/.ssh/config, the
+The connection is an ordinary SSH connection (`registry.transports.ssh.connect.connect`: ~/.ssh/config, the
 agent, `-i` keys, known_hosts checking, explicit opt-in for a new host key); on it each
-exec channel running `srepo [PREFIX]` carries the smart protocol (`registry.smart`). Several
+exec channel running `srepo [PREFIX]` carries the smart protocol (`registry.wire.framing`). Several
 channels share the one connection so the copy routine moves several blobs at once.
 `/prefix` is a namespace on the server: `app:1` pushed to srepo://host/team is stored as
 `team/app:1`. The default port is 2222 (srepo-server's example port), not OpenSSH's 22.
@@ -17,8 +17,9 @@ from typing import Any
 import paramiko
 
 from common.errors import CockerError, InvalidReference, TransportError
-from registry import reference as refmod
-from registry.smart import SmartRepo, tune_allocator
+from registry.oci import reference as refmod
+from registry.transports.smart.client import SmartRepo
+from registry.wire.channel import tune_allocator
 
 DEFAULT_PORT = 2222
 WINDOW = 64 << 20
@@ -52,7 +53,7 @@ def open_srepo(url: str, identity: Any = None, accept_new: bool = False, *,
                known_hosts: Any = None, config_path: str | None = "~/.ssh/config",
                channels: int = CHANNELS, **ssh_opts: Any) -> SmartRepo:
     """Connect to the srepo SSH door at `url` and return the repository."""
-    from registry import ssh  # paramiko setup lives with the SSH transport
+    from registry.transports.ssh import connect as ssh  # paramiko setup lives with the SSH transport
 
     user, host, port, prefix = parse_url(url)
     tune_allocator()

@@ -42,11 +42,11 @@ from common.errors import (
     TransportError,
     UsageError,
 )
-from registry import digest as digestmod
-from registry import oci
-from registry import reference as refmod
-from registry.reference import Reference
-from registry.repository import ANY, BlobWriter, RefRecord, Repository
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci import reference as refmod
+from registry.oci.reference import Reference
+from registry.repo.repository import ANY, BlobWriter, RefRecord, Repository
 
 CHUNK = 1 << 20
 SMALL = 4 << 20  # blobs up to this size are sent in one request (and checked for manifest-ness)

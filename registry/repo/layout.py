@@ -22,10 +22,10 @@ from typing import BinaryIO
 
 from common.errors import Conflict, CorruptImage, DigestMismatch, LockBusy, NotARepository, NotFound
 from common.fsutil import EarlyWriteback, atomic_write, disk_error, flock, fsync_dir, start_writeback
-from registry import digest as digestmod
-from registry import oci
-from registry import reference as refmod
-from registry.repository import ANY, BlobWriter, RefRecord, Repository
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci import reference as refmod
+from registry.repo.repository import ANY, BlobWriter, RefRecord, Repository
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 VERSION_PREFIX = "@"

@@ -6,7 +6,7 @@ import json
 import os
 
 from common.home import DEFAULT_ROOT_HOME, Home, default_home
-from registry.layout import LayoutRepo
+from registry.repo.layout import LayoutRepo
 
 __all__ = ["DEFAULT_ROOT_HOME", "Store", "default_home"]
 

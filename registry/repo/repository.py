@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from common.errors import CockerError, Conflict, NotFound
-from registry import digest as digestmod
-from registry import oci
-from registry import reference as refmod
-from registry.reference import Reference
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci import reference as refmod
+from registry.oci.reference import Reference
 
 ANY = object()  # put_ref/delete_ref without a compare-and-swap precondition
 

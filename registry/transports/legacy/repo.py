@@ -25,10 +25,10 @@ from typing import BinaryIO
 import paramiko
 
 from common.errors import AlreadyExists, CockerError, NotFound, TransportError, UnsafeArchive
-from registry import digest as digestmod
-from registry import oci
-from registry import reference as refmod
-from registry.sftp_repo import finish_pipelined, open_sftp
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci import reference as refmod
+from registry.transports.ssh.sftp_repo import finish_pipelined, open_sftp
 
 SUFFIX = ".cockerimage"
 CHUNK = 1 << 20
@@ -209,7 +209,7 @@ def check_layer_tar(path: str) -> str:
 def import_file(repo, path: str, name: str, version: str, *, created: float | None = None,
                 force: bool = False):
     """Make `name:version` in `repo` (a LayoutRepo) from a downloaded .cockerimage."""
-    from registry import image as imagemod
+    from registry.repo import image as imagemod
     diff_id = check_layer_tar(path)
     layer_digest, size = digestmod.of_file(path)
     repo.ingest(path, layer_digest)

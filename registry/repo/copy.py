@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from common.errors import Conflict, DigestMismatch
-from registry import digest as digestmod
-from registry import oci
-from registry.progress import Progress
-from registry.reference import Reference
-from registry.repository import ANY, RefRecord, Repository
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci.reference import Reference
+from registry.repo.progress import Progress
+from registry.repo.repository import ANY, RefRecord, Repository
 
 CHUNK = 1 << 20
 PARALLEL_MIN = 4 << 20
@@ -102,7 +102,7 @@ def copy(ref: Reference | RefRecord, src: Repository, dst: Repository, *,
     """
     rec = ref if isinstance(ref, RefRecord) else src.resolve(ref)
     target = dest_ref or Reference(rec.name, rec.version)
-    # Registries (registry.http_repo) scope blobs by repository name: bind both ends.
+    # Registries (registry.transports.http.repo) scope blobs by repository name: bind both ends.
     src = src.for_name(rec.name) if hasattr(src, "for_name") else src
     dst = dst.for_name(target.name) if hasattr(dst, "for_name") else dst
     if not force:

@@ -1,6 +1,6 @@
 """A repository on a remote directory reached over SFTP: nothing but sshd on the other side.
 
-Same layout as `registry.layout` (oci-layout, index.json, blobs/sha256, refs/<name>/@<version>,
+Same layout as `registry.repo.layout` (oci-layout, index.json, blobs/sha256, refs/<name>/@<version>,
 tmp/uploads), so a directory written here is also a `LayoutRepo`/`srepo-server` root.
 
 The server is not trusted and SFTP has no flock, so:
@@ -44,14 +44,14 @@ from common.errors import (
     PermissionDenied,
     TransportError,
 )
-from registry import digest as digestmod
-from registry import oci
-from registry import reference as refmod
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci import reference as refmod
+from registry.repo.layout import GC_GRACE, LAYOUT_VERSION, VERSION_PREFIX
+from registry.repo.repository import ANY, BlobWriter, RefRecord, Repository
 
 # registry.ssh first: it keeps paramiko from importing `invoke` (~140 ms of start-up).
-from registry import ssh as _ssh  # noqa: F401
-from registry.layout import GC_GRACE, LAYOUT_VERSION, VERSION_PREFIX
-from registry.repository import ANY, BlobWriter, RefRecord, Repository
+from registry.transports.ssh import connect as _ssh  # noqa: F401
 
 STALE_LOCK = float(os.environ.get("COCKER_SFTP_STALE_LOCK", "30"))
 LOCK_TIMEOUT = float(os.environ.get("COCKER_LOCK_TIMEOUT", "120"))

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import CorruptImage, NotFound
-from registry import digest as digestmod
-from registry import oci
-from registry import reference as refmod
-from registry.reference import Reference
-from registry.repository import ANY, RefRecord, Repository
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.oci import reference as refmod
+from registry.oci.reference import Reference
+from registry.repo.repository import ANY, RefRecord, Repository
 
 
 @dataclass

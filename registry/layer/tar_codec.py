@@ -32,8 +32,8 @@ import zstandard
 
 from common.errors import CockerError, CorruptImage, UnsafeArchive
 from common.fsutil import EarlyWriteback, disk_error
-from registry import oci
 from registry.limits import LayerLimits, shorten
+from registry.oci import manifest as oci
 
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3
@@ -466,7 +466,7 @@ def pack_dir(src: str, out: BinaryIO, *, compression: str = "zstd",
     `source_date_epoch` (default: $SOURCE_DATE_EPOCH if set) clamps every mtime.
     `overlay_upper`: `src` is an overlay upper dir; its whiteouts (char 0/0) become
     `.wh.NAME` files and opaque directories get a `.wh..wh..opq` entry.
-    `progress`: a registry.progress.Progress, or anything with update(nbytes).
+    `progress`: a registry.repo.progress.Progress, or anything with update(nbytes).
     `skip_devices`: leave device nodes out (a host rootfs's /dev: unpack refuses them and
     the runtime provides /dev); otherwise they are packed as they are.
     """

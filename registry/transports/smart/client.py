@@ -1,287 +1,38 @@
-"""The smart protocol: cocker's repository protocol over any byte stream, and its client.
+"""The smart protocol's client: `SmartRepo`, a `Repository` over one or more byte streams.
 
-One handler (`srepo_server.handler.serve`) speaks it on stdin/stdout (`srepo-server --stdio`,
-what `ssh://` pushes run remotely, like git's upload-pack), on the exec channels of the
-server's own SSH door (`srepo://`), and over pipes in tests. `SmartRepo` is the client: a
-`Repository` like any other, so the one copy routine drives it.
-
-Framing
--------
-Requests and replies are *frames*: one JSON object on one line (UTF-8, terminated by `\\n`),
-at most 4 MiB for a request and 64 MiB for a reply (a long `list`). Strictly one reply per
-request, in order; the server never speaks first.
-
-    -> {"op": "hello", "versions": [1], "client": "cocker/0.1.0"}
-    <- {"ok": true, "version": 1, "server": "srepo-server 0.1.0", "capabilities": [...],
-        "access": {"read": true, "write": false, "delete": false, "gc": false,
-                   "prefixes": null}, "namespace": null}
-
-An error is a reply frame `{"ok": false, "error": "<CockerError subclass name>",
-"message": "..."}`; the client raises the same class from `common.errors` (NotFound,
-Conflict, DigestMismatch, PermissionDenied, InvalidReference, ...), so a remote failure reads
-exactly like a local one. The connection stays usable after an error frame. A request the
-server cannot frame (a line over the limit, a bad chunk header) gets an error frame when
-possible and then the connection is closed.
-
-Binary data travels raw after a frame, never base64, never wrapped in JSON per chunk:
-
-* get-blob: the reply header states `length`; exactly that many raw bytes follow.
-* put-blob: after the server's go-ahead, the client sends chunks, each a 4-byte big-endian
-  length then that many bytes (at most 16 MiB; the client uses 1 MiB), and ends with the
-  length word 0 (commit) or 0xFFFFFFFF (abort, keep the partial for a resume). The server
-  then replies once: `{"ok": true}` when the blob was verified and made visible, or an error
-  frame (DigestMismatch, disk full...). The server reads to the end marker even after an
-  error, so the stream stays in step.
-
-Operations (request fields -> reply fields)
--------------------------------------------
-    hello       versions, client                 -> version, server, capabilities, access, namespace
-    list        [name] [prefix] [pattern]        -> refs: [{name, version, digest, mtime}]
-                  name: exactly that image; prefix: names starting with it;
-                  pattern: fnmatch glob on `name` or `name:version`
-    get-ref     name, version                    -> digest | null
-    resolve     ref ("name", "name:ver", "name@sha256:...")
-                                                 -> name, version, digest, mtime (newest for a bare name)
-    missing     digests: [...] (batch)           -> missing: [...]  (in request order, deduplicated)
-    blob-size   digest                           -> size | null
-    get-blob    digest, [offset], [length]       -> size, offset, length; then `length` raw bytes
-    put-blob    digest, [size]                   -> offset (bytes the server already holds, for a
-                                                    resume), exists; unless `exists`, the chunk
-                                                    stream follows, then a final reply
-    put-ref     name, version, digest, [expect]  -> (nothing)
-                  `expect` absent: unconditional; null: the ref must not exist; a digest: the
-                  ref must hold it now (compare-and-swap, Conflict otherwise). Refused
-                  (NotFound) when the manifest or any blob it names is missing.
-    delete-ref  name, version, [expect]          -> (nothing)
-    gc          [grace], [dry_run]               -> removed, freed  (the server enforces a
-                                                    minimum grace so pushes in flight survive)
-
-Names in requests and replies are relative to the connection's namespace (the `/prefix` of a
-`srepo://host/prefix` URL); the server validates every name and digest before it builds a
-path and checks the caller's permissions (read / write / delete / gc, name prefixes) per op.
-Blobs are content-addressed and shared: any key that may read can fetch a blob by digest.
-
-Concurrency: a connection carries one exchange at a time. `SmartRepo` hands connections out
-under a lock; given an `opener` (e.g. "open another exec channel on the same SSH transport")
-it opens up to `max_connections` so the copy routine's threads move several blobs at once,
-otherwise they take turns on the one stream.
-
-Use over SSH: `SmartRepo.over_channel(chan, opener=...)` wraps exec channels in
-`ChannelStream`, which reads paramiko channels without its makefile's copying; receive
-windows of tens of MiB and 64-128 KiB packets keep the stream full at the least CPU per byte.
+The protocol (frames, operations, errors) is described in `registry.wire.framing`.
 """
 
 from __future__ import annotations
 
-import collections
-import json
-import struct
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
-from common import errors as errmod
 from common.errors import CockerError, TransportError, UsageError
-from registry import digest as digestmod
-from registry.reference import Reference
-from registry.repository import ANY, BlobWriter, RefRecord, Repository
-
-PROTOCOL_VERSIONS = (1,)
-CHUNK = 1 << 20                      # payload chunk the client sends / server reads from disk
-MAX_CHUNK = 16 << 20                 # largest chunk a server accepts
-MAX_REQUEST_LINE = 4 << 20
-MAX_REPLY_LINE = 64 << 20
-END = 0
-ABORT = 0xFFFFFFFF
-_LEN = struct.Struct(">I")
-CAPABILITIES = ("list", "get-ref", "resolve", "missing", "blob-size", "get-blob", "put-blob",
-                "put-blob-resume", "put-ref", "delete-ref", "gc")
+from registry.oci import digest as digestmod
+from registry.oci.reference import Reference
+from registry.repo.repository import ANY, BlobWriter, RefRecord, Repository
+from registry.wire.channel import ChannelStream
+from registry.wire.framing import (
+    ABORT,
+    CHUNK,
+    END,
+    LEN,
+    MAX_CHUNK,
+    MAX_REPLY_LINE,
+    PROTOCOL_VERSIONS,
+    BadFrame,
+    ConnectionLost,
+    FrameTooLong,
+    encode,
+    parse_frame,
+    raise_error,
+    read_exact,
+    read_line,
+)
 
 Opener = Callable[[], tuple[Any, Any, Callable[[], None] | None]]
-
-
-class ConnectionLost(TransportError):
-    """The byte stream ended or broke mid-exchange; the connection cannot be reused."""
-
-
-class FrameTooLong(TransportError):
-    """A frame line over the limit: the stream is out of step and must be closed."""
-
-
-class BadFrame(TransportError):
-    """A line that is not a JSON object."""
-
-
-# frames ----------------------------------------------------------------------------------
-def encode(frame: dict) -> bytes:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
-
-
-def read_line(rfile: Any, limit: int) -> bytes | None:
-    """One frame line without its newline; None at a clean end of stream."""
-    try:
-        line = rfile.readline(limit + 1)
-    except (OSError, ValueError) as e:
-        raise ConnectionLost(f"connection lost: {e}") from None
-    if not line:
-        return None
-    if not line.endswith(b"\n"):
-        if len(line) > limit:
-            raise FrameTooLong(f"frame longer than {limit} bytes")
-        raise ConnectionLost("connection lost in the middle of a frame")
-    return line[:-1]
-
-
-def parse_frame(line: bytes) -> dict:
-    try:
-        frame = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        raise BadFrame("bad frame: not JSON") from None
-    if not isinstance(frame, dict):
-        raise BadFrame("bad frame: not a JSON object")
-    return frame
-
-
-def read_exact(rfile: Any, n: int) -> bytes:
-    try:
-        data = rfile.read(n)
-    except (OSError, ValueError) as e:
-        raise ConnectionLost(f"connection lost: {e}") from None
-    if data is None or len(data) != n:
-        raise ConnectionLost(f"connection lost: expected {n} bytes, got {len(data or b'')}")
-    return data
-
-
-def error_frame(exc: BaseException) -> dict:
-    name = type(exc).__name__
-    if not isinstance(exc, CockerError) or _ERRORS.get(name) is not type(exc):
-        # A subclass the other side may not know: send the nearest public ancestor.
-        name = next((c.__name__ for c in type(exc).__mro__ if _ERRORS.get(c.__name__) is c),
-                    "CockerError")
-    return {"ok": False, "error": name, "message": str(exc) or name}
-
-
-def raise_error(frame: dict) -> None:
-    """Raise the CockerError an error frame stands for."""
-    cls = _ERRORS.get(str(frame.get("error")), CockerError)
-    raise cls(str(frame.get("message") or "remote error"))
-
-
-_ERRORS: dict[str, type[CockerError]] = {
-    name: obj for name, obj in vars(errmod).items()
-    if isinstance(obj, type) and issubclass(obj, CockerError)}
-
-
-# a fast stream over a socket-like object (paramiko Channel, socket) ---------------------
-class ChannelStream:
-    """read/readline/write over anything with recv/sendall (a paramiko Channel, a socket).
-
-    paramiko's own `makefile` grows its read buffer by concatenation, and reading a little
-    from paramiko's channel buffer moves everything behind it; when the reader lags, that
-    buffer holds up to a whole window (tens of MiB) and each 1 MiB read would move it all.
-    So this drains the channel buffer whole into a queue of chunks and hands out slices.
-    """
-
-    def __init__(self, chan: Any, recv_size: int = 1 << 28) -> None:
-        self.chan = chan
-        self.recv_size = recv_size
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._off = 0        # read position in the first chunk
-        self._avail = 0      # bytes queued, counted from _off
-
-    def _fill(self) -> bool:
-        d = self.chan.recv(self.recv_size)
-        if not d:
-            return False
-        self._chunks.append(d)
-        self._avail += len(d)
-        return True
-
-    def _take(self, n: int) -> bytes:
-        parts: list[Any] = []
-        while n:
-            c = self._chunks[0]
-            left = len(c) - self._off
-            if left <= n:
-                parts.append(c if self._off == 0 else memoryview(c)[self._off:])
-                self._chunks.popleft()
-                self._off = 0
-                n -= left
-                self._avail -= left
-            else:
-                parts.append(memoryview(c)[self._off:self._off + n])
-                self._off += n
-                self._avail -= n
-                n = 0
-        if len(parts) == 1 and isinstance(parts[0], bytes):
-            return parts[0]
-        return b"".join(parts)
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            while self._fill():
-                pass
-            return self._take(self._avail)
-        while self._avail < n and self._fill():
-            pass
-        return self._take(min(n, self._avail))
-
-    def readline(self, limit: int = -1) -> bytes:
-        limit = limit if limit and limit > 0 else 1 << 62
-        scanned = 0  # bytes already searched for a newline
-        while True:
-            pos = 0      # offset of chunk i's first unread byte from the read position
-            for i, c in enumerate(self._chunks):
-                start = self._off if i == 0 else 0
-                size = len(c) - start
-                if pos + size > scanned:
-                    j = c.find(b"\n", start + max(0, scanned - pos), start + size)
-                    if j >= 0:
-                        return self._take(min(pos + j - start + 1, limit))
-                pos += size
-            scanned = self._avail
-            if self._avail >= limit:
-                return self._take(limit)
-            if not self._fill():
-                return self._take(self._avail)
-
-    def write(self, data: bytes) -> int:
-        # A memoryview: paramiko's sendall re-slices what is left after each packet, which
-        # copies the rest of a bytes object every time (quadratic in the chunk size).
-        self.chan.sendall(memoryview(data))
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.chan.close()
-
-
-def tune_allocator() -> None:
-    """Let glibc serve MiB-sized buffers from its heap instead of fresh mmaps.
-
-    By default every bytes object over ~128 KiB (a 1 MiB chunk, a 128 KiB SSH packet) is a
-    new mmap that page-faults on first touch and is unmapped when freed: measured here, that
-    makes AES-GCM on 256 KiB buffers 3.5x dearer than on 64 KiB ones. Raising the mmap and
-    trim thresholds keeps those pages in the heap for reuse. Called by processes that move
-    bulk data (the server doors, srepo:// clients); a no-op where glibc's mallopt is absent.
-    """
-    global _TUNED
-    if _TUNED:
-        return
-    _TUNED = True
-    try:
-        import ctypes
-        # This process's own C library; ctypes.util would import subprocess at start-up.
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 16 << 20)   # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-_TUNED = False
 
 
 # client ----------------------------------------------------------------------------------
@@ -657,7 +408,7 @@ class _BlobUpload(BlobWriter):
         try:
             while view:
                 part = view[:MAX_CHUNK]
-                self._conn.write_raw(_LEN.pack(len(part)), part)
+                self._conn.write_raw(LEN.pack(len(part)), part)
                 view = view[len(part):]
         except BaseException as e:
             self._finish(e)
@@ -665,7 +416,7 @@ class _BlobUpload(BlobWriter):
 
     def _end(self, marker: int) -> None:
         try:
-            self._conn.write_raw(_LEN.pack(marker))
+            self._conn.write_raw(LEN.pack(marker))
             self._conn.flush()
             self._conn.reply()
         except BaseException as e:

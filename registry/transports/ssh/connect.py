@@ -30,7 +30,7 @@ from common.errors import AuthError, TransportError
 # 8 MiB receive windows on exec channels: enough to keep a fast link busy (8 MiB per
 # round trip), while a larger one let the transport thread buffer (and copy) far ahead of
 # the consumer: smart pulls measured 1.5-3x faster than with 128 MiB windows. SFTP
-# sessions use a smaller window still, see registry.sftp_repo.open_sftp.
+# sessions use a smaller window still, see registry.transports.ssh.sftp_repo.open_sftp.
 WINDOW_SIZE = 8 << 20
 # The largest packet we accept; OpenSSH then sends up to this much per packet (its
 # limit is 256 KiB), which cuts paramiko's per-packet Python work on pulls about 3x.

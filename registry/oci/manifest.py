@@ -7,7 +7,7 @@ import platform
 from typing import Any
 
 from common.errors import CorruptImage
-from registry import digest as digestmod
+from registry.oci import digest as digestmod
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"
