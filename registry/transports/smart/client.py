@@ -242,7 +242,7 @@ class SmartRepo(Repository):
                 pass
         self._owned = []
 
-    def _owning(self, obj: Any) -> SmartRepo:
+    def owning(self, obj: Any) -> SmartRepo:
         """Close `obj` (e.g. the SSH client under the channels) when this repo closes."""
         self._owned.append(obj)
         return self

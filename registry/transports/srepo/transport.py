@@ -18,7 +18,10 @@ import paramiko
 
 from common.errors import CockerError, InvalidReference, TransportError
 from registry.oci import reference as refmod
+from registry.repo.repository import Repository
+from registry.transports.options import RepoOptions
 from registry.transports.smart.client import SmartRepo
+from registry.transports.ssh import connect as ssh
 from registry.wire.channel import tune_allocator
 
 DEFAULT_PORT = 2222
@@ -53,8 +56,6 @@ def open_srepo(url: str, identity: Any = None, accept_new: bool = False, *,
                known_hosts: Any = None, config_path: str | None = "~/.ssh/config",
                channels: int = CHANNELS, **ssh_opts: Any) -> SmartRepo:
     """Connect to the srepo SSH door at `url` and return the repository."""
-    from registry.transports.ssh import connect as ssh  # paramiko setup lives with the SSH transport
-
     user, host, port, prefix = parse_url(url)
     tune_allocator()
     client = ssh.connect(host, port, user, identity=identity, accept_new=accept_new,
@@ -75,10 +76,19 @@ def open_srepo(url: str, identity: Any = None, accept_new: bool = False, *,
     try:
         return SmartRepo.over_channel(open_channel(), opener=open_channel,
                                       max_connections=channels, url=url,
-                                      client="cocker srepo://")._owning(client)
+                                      client="cocker srepo://").owning(client)
     except CockerError:
         client.close()
         raise
     except BaseException:
         client.close()
         raise
+
+
+def check_url(url: str) -> None:
+    parse_url(url)
+
+
+def open_url(url: str, opts: RepoOptions) -> Repository:
+    return open_srepo(url, identity=opts.identity, accept_new=opts.accept_new,
+                      known_hosts=opts.known_hosts, config_path=opts.config_path)
