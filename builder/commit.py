@@ -23,7 +23,7 @@ from typing import Any
 from builder import changes as changesmod
 from builder import meta, treediff
 from builder.changes import Change
-from common.errors import CockerError, UsageError
+from common.errors import CockerError, Conflict, UsageError
 from registry.layer import tar_codec as layer_tar
 from registry.oci import reference as refmod
 from registry.oci.reference import Reference
@@ -79,6 +79,11 @@ def commit(store, name: str, target: Reference, *, message: str | None = None,
     if packed is None and not changes and not allow_empty:
         raise NothingToCommit(f"no changes in container {name}: nothing committed "
                               "(--allow-empty makes a new version anyway)")
+    if packed is not None and packed.diff_id in base.diff_ids:
+        # overlay cannot stack a layer tree on itself (ELOOP at the next run)
+        n = base.diff_ids.index(packed.diff_id) + 1
+        raise Conflict(f"the changes of container {name} are byte for byte layer {n} of its "
+                       "image: an image cannot hold a layer twice (overlay would refuse to run it)")
     created = meta.timestamp(meta.source_date_epoch())
     by = f"cocker container commit {name}"
     if changes:

@@ -99,14 +99,37 @@ class _TeeReader:
             pass
 
 
+class _SizedReader:
+    """Refuses a stream longer or shorter than its descriptor says, as the bytes arrive
+    (a wrong size is caught before a byte too many is stored)."""
+
+    def __init__(self, src: BinaryIO, size: int, what: str) -> None:
+        self.src, self.size, self.what = src, size, what
+        self.got = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.src.read(n)
+        self.got += len(data)
+        if self.got > self.size:
+            raise CorruptImage(f"{self.what}: more than the {self.size} bytes its descriptor "
+                               "says")
+        if not data and n != 0 and self.got != self.size:
+            raise CorruptImage(f"{self.what}: {self.got} bytes, but its descriptor says "
+                               f"{self.size}")
+        return data
+
+
 def ingest_layer(store: Store, src: BinaryIO, diff_id: str, *, digest: str | None = None,
-                 compression: str = "zstd", progress: Any = None, what: str = "layer") -> dict:
+                 size: int | None = None, compression: str = "zstd", progress: Any = None,
+                 what: str = "layer") -> dict:
     """Put one foreign layer into the store and return its OCI descriptor.
 
     Already gzip/zstd: kept byte for byte (same digest), after checking in one pass that
-    it hashes to `digest` and decompresses to `diff_id`. Uncompressed: compressed with
-    `compression` (the diff_id is still checked)."""
+    it hashes to `digest`, has `size` bytes and decompresses to `diff_id`. Uncompressed:
+    compressed with `compression` (the diff_id is still checked)."""
     digestmod.validate(diff_id)
+    if size is not None:
+        src = _SizedReader(src, size, what)  # type: ignore[assignment]
     head = layer_tar._read_exact_head(src, 4)
     kind = layer_tar.detect_compression(head)
     stream = layer_tar._Prefixed(head, src)
@@ -177,7 +200,7 @@ def _oci_candidates(files: af.ArchiveFiles) -> list[_Candidate]:
 
 def _load_oci(files: af.ArchiveFiles, desc: dict) -> tuple[dict, list]:
     raw = files.read(_blob_name(desc["digest"]))
-    _verify(raw, desc["digest"], "manifest")
+    _verify(raw, desc, "manifest")
     m = oci.parse_manifest(raw)
     if oci.is_index(m):
         arch = oci.go_arch()
@@ -187,12 +210,13 @@ def _load_oci(files: af.ArchiveFiles, desc: dict) -> tuple[dict, list]:
         if not pick:
             raise NotFound(f"image index has no manifest for linux/{arch}")
         return _load_oci(files, pick[0])
+    oci.check_image(m, f"manifest {digestmod.short(desc['digest'])}")
     craw = files.read(_blob_name(m["config"]["digest"]))
-    _verify(craw, m["config"]["digest"], "config")
+    _verify(craw, m["config"], "config")
     config = oci.parse_json(craw, "image config")
     diff_ids = _diff_ids(config, len(m["layers"]))
-    layers = [(lambda d=d: files.open(_blob_name(d["digest"])), diff, d["digest"])
-              for d, diff in zip(m["layers"], diff_ids)]
+    layers = [(lambda d=d: files.open(_blob_name(d["digest"])), diff, d["digest"], d["size"])
+              for d, diff in zip(m["layers"], diff_ids, strict=True)]
     return config, layers
 
 
@@ -228,30 +252,28 @@ def _load_docker(files: af.ArchiveFiles, entry: dict) -> tuple[dict, list]:
     config = oci.parse_json(files.read(entry["Config"]), "image config")
     diff_ids = _diff_ids(config, len(entry["Layers"]))
     layers = []
-    for path, diff in zip(entry["Layers"], diff_ids):
+    for path, diff in zip(entry["Layers"], diff_ids, strict=True):
         if not isinstance(path, str):
             raise CorruptImage("manifest.json: malformed layer path")
         # docker >= 25 names layers blobs/sha256/<digest>: then the digest is known.
         dig = None
         if path.startswith("blobs/sha256/") and digestmod.is_valid("sha256:" + path[13:]):
             dig = "sha256:" + path[13:]
-        layers.append((lambda p=path: files.open(p), diff, dig))
+        layers.append((lambda p=path: files.open(p), diff, dig, None))
     return config, layers
 
 
-def _verify(data: bytes, d: str, what: str) -> None:
+def _verify(data: bytes, desc: dict, what: str) -> None:
+    d = desc["digest"]
+    if len(data) != desc["size"]:
+        raise CorruptImage(f"{what} {digestmod.short(d)} has {len(data)} bytes, but its "
+                           f"descriptor says {desc['size']}")
     if digestmod.of_bytes(data) != d:
         raise DigestMismatch(f"{what} {digestmod.short(d)} does not match its digest")
 
 
 def _diff_ids(config: dict, n: int) -> list[str]:
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
-    if not isinstance(diff_ids, list) or len(diff_ids) != n:
-        raise CorruptImage("image config rootfs.diff_ids does not match the layers")
-    for d in diff_ids:
-        if not digestmod.is_valid(d):
-            raise CorruptImage(f"image config: invalid diff_id {d!r}")
-    return diff_ids
+    return oci.check_diff_ids((config.get("rootfs") or {}).get("diff_ids"), n)
 
 
 def _choose(cands: list[_Candidate], source_ref: str | None, ref: str | None) -> _Candidate:
@@ -311,9 +333,9 @@ def import_image(store: Store, source: str, ref: str | None = None, *,
             _refuse_existing(store, target, force)
             config, layers = cand.load()
             descs = []
-            for i, (opener, diff, dig) in enumerate(layers):
+            for i, (opener, diff, dig, size) in enumerate(layers):
                 with opener() as stream:
-                    descs.append(ingest_layer(store, stream, diff, digest=dig,
+                    descs.append(ingest_layer(store, stream, diff, digest=dig, size=size,
                                               compression=compression, progress=None,
                                               what=f"layer {i + 1}/{len(layers)}"))
     img = imagemod.publish(store, target.name, target.version, config, descs, force=force)

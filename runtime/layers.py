@@ -11,9 +11,10 @@ import contextlib
 import os
 import time
 
-from common.errors import CorruptImage, DigestMismatch
+from common.errors import DigestMismatch
 from common.fsutil import flock
 from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
 
 TMP_PREFIX = ".tmp-"
 LOCK_PREFIX = ".lock-"
@@ -27,10 +28,11 @@ def ensure_layers(store, image, progress=None) -> list[str]:
     """Layer trees of `image`, bottom -> top, unpacking the ones not there yet."""
     diff_ids = image.diff_ids
     layers = image.layers
-    if len(diff_ids) != len(layers):
-        raise CorruptImage(f"{image.name}:{image.version}: layers and diff_ids differ in number")
+    what = f"{image.name}:{image.version}"
+    oci.check_image(image.manifest, what)
+    oci.check_diff_ids(diff_ids, len(layers), f"{what}: image config")
     out = []
-    for desc, diff_id in zip(layers, diff_ids):
+    for desc, diff_id in zip(layers, diff_ids, strict=True):
         path = tree_path(store, diff_id)
         if not os.path.isdir(path):
             _unpack_one(store, desc["digest"], diff_id, path, progress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from typing import Any
 
 from common.errors import CorruptImage
@@ -34,6 +35,11 @@ COMPRESSION_OF = {
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
 }
 LAYER_TYPE_FOR = {"none": LAYER_TAR, "gzip": LAYER_GZIP, "zstd": LAYER_ZSTD}
+CONFIG_TYPES = (CONFIG, DOCKER_CONFIG)
+# RFC 6838 type/subtype (with +suffix and parameters): the spec's rule for any descriptor.
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/"
+                         r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}(;.{0,512})?\Z")
+MAX_MANIFEST_BYTES = 4 << 20  # what distribution accepts
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -64,6 +70,8 @@ def parse_json(data: bytes, what: str) -> dict:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise CorruptImage(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise CorruptImage(f"{what} nests its JSON too deeply") from None
     if not isinstance(obj, dict):
         raise CorruptImage(f"{what} is not a JSON object")
     return obj
@@ -72,6 +80,9 @@ def parse_json(data: bytes, what: str) -> dict:
 def check_descriptor(desc: Any, what: str) -> dict:
     if not isinstance(desc, dict) or not isinstance(desc.get("mediaType", ""), str):
         raise CorruptImage(f"{what}: malformed descriptor")
+    mt = desc.get("mediaType")
+    if mt is not None and not _MEDIA_TYPE.match(mt):
+        raise CorruptImage(f"{what}: {mt[:80]!r} is not a media type")
     if not digestmod.is_valid(desc.get("digest")):
         raise CorruptImage(f"{what}: invalid digest {desc.get('digest')!r}")
     size = desc.get("size")
@@ -81,7 +92,15 @@ def check_descriptor(desc: Any, what: str) -> dict:
 
 
 def parse_manifest(data: bytes) -> dict:
-    """A validated image manifest or index (the kinds a ref may point at)."""
+    """A validated image manifest or index (the kinds a ref may point at).
+
+    Unknown layer media types are kept (the spec: an implementation that stores or copies
+    manifests must not fail on them; they may be an artifact's): `check_image` is what
+    refuses them where layers are unpacked. A layer listed twice is refused here, at every
+    door: overlay cannot stack a directory on itself."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise CorruptImage(f"manifest of {len(data)} bytes refused (at most "
+                           f"{MAX_MANIFEST_BYTES})")
     m = parse_json(data, "manifest")
     mt = m.get("mediaType")
     if mt in INDEX_TYPES or (mt is None and "manifests" in m):
@@ -96,9 +115,44 @@ def parse_manifest(data: bytes) -> dict:
     layers = m.get("layers")
     if not isinstance(layers, list):
         raise CorruptImage("manifest has no layers list")
+    seen: dict[str, int] = {}
     for i, d in enumerate(layers):
-        check_descriptor(d, f"manifest layer {i}")
+        check_descriptor(d, f"manifest layer {i + 1}")
+        first = seen.setdefault(d["digest"], i)
+        if first != i:
+            raise CorruptImage(f"manifest lists layer {d['digest']} twice (layers {first + 1} "
+                               f"and {i + 1}); an image cannot stack a layer on itself")
     return m
+
+
+def check_image(m: dict, what: str = "image") -> None:
+    """Refuse a manifest whose layers cocker cannot unpack (unknown media types: an
+    artifact, or a format of the future) with a message naming the first such layer."""
+    if is_index(m):
+        return
+    cmt = m["config"].get("mediaType")
+    if cmt not in CONFIG_TYPES + (None,):
+        raise CorruptImage(f"{what} is an artifact (config media type {cmt!r}), not an "
+                           "image cocker can run or import")
+    for i, d in enumerate(m["layers"]):
+        if d.get("mediaType") not in COMPRESSION_OF:
+            raise CorruptImage(f"{what}: layer {i + 1} has media type {d.get('mediaType')!r}, "
+                               "which is not a layer format cocker knows")
+
+
+def check_diff_ids(diff_ids: Any, n: int, what: str = "image config") -> list[str]:
+    """The config's rootfs.diff_ids, checked: one valid digest per layer, none twice."""
+    if not isinstance(diff_ids, list) or len(diff_ids) != n:
+        raise CorruptImage(f"{what}: rootfs.diff_ids does not match the manifest's layers")
+    seen: set[str] = set()
+    for d in diff_ids:
+        if not digestmod.is_valid(d):
+            raise CorruptImage(f"{what}: invalid diff_id {str(d)[:80]!r}")
+        if d in seen:
+            raise CorruptImage(f"{what}: layer content {d} appears twice in rootfs.diff_ids; "
+                               "an image cannot stack a layer on itself")
+        seen.add(d)
+    return diff_ids
 
 
 def ref_entry(refname: str, digest: str, manifest_bytes: bytes) -> dict:

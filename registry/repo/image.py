@@ -85,11 +85,8 @@ def load_record(repo: Repository, rec: RefRecord) -> Image:
         manifest, raw = _pick_platform(repo, manifest)
     cdesc = manifest["config"]
     config = oci.parse_json(repo.read_blob(cdesc["digest"]), "image config")
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
-    if not isinstance(diff_ids, list) or len(diff_ids) != len(manifest["layers"]):
-        raise CorruptImage(f"{rec}: config rootfs.diff_ids does not match the manifest's layers")
-    for d in diff_ids:
-        digestmod.validate(d)
+    oci.check_diff_ids((config.get("rootfs") or {}).get("diff_ids"), len(manifest["layers"]),
+                       f"{rec}: image config")
     return Image(rec.name, rec.version, rec.digest, manifest, config, len(raw), cdesc["digest"])
 
 
@@ -124,11 +121,17 @@ def list_images(repo: Repository, name: str | None = None) -> list[Image]:
 
 def publish(repo: Repository, name: str, version: str, config: dict, layers: list[dict], *,
             force: bool = False, annotations: dict | None = None) -> Image:
-    """Write config and manifest blobs (layers must already be in `repo`), then the ref."""
+    """Write config and manifest blobs (layers must already be in `repo`), then the ref.
+
+    Every door that makes an image (import, commit, build, squash) comes through here, so
+    an image that could not run (a layer twice) is refused before anything is written."""
+    oci.check_diff_ids((config.get("rootfs") or {}).get("diff_ids"), len(layers),
+                       f"{name}:{version}: image config")
     config_bytes = oci.canonical_json(config)
     repo.put_blob_bytes(digestmod.of_bytes(config_bytes), config_bytes)
     manifest = oci.new_manifest(config_bytes, layers, annotations)
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    oci.parse_manifest(manifest_bytes)
     mdigest = digestmod.of_bytes(manifest_bytes)
     repo.put_blob_bytes(mdigest, manifest_bytes)
     repo.put_ref(name, version, mdigest, expect=ANY if force else None)
