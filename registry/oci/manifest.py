@@ -130,11 +130,11 @@ def check_image(m: dict, what: str = "image") -> None:
     artifact, or a format of the future) with a message naming the first such layer."""
     if is_index(m):
         return
-    cmt = m["config"].get("mediaType")
+    cmt = (m.get("config") or {}).get("mediaType")
     if cmt not in CONFIG_TYPES + (None,):
         raise CorruptImage(f"{what} is an artifact (config media type {cmt!r}), not an "
                            "image cocker can run or import")
-    for i, d in enumerate(m["layers"]):
+    for i, d in enumerate(m.get("layers") or []):
         if d.get("mediaType") not in COMPRESSION_OF:
             raise CorruptImage(f"{what}: layer {i + 1} has media type {d.get('mediaType')!r}, "
                                "which is not a layer format cocker knows")
