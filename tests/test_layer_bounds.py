@@ -15,7 +15,7 @@ import pytest
 import zstandard
 
 from common.errors import CockerError, UnsafeArchive
-from registry import limits
+from registry.layer import limits
 from registry.layer import tar_codec as layer_tar
 from registry.oci import digest as digestmod
 from registry.repo import image as imagemod

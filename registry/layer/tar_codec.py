@@ -32,7 +32,7 @@ import zstandard
 
 from common.errors import CockerError, CorruptImage, UnsafeArchive
 from common.fsutil import EarlyWriteback, disk_error
-from registry.limits import LayerLimits, shorten
+from registry.layer.limits import LayerLimits, shorten
 from registry.oci import manifest as oci
 
 CHUNK = 1 << 20
