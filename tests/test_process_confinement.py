@@ -252,6 +252,9 @@ def test_devices_cgroup_denies_a_host_disk(tmp_path):
     os.mknod(disk, 0o600 | 0o060000, root_dev)       # block device of the host's /
     null = tmp_path / "null"
     os.mknod(null, 0o666 | 0o020000, os.makedev(1, 3))
+    kmsg = tmp_path / "kmsg"            # the host can open this one (the disk it cannot, here)
+    os.mknod(kmsg, 0o600 | 0o020000, os.makedev(1, 11))
+    os.close(os.open(kmsg, os.O_RDONLY))
     os.mkdir(cg)
     try:
         kernel_views.restrict_devices_v1(cg)
@@ -260,7 +263,7 @@ def test_devices_cgroup_denies_a_host_disk(tmp_path):
             with open(os.path.join(cg, "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
             out = {}
-            for name in ("disk", "null"):
+            for name in ("disk", "kmsg", "null"):
                 try:
                     os.close(os.open(tmp_path / name, os.O_RDONLY))
                     out[name] = "opened"
@@ -268,7 +271,7 @@ def test_devices_cgroup_denies_a_host_disk(tmp_path):
                     out[name] = e.errno
             return out
         out = in_child(body)
-        assert out == {"disk": 1, "null": "opened"}
+        assert out == {"disk": 1, "kmsg": 1, "null": "opened"}
     finally:
         os.rmdir(cg)
 
