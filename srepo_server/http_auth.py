@@ -43,6 +43,10 @@ class Grant:
     ops: frozenset[str]
     prefixes: tuple[str, ...] = ()
 
+    def describe(self) -> str:
+        ops = ",".join(o for o in OPS if o in self.ops) or "nothing"
+        return ops + (f" on {' '.join(self.prefixes)}" if self.prefixes else "")
+
     def can(self, op: str, name: str | None = None) -> bool:
         if op not in self.ops:
             return False
@@ -157,13 +161,15 @@ class _Watched:
     def __init__(self, path: str | None, parse) -> None:
         self.path, self.parse = path, parse
         self.value: dict = {}
-        self.mtime = None
+        self.mtime: int | None = None
         self.checked = 0.0
         self.lock = threading.Lock()
         if path:
             self._load()
 
     def _load(self) -> None:
+        if self.path is None:
+            return
         try:
             st = os.stat(self.path)
             with open(self.path, encoding="utf-8") as f:
@@ -224,6 +230,16 @@ class Authenticator:
                 return self.anonymous  # what containers/image sends when it has no creds
             return self._basic(user, pw)
         return None
+
+    @staticmethod
+    def refusal(header: str) -> str:
+        """Why `authenticate` refused this header, in words a user can act on."""
+        scheme = header.strip().partition(" ")[0].lower()
+        if scheme == "bearer":
+            return "the token was not accepted (unknown, mistyped or revoked)"
+        if scheme == "basic":
+            return "the user name and password (or token) were not accepted"
+        return f"unsupported Authorization scheme {scheme!r}: use Bearer TOKEN or Basic"
 
     def _token(self, token: str) -> Grant | None:
         tokens = self.tokens.get()

@@ -9,6 +9,9 @@ from typing import Any
 import click
 
 from common.errors import UsageError
+from registry.repo.layout import LayoutRepo
+from srepo_server import http_store
+from srepo_server.blob_links import BlobLinks
 from srepo_server.http_uploads import (
     MAX_BYTES_PER_OWNER,
     MAX_SESSIONS_PER_OWNER,
@@ -104,10 +107,10 @@ def gc_command(ctx: click.Context, gc_root: str | None, grace: float, dry_run: b
     root = gc_root or (ctx.obj or {}).get("root")
     if not root:
         raise click.UsageError("gc needs --root PATH")
-    from registry.repo.layout import LayoutRepo
-    from srepo_server import http_store
     repo = LayoutRepo(root)
     removed, freed = http_store.gc(repo, grace=grace, dry_run=dry_run)
+    if not dry_run:
+        BlobLinks(repo).prune()
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {removed} blob(s), {freed} bytes")
 

@@ -27,12 +27,21 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import TextIO
 
-from common.errors import CockerError, Conflict, InvalidReference, LockBusy, NotFound
+from common.errors import (
+    CockerError,
+    Conflict,
+    CorruptImage,
+    InvalidReference,
+    LockBusy,
+    NotFound,
+)
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci import reference as refmod
 from registry.repo.layout import LayoutRepo
+from registry.repo.repository import ANY
 from srepo_server import http_store as hs
+from srepo_server.blob_links import BlobLinks
 from srepo_server.http_auth import Authenticator, Grant
 from srepo_server.http_server import BadBody, Body, ClientGone, Server, parse_addr, tls_context
 from srepo_server.http_store import ApiError
@@ -53,6 +62,8 @@ ROUTES: list[tuple[re.Pattern, str]] = [
     (re.compile(rf"^/v2/{_NAME}/referrers/(?P<digest>[^/]+)$"), "referrers"),
 ]
 READ_METHODS = ("GET", "HEAD")
+NO_CREDENTIALS = ("authentication required: send a token (Authorization: Bearer TOKEN) "
+                  "or a user name and password")
 
 
 class App:
@@ -63,6 +74,7 @@ class App:
                  sendfile: bool = True, upload_limits: Limits | None = None) -> None:
         self.repo = LayoutRepo(root, create=True)
         self.uploads = Uploads(self.repo, upload_limits)
+        self.links = BlobLinks(self.repo)
         self.auth = auth
         self.access_log = access_log if access_log is not None else sys.stderr
         self.idle_timeout = idle_timeout
@@ -100,6 +112,8 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "srepo-server/0.1"
     sys_version = ""
     server: Server
+    _body_obj: Body | None = None
+    _linger: bool = False
 
     # plumbing ------------------------------------------------------------------------
     def version_string(self) -> str:
@@ -152,7 +166,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def finish(self) -> None:
         super().finish()
-        if getattr(self, "_linger", False):
+        if self._linger:
             _lingering_close(self.connection)
 
     def do_GET(self) -> None:
@@ -218,7 +232,7 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         start = time.monotonic()
         self._status, self._sent, self._who = 0, 0, "-"
-        self._body_obj: Body | None = None
+        self._body_obj = None
         with self.server.count_lock:
             self.server.busy += 1
         try:
@@ -239,7 +253,7 @@ class Handler(BaseHTTPRequestHandler):
             self._finish_error(ApiError(404, "NAME_UNKNOWN", str(e)))
         except CockerError as e:
             self._finish_error(ApiError(500, "UNKNOWN", str(e)))
-        except Exception as e:  # never a traceback to the client; one line in the log
+        except Exception as e:  # noqa: BLE001 (never a traceback to the client; one log line)
             self.app.log_line(f"srepo-server: internal error on {self.command} {self.path}: "
                               f"{type(e).__name__}: {e}")
             self._finish_error(ApiError(500, "UNKNOWN", "internal server error"))
@@ -293,24 +307,25 @@ class Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         self.query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
         path = url.path
-        for rx, kind in ROUTES:
+        for rx, endpoint in ROUTES:
             m = rx.match(path)
-            if m:
-                break
-        else:
-            raise ApiError(404, "NOT_FOUND", f"no such endpoint {path}")
-        params = m.groupdict()
-        if "name" in params:
-            try:
-                refmod.validate_name(params["name"])
-            except InvalidReference as e:
-                raise ApiError(400, "NAME_INVALID", str(e)) from None
-        getattr(self, "_h_" + kind)(**params)
+            if m is None:
+                continue
+            params = m.groupdict()
+            if "name" in params:
+                try:
+                    refmod.validate_name(params["name"])
+                except InvalidReference as e:
+                    raise ApiError(400, "NAME_INVALID", str(e)) from None
+            getattr(self, "_h_" + endpoint)(**params)
+            return
+        raise ApiError(404, "NOT_FOUND", f"no such endpoint {path}")
 
     def _grant(self) -> Grant:
-        g = self.app.auth.authenticate(self.headers.get("Authorization"))
+        header = self.headers.get("Authorization")
+        g = self.app.auth.authenticate(header)
         if g is None:
-            raise ApiError(401, "UNAUTHORIZED", "authentication required (bad credentials)")
+            raise ApiError(401, "UNAUTHORIZED", self.app.auth.refusal(header or ""))
         self._who = g.who
         return g
 
@@ -318,8 +333,9 @@ class Handler(BaseHTTPRequestHandler):
         g = self._grant()
         if not g.can(op, name):
             if g.who == "-":
-                raise ApiError(401, "UNAUTHORIZED", "authentication required")
-            raise ApiError(403, "DENIED", f"{g.who} may not {op} {name or 'this registry'}")
+                raise ApiError(401, "UNAUTHORIZED", NO_CREDENTIALS)
+            raise ApiError(403, "DENIED", f"{g.who} may not {op} {name or 'this registry'} "
+                           f"(it may {g.describe()})")
         return g
 
     def _method(self, allowed: tuple[str, ...]) -> None:
@@ -332,7 +348,7 @@ class Handler(BaseHTTPRequestHandler):
         self._method(READ_METHODS)
         g = self._grant()
         if g.who == "-" and (self.app.auth.has_credentials or not g.ops):
-            raise ApiError(401, "UNAUTHORIZED", "authentication required")
+            raise ApiError(401, "UNAUTHORIZED", NO_CREDENTIALS)
         self._json(200, {})
 
     def _h_catalog(self) -> None:
@@ -368,16 +384,23 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {**extra, key: items}, headers)
 
     def _h_blob(self, name: str, digest: str) -> None:
+        self._method(("GET", "HEAD", "DELETE"))
         if self.command == "DELETE":
             self._require("delete", name)
-            raise ApiError(405, "UNSUPPORTED", "blobs are removed by `srepo-server gc`, "
-                           "not deleted one by one")
-        self._method(READ_METHODS)
+            _check_digest(digest)
+            # Only this name stops serving it; gc frees the bytes once nothing reaches them.
+            if not self.app.links.unlink(name, digest):
+                raise ApiError(404, "BLOB_UNKNOWN", f"blob {digest} not found in {name}")
+            self._respond(202)
+            return
         self._require("read", name)
         _check_digest(digest)
         repo = self.app.repo
+        if not self.app.links.linked(name, digest):
+            # Known elsewhere perhaps, but not through this name: as if absent.
+            raise ApiError(404, "BLOB_UNKNOWN", f"blob {digest} not found in {name}")
         try:
-            f = open(repo.blob_path(digest), "rb")
+            f = open(repo.blob_path(digest), "rb")  # noqa: SIM115 (closed by the with below)
         except FileNotFoundError:
             raise ApiError(404, "BLOB_UNKNOWN", f"blob {digest} not found") from None
         with f:
@@ -426,14 +449,18 @@ class Handler(BaseHTTPRequestHandler):
     def _h_upload_start(self, name: str) -> None:
         self._method(("POST",))
         g = self._require("write", name)
-        repo = self.app.repo
         mount = self.query.get("mount")
         if mount:
             _check_digest(mount)
             src = self.query.get("from")
             if src:
                 refmod.validate_name(src)
-            if (src is None or g.can("read", src)) and repo.has_blob(mount):
+            # Mounted only from a name the caller may read and that links the blob (without
+            # `from`, only what this name links already); otherwise an ordinary upload.
+            links = self.app.links
+            if (links.linked(src, mount) and g.can("read", src)) if src \
+                    else links.linked(name, mount):
+                links.link(name, [mount])
                 self._respond(201, {"Location": f"/v2/{name}/blobs/{mount}",
                                     "Docker-Content-Digest": mount})
                 return
@@ -449,6 +476,7 @@ class Handler(BaseHTTPRequestHandler):
                 if s.fd >= 0:
                     self.app.uploads.drop(s)
                 raise
+            self.app.links.link(name, [digest])
             self._respond(201, {"Location": f"/v2/{name}/blobs/{digest}",
                                 "Docker-Content-Digest": digest})
             return
@@ -503,6 +531,7 @@ class Handler(BaseHTTPRequestHandler):
             digest = _check_digest(self.query.get("digest"))
             self._stream_into(s)
             ups.finish(s, digest)
+            self.app.links.link(name, [digest])
             self._respond(201, {"Location": f"/v2/{name}/blobs/{digest}",
                                 "Docker-Content-Digest": digest})
         finally:
@@ -518,6 +547,8 @@ class Handler(BaseHTTPRequestHandler):
                 # conformance suite expects, rather than a complaint about the spelling.
                 raise ApiError(404, "MANIFEST_UNKNOWN", f"manifest {name}:{ref} not found")
             digest = hs.resolve_manifest(repo, name, ref)
+            if _is_digest_like(ref) and not self.app.links.linked(name, digest):
+                raise ApiError(404, "MANIFEST_UNKNOWN", f"manifest {ref} not found in {name}")
             data, mt = hs.read_manifest(repo, digest)
             self._respond(200, {"Docker-Content-Digest": digest, "ETag": f'"{digest}"'},
                           data, content_type=mt)
@@ -536,23 +567,64 @@ class Handler(BaseHTTPRequestHandler):
         declared = self._declared_length()
         if declared is not None and declared > limit:
             raise ApiError(413, "SIZE_INVALID", f"manifest is larger than {limit} bytes")
-        data = self._body().read_all(limit)
-        if data is None:
+        body = self._body().read_all(limit)
+        if body is None:
             raise ApiError(413, "SIZE_INVALID", f"manifest is larger than {limit} bytes")
+        data = body
         check_manifest_shape(data)
-        digest, subject = hs.put_manifest(repo, name, ref, data,
-                                          self.headers.get("Content-Type"))
+        if _is_digest_like(ref) and digestmod.of_bytes(data) != ref:
+            raise ApiError(400, "DIGEST_INVALID", "manifest content does not match the digest "
+                           "in the URL", {"expected": ref, "got": digestmod.of_bytes(data)})
+        self._check_named_blobs_linked(name, data)
+        expect = self._tag_precondition(ref)
+        try:
+            digest, subject = hs.put_manifest(repo, name, ref, data,
+                                              self.headers.get("Content-Type"), expect=expect)
+        except Conflict as e:
+            raise ApiError(412, "DENIED", str(e)) from None
+        self.app.links.link(name, [digest])
         headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
         if subject:
             headers["OCI-Subject"] = subject
         self._respond(201, headers)
+
+    def _check_named_blobs_linked(self, name: str, data: bytes) -> None:
+        """A manifest may name only blobs its repository links: otherwise pushing one that
+        names another repository's layer would be a way to read that layer."""
+        try:
+            m = oci.parse_manifest(data)
+        except CorruptImage:
+            return  # put_manifest gives the precise complaint
+        missing = self.app.links.unlinked([name], oci.referenced_blobs(m))
+        if missing:
+            raise ApiError(400, "MANIFEST_BLOB_UNKNOWN",
+                           f"manifest names blobs that are not in {name}",
+                           {"missing": missing[:20]})
+
+    def _tag_precondition(self, ref: str) -> object:
+        """The compare-and-swap a client asks for on a tag: `If-None-Match: *` (the tag
+        must not exist) or `If-Match: "<digest>"` (it must hold that digest now)."""
+        none_match = (self.headers.get("If-None-Match") or "").strip()
+        match = (self.headers.get("If-Match") or "").strip()
+        if not (none_match or match) or _is_digest_like(ref):
+            return ANY
+        if none_match:
+            if none_match != "*":
+                raise ApiError(400, "UNSUPPORTED", "If-None-Match takes only *")
+            return None
+        d = match.strip('"')
+        if not digestmod.is_valid(d):
+            raise ApiError(400, "DIGEST_INVALID", f"If-Match wants a quoted digest, not {match!r}")
+        return d
 
     def _h_referrers(self, name: str, digest: str) -> None:
         self._method(READ_METHODS)
         self._require("read", name)
         _check_digest(digest)
         art = self.query.get("artifactType")
-        items = hs.referrers(self.app.repo, digest, art)
+        links = self.app.links
+        items = [i for i in hs.referrers(self.app.repo, digest, art)
+                 if links.linked(name, i["digest"])]
         headers = {"OCI-Filters-Applied": "artifactType"} if art else {}
         self._json(200, {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": items},
                    headers, content_type=oci.INDEX)
@@ -639,7 +711,7 @@ class Door:
         auth = Authenticator(token_file, htpasswd, anonymous_read)
         self.app = App(root, auth, access_log=access_log, idle_timeout=idle_timeout,
                        upload_limits=upload_limits)
-        tls = tls_context(tls_cert, tls_key) if tls_cert else None
+        tls = tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
         host, port = parse_addr(addr)
         _raise_nofile()
         try:
@@ -653,7 +725,8 @@ class Door:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.server.server_address[:2]
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
 
     @property
     def url(self) -> str:

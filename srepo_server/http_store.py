@@ -22,6 +22,7 @@ from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci import reference as refmod
 from registry.repo.layout import LayoutRepo
+from registry.repo.repository import ANY
 
 MANIFEST_LIMIT = 4 << 20
 
@@ -115,8 +116,10 @@ def parse_pushed_manifest(data: bytes, content_type: str | None) -> tuple[dict, 
 
 
 def put_manifest(repo: LayoutRepo, name: str, reference: str, data: bytes,
-                 content_type: str | None) -> tuple[str, str | None]:
-    """Store a manifest under a tag or its digest; returns (digest, subject digest)."""
+                 content_type: str | None, expect: object = ANY) -> tuple[str, str | None]:
+    """Store a manifest under a tag or its digest; returns (digest, subject digest).
+
+    `expect` is the tag's compare-and-swap precondition (LayoutRepo.put_ref)."""
     digest = digestmod.of_bytes(data)
     is_digest = reference.startswith("sha256:")
     if is_digest and reference != digest:
@@ -147,7 +150,7 @@ def put_manifest(repo: LayoutRepo, name: str, reference: str, data: bytes,
                     raise NotFound(f"blob {still[0]} vanished")
                 atomic_write(_marker(repo, "digests", name, digest), digest.encode() + b"\n")
         else:
-            repo.put_ref(name, reference, digest)
+            repo.put_ref(name, reference, digest, expect=expect)
     except NotFound as e:
         raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", str(e)) from None
     return digest, subject
@@ -231,6 +234,20 @@ def referrers(repo: LayoutRepo, subject: str, artifact_type: str | None) -> list
             continue
         out.append(desc)
     return out
+
+
+def digests_dir(repo: LayoutRepo, name: str) -> str:
+    """Where the manifests pushed to `name` by digest only are marked."""
+    return _name_dir(repo, "digests", name)
+
+
+def pushed_by_digest(repo: LayoutRepo, name: str) -> list[str]:
+    """Manifests pushed to `name` by digest only (not through a tag)."""
+    try:
+        files = os.listdir(digests_dir(repo, name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [fn[1:] for fn in sorted(files) if fn.startswith("@") and digestmod.is_valid(fn[1:])]
 
 
 def names(repo: LayoutRepo) -> list[str]:
