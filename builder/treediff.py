@@ -91,30 +91,50 @@ def diff_trees(old: str, new: str, out: str) -> bool:
     return changed
 
 
+class _Pair:
+    """One directory of the walk: old and new side, where its changes go, what is left."""
+
+    def __init__(self, old: str | None, new: str, out: str,
+                 parent: tuple[_Pair, os.stat_result, os.stat_result] | None) -> None:
+        self.old, self.new, self.out, self.parent = old, new, out, parent
+        self.new_names = set(os.listdir(new))
+        self.old_names = set(os.listdir(old)) if old else set()
+        self.todo = sorted(self.new_names, reverse=True)
+        self.changed = False
+
+
 def _diff_dir(old: str | None, new: str, out: str, links: dict) -> bool:
-    changed = False
-    new_names = set(os.listdir(new))
-    old_names = set(os.listdir(old)) if old else set()
-    for name in sorted(new_names):
-        n, o, dst = os.path.join(new, name), os.path.join(old, name) if old else None, \
-            os.path.join(out, name)
-        nst = os.lstat(n)
-        ost = _lstat(o) if o and name in old_names else None
-        if ost is not None and stat.S_ISDIR(nst.st_mode) and stat.S_ISDIR(ost.st_mode):
-            os.mkdir(dst)
-            sub = _diff_dir(o, n, dst, links)
-            if sub or not _same(ost, nst, o, n):
-                _copy_meta(n, dst, nst)
-                changed = True
+    """A loop over a stack of directory pairs, not a recursion: trees from images may be
+    deeper than Python's recursion limit."""
+    root = _Pair(old, new, out, None)
+    stack = [root]
+    while stack:
+        f = stack[-1]
+        if f.todo:
+            name = f.todo.pop()
+            n, dst = os.path.join(f.new, name), os.path.join(f.out, name)
+            o = os.path.join(f.old, name) if f.old else None
+            nst = os.lstat(n)
+            ost = _lstat(o) if o and name in f.old_names else None
+            if ost is not None and stat.S_ISDIR(nst.st_mode) and stat.S_ISDIR(ost.st_mode):
+                os.mkdir(dst)
+                stack.append(_Pair(o, n, dst, (f, ost, nst)))
+            elif ost is None or not _same(ost, nst, o or "", n):
+                _copy_any(n, dst, nst, links)
+                f.changed = True
+            continue
+        for name in sorted(f.old_names - f.new_names):
+            os.mknod(os.path.join(f.out, name), stat.S_IFCHR | 0o000, os.makedev(0, 0))
+            f.changed = True
+        stack.pop()
+        if f.parent is not None:
+            up, ost, nst = f.parent
+            if f.changed or not _same(ost, nst, f.old or "", f.new):
+                _copy_meta(f.new, f.out, nst)
+                up.changed = True
             else:
-                os.rmdir(dst)
-        elif ost is None or not _same(ost, nst, o, n):
-            _copy_any(n, dst, nst, links)
-            changed = True
-    for name in sorted(old_names - new_names):
-        os.mknod(os.path.join(out, name), stat.S_IFCHR | 0o000, os.makedev(0, 0))
-        changed = True
-    return changed
+                os.rmdir(f.out)
+    return root.changed
 
 
 def _lstat(p: str | None) -> os.stat_result | None:
@@ -152,27 +172,37 @@ def _xattrs(p: str) -> dict[str, bytes]:
 
 
 def _copy_any(src: str, dst: str, st: os.stat_result, links: dict) -> None:
-    mode = st.st_mode
-    if stat.S_ISDIR(mode):
-        os.mkdir(dst)
-        for name in sorted(os.listdir(src)):
-            s = os.path.join(src, name)
-            _copy_any(s, os.path.join(dst, name), os.lstat(s), links)
-    elif stat.S_ISREG(mode):
-        key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and key in links:
-            os.link(links[key], dst)
-            return
-        shutil.copyfile(src, dst, follow_symlinks=False)
-        if st.st_nlink > 1:
-            links[key] = dst
-    elif stat.S_ISLNK(mode):
-        os.symlink(os.readlink(src), dst)
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
-        os.mknod(dst, mode, st.st_rdev)
-    else:
-        return  # sockets do not belong in an image
-    _copy_meta(src, dst, st)
+    """Copy one entry (a directory with everything below it), iteratively; directory
+    metadata is set last, deepest first, so copying into them does not disturb it."""
+    dirs: list[tuple[str, str, os.stat_result]] = []
+    stack = [(src, dst, st)]
+    while stack:
+        s, d, sst = stack.pop()
+        mode = sst.st_mode
+        if stat.S_ISDIR(mode):
+            os.mkdir(d)
+            dirs.append((s, d, sst))
+            for name in sorted(os.listdir(s), reverse=True):
+                child = os.path.join(s, name)
+                stack.append((child, os.path.join(d, name), os.lstat(child)))
+            continue
+        if stat.S_ISREG(mode):
+            key = (sst.st_dev, sst.st_ino)
+            if sst.st_nlink > 1 and key in links:
+                os.link(links[key], d)
+                continue
+            shutil.copyfile(s, d, follow_symlinks=False)
+            if sst.st_nlink > 1:
+                links[key] = d
+        elif stat.S_ISLNK(mode):
+            os.symlink(os.readlink(s), d)
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
+            os.mknod(d, mode, sst.st_rdev)
+        else:
+            continue  # sockets do not belong in an image
+        _copy_meta(s, d, sst)
+    for s, d, sst in reversed(dirs):
+        _copy_meta(s, d, sst)
 
 
 def _copy_meta(src: str, dst: str, st: os.stat_result) -> None:

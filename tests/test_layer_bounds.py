@@ -14,6 +14,7 @@ import tarfile
 import pytest
 import zstandard
 
+from builder import treediff
 from common.errors import CockerError, UnsafeArchive
 from registry.layer import limits
 from registry.layer import tar_codec as layer_tar
@@ -199,3 +200,25 @@ def test_bomb_in_the_store_leaves_no_layer_tree(store, monkeypatch):
     with pytest.raises(UnsafeArchive, match="compression bomb"):
         layersmod.ensure_layers(store, img)
     assert [n for n in os.listdir(store.layers_dir) if not n.startswith(".lock-")] == []
+
+
+def test_treediff_walks_deeper_than_the_recursion_limit(tmp_path):
+    """commit's diff of a merged view against its lower layers is a loop, not a recursion."""
+    work = tmp_path / "diff"
+    old, new, out = work / "old", work / "new", work / "out"
+    try:
+        for root in (old, new):
+            path = str(root)
+            os.makedirs(path)
+            for _ in range(1100):
+                path = os.path.join(path, "d")
+                os.mkdir(path)
+            with open(os.path.join(path, "leaf"), "w") as f:
+                f.write("old" if root == old else "newer")
+            os.utime(os.path.join(path, "leaf"), (1, 1))
+        os.mkdir(out)
+        assert treediff.diff_trees(str(old), str(new), str(out))
+        with open(os.path.join(out, *(["d"] * 1100), "leaf")) as f:
+            assert f.read() == "newer"
+    finally:
+        subprocess.run(["rm", "-rf", str(work)], check=True)

@@ -220,3 +220,22 @@ def test_deeply_nested_json_is_a_corrupt_image():
         oci.parse_manifest(b"[" * 100_000 + b"]" * 100_000)
     with pytest.raises(CorruptImage, match="bytes refused"):
         oci.parse_manifest(b" " * (oci.MAX_MANIFEST_BYTES + 1))
+
+
+def test_indexes_nested_too_deep_are_refused(store, tmp_path):
+    remote = LayoutRepo(str(tmp_path / "remote"), create=True)
+    cfg = b"{}"
+    remote.put_blob_bytes(digestmod.of_bytes(cfg), cfg)
+    data = json.dumps({"schemaVersion": 2, "mediaType": oci.MANIFEST,
+                       "config": oci.descriptor(oci.CONFIG, cfg), "layers": []}).encode()
+    mt = oci.MANIFEST
+    for _ in range(copymod.MAX_INDEX_DEPTH + 2):
+        remote.put_blob_bytes(digestmod.of_bytes(data), data)
+        data = json.dumps({"schemaVersion": 2, "mediaType": oci.INDEX,
+                           "manifests": [oci.descriptor(mt, data)]}).encode()
+        mt = oci.INDEX
+    remote.put_blob_bytes(digestmod.of_bytes(data), data)
+    remote.put_ref("deep", "1", digestmod.of_bytes(data))
+    with pytest.raises(CorruptImage, match="nest deeper"):
+        copymod.copy(refmod.parse("deep:1"), remote, store)
+    assert store.get_ref("deep", "1") is None

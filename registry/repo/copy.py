@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from common.errors import Conflict, DigestMismatch
+from common.errors import Conflict, CorruptImage, DigestMismatch
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci.reference import Reference
@@ -21,6 +21,7 @@ from registry.repo.repository import ANY, RefRecord, Repository
 
 CHUNK = 1 << 20
 PARALLEL_MIN = 4 << 20
+MAX_INDEX_DEPTH = 8  # an index of indexes of manifests is 2; real registries stop there
 
 
 @dataclass
@@ -79,16 +80,29 @@ def _copy_blob(src: Repository, dst: Repository, digest: str, size: int | None,
 
 
 def _descriptors(src: Repository, manifest_digest: str) -> list[tuple[str, int | None]]:
-    """Every blob below a manifest (through indexes), children before parents."""
-    m = oci.parse_manifest(src.read_blob(manifest_digest))
+    """Every blob below a manifest (through indexes), children before parents.
+
+    A loop over a stack, not a recursion, and indexes nest at most MAX_INDEX_DEPTH deep:
+    the manifests come from a remote that may be hostile."""
     out: list[tuple[str, int | None]] = []
-    if oci.is_index(m):
-        for d in m["manifests"]:
-            out += _descriptors(src, d["digest"])
-            out.append((d["digest"], d["size"]))
-    else:
-        out.append((m["config"]["digest"], m["config"]["size"]))
-        out += [(d["digest"], d["size"]) for d in m["layers"]]
+    # (digest, size, depth, done): `done` marks an index entry whose children are listed
+    stack: list[tuple[str, int | None, int, bool]] = [(manifest_digest, None, 0, False)]
+    while stack:
+        digest, size, depth, done = stack.pop()
+        if done:
+            out.append((digest, size))
+            continue
+        if depth > MAX_INDEX_DEPTH:
+            raise CorruptImage(f"image indexes nest deeper than {MAX_INDEX_DEPTH} levels")
+        m = oci.parse_manifest(src.read_blob(digest))
+        if depth:
+            stack.append((digest, size, depth, True))
+        if oci.is_index(m):
+            stack.extend((d["digest"], d["size"], depth + 1, False)
+                         for d in reversed(m["manifests"]))
+        else:
+            out.append((m["config"]["digest"], m["config"]["size"]))
+            out += [(d["digest"], d["size"]) for d in m["layers"]]
     return out
 
 
