@@ -38,7 +38,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # Editable, so the checkout is the code; re-pointed when the checkout moves (a fresh CI clone).
 marker="$venv/.cocker-source"
-if [ "$(cat "$marker" 2>/dev/null)" != "$here" ] || ! "$venv/bin/python" -c "import paramiko, pyroute2, tqdm, click, zstandard, pytest, pytest_timeout" 2>/dev/null; then
+if [ "$(cat "$marker" 2>/dev/null)" != "$here" ] || ! "$venv/bin/python" -c "import paramiko, pyroute2, tqdm, click, zstandard, pytest, pytest_timeout, selenium" 2>/dev/null; then
     "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]" 2> >(grep -v "^WARNING: Location" >&2)
     echo "$here" > "$marker"
 fi

@@ -47,6 +47,7 @@ from srepo_server.http_server import BadBody, Body, ClientGone, Server, parse_ad
 from srepo_server.http_store import ApiError
 from srepo_server.http_uploads import Limits, Session, Uploads
 from srepo_server.manifest_shape import check_manifest_shape
+from srepo_server.web import routes as web_routes
 
 CHUNK = 1 << 20
 API_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
@@ -307,6 +308,9 @@ class Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         self.query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
         path = url.path
+        if not path.startswith("/v2"):
+            self._h_web(path)
+            return
         for rx, endpoint in ROUTES:
             m = rx.match(path)
             if m is None:
@@ -344,6 +348,17 @@ class Handler(BaseHTTPRequestHandler):
                            headers={"Allow": ", ".join(allowed)})
 
     # endpoints --------------------------------------------------------------------------
+    def _h_web(self, path: str) -> None:
+        """The read-only web page (srepo_server/web), under the API's authentication."""
+        self._method(READ_METHODS)
+        g = self._require("read", None)
+        scheme = "https" if self.server.tls is not None else "http"
+        host = self.headers.get("Host") or f"{self.server.server_name}:{self.server.server_port}"
+        page = web_routes.render(self.app.repo, path, can_read=lambda n: g.can("read", n),
+                                 base_url=f"{scheme}://{host}",
+                                 referrers=lambda d: hs.referrers(self.app.repo, d, None))
+        self._respond(page.status, {"Cache-Control": "no-store"}, page.body, page.content_type)
+
     def _h_base(self) -> None:
         self._method(READ_METHODS)
         g = self._grant()
