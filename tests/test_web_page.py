@@ -11,9 +11,9 @@ import urllib.request
 import pytest
 from selenium.webdriver.common.by import By
 
-from registry import digest as digestmod
-from registry import oci
-from registry.layout import LayoutRepo
+from registry.oci import digest as digestmod
+from registry.oci import manifest as oci
+from registry.repo.layout import LayoutRepo
 from tests.support.browser import browser  # fixture
 from tests.support.http_servers import TOKEN, SrepoHttp, request
 

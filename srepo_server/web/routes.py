@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.errors import InvalidReference, NotFound
-from registry.repository import Repository
+from registry.repo.repository import Repository
 from srepo_server.web import pages, views
 
 HTML = "text/html; charset=utf-8"

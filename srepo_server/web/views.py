@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.errors import CockerError, NotFound
-from registry import digest as digestmod
-from registry import image as imagemod
-from registry import reference as refmod
-from registry.image import Image
-from registry.layer_tar import open_layer
-from registry.repository import RefRecord, Repository
+from registry.layer.tar_codec import open_layer
+from registry.oci import digest as digestmod
+from registry.oci import reference as refmod
+from registry.repo import image as imagemod
+from registry.repo.image import Image
+from registry.repo.repository import RefRecord, Repository
 
 MAX_FILES = 5000  # a layer listing stops here: the page stays small whatever was pushed
 
