@@ -21,6 +21,7 @@ GROUPS = {
     "service": ("cocker.commands.service", "service", "Services: replicas behind an nginx reverse proxy."),
     "daemon": ("cocker.commands.daemon", "daemon", "Serve cocker's API on a unix socket (and loopback TCP)."),
     "demo": ("cocker.commands.demo", "demo", "Build a test image from busybox and show the main workflow."),
+    "completion": ("cocker.commands.completion", "completion", "Shell completion script: bash or zsh."),
 }
 
 
