@@ -109,7 +109,8 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench/commit.py needs root")
     from registry.repo.store import Store
-    from runtime import containers
+    from runtime.container import lifecycle, record
+    from runtime.container.spec import ContainerSpec
     from tests.conftest import make_busybox_rootfs
     from tests.support.builder import publish_layers
 
@@ -121,11 +122,11 @@ def main() -> None:
     try:
         rootfs = make_busybox_rootfs(os.path.join(work, "rootfs"))
         publish_layers(store, "busybox", "1.0", [rootfs], config={"Cmd": ["/bin/sh"]})
-        spec = containers.ContainerSpec(image="busybox:1.0", name=name, net="none",
+        spec = ContainerSpec(image="busybox:1.0", name=name, net="none",
                                         command=["/bin/true"])
-        code, _ = containers.run_captured(store, spec, rm=False)
+        code, _ = lifecycle.run_captured(store, spec, rm=False)
         assert code == 0
-        c = containers.load(store, name)
+        c = record.load(store, name)
         n = fill(c.upper_dir, args.size_mb)
         print(f"upper dir: {n / 1e6:.0f} MB of mixed files")
         out = os.path.join(work, "upper.tar.zst")
@@ -162,7 +163,7 @@ def main() -> None:
             print(f"ratio cocker / buildah commit: {min(t_cocker, t_cocker2) / t_bh:.2f}x")
     finally:
         try:
-            containers.remove(store, name, force=True)
+            lifecycle.remove(store, name, force=True)
         except Exception:
             pass
         shutil.rmtree(work, ignore_errors=True)

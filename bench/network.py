@@ -46,7 +46,7 @@ def main() -> int:
         print("bench/network.py needs root", file=sys.stderr)
         return 2
     from registry.repo.store import Store
-    from runtime import network as net
+    from runtime.net import network as net
     store = Store(tempfile.mkdtemp(prefix="cocker-bench-net-"))
     name = f"bench{uuid.uuid4().hex[:6]}"
     info = net.create_network(store, name)

@@ -193,29 +193,30 @@ def _stage_image(store, config: dict, layers: list[dict]) -> str:
 
 def _run_layer(store, base: Image, st: _State, step: Step, log: Callable[[str], None]):
     from builder.commit import pack_container
-    from runtime import containers
+    from runtime.container import lifecycle, record
+    from runtime.container.spec import ContainerSpec
     cfg = oci.new_config(st.diff_ids, base=st.config, history=[])
     mdigest = _stage_image(store, cfg, st.layers)
     name = f"build-{os.getpid()}-{step.index}-{uuid.uuid4().hex[:8]}"
-    spec = containers.ContainerSpec(
+    spec = ContainerSpec(
         image=f"{base.name}@{mdigest}", name=name, command=list(step.run or []),
         entrypoint=[], hostname=BUILD_HOSTNAME, net=step.net,
         env=[f"{k}={v}" for k, v in step.env.items()],
         labels={"org.cocker.build": "1"})
     try:
-        code, output = containers.run_captured(store, spec, rm=False)
+        code, output = lifecycle.run_captured(store, spec, rm=False)
         text = output.decode("utf-8", "replace").rstrip("\n")
         if text:
             log("\n".join("  | " + line for line in text.split("\n")))
         if code != 0:
             raise BuildFailed(f"step {step.index} ({step.describe()}) failed with exit code "
                               f"{code}; nothing was published", code, output)
-        c = containers.load(store, name)
+        c = record.load(store, name)
         packed, _ = pack_container(store, c)
         return packed
     finally:
         try:
-            containers.remove(store, name, force=True)
+            lifecycle.remove(store, name, force=True)
         except NotFound:
             pass
 
@@ -278,7 +279,7 @@ def _entry(path: str, rel: str, step: Step) -> tuple[str, str, str, int, str]:
 
 
 def _copy_layer(store, st: _State, step: Step, plan: list, sde: int | None):
-    from runtime import layers as layertrees
+    from runtime.fs import layers as layertrees
     pseudo = Image("build", "_", "", {"layers": st.layers}, {"rootfs": {"diff_ids": st.diff_ids}})
     trees = layertrees.ensure_layers(store, pseudo)
     stage = tempfile.mkdtemp(prefix="copy.", dir=store.tmp_dir)

@@ -63,15 +63,15 @@ def base_image(store, digest: str, image_text: str) -> Image:
 def commit(store, name: str, target: Reference, *, message: str | None = None,
            author: str | None = None, changes: list[Change] | None = None, pause: bool = False,
            force: bool = False, allow_empty: bool = False, progress: Any = None) -> CommitResult:
-    from runtime import containers
-    c = containers.load(store, name)
+    from runtime.container import lifecycle, record
+    c = record.load(store, name)
     state = c.state()
     frozen = contextlib.nullcontext()
     if state == "running":
         if not pause:
             raise UsageError(f"container {name} is running: stop it first, or add --pause to "
                              "freeze it while its changes are read")
-        frozen = containers.paused(store, name)
+        frozen = lifecycle.paused(store, name)
     base = base_image(store, c.digest, c.image)
     with frozen:
         packed, method = pack_container(store, c, progress=progress)

@@ -30,7 +30,8 @@ def edit(store, ref: str, *, to: str | None = None, bump: str | None = None,
          keep: bool = False, shell: str = "/bin/sh", name: str | None = None,
          message: str | None = None, author: str | None = None, force: bool = False,
          net: str = "bridge", log: Callable[[str], None] = lambda s: None) -> EditResult:
-    from runtime import containers
+    from runtime.container import lifecycle, record
+    from runtime.container.spec import ContainerSpec
     if not os.isatty(0):
         raise UsageError("image edit opens an interactive shell: run it on a terminal "
                          "(for scripted changes use `cocker image build`)")
@@ -40,14 +41,14 @@ def edit(store, ref: str, *, to: str | None = None, bump: str | None = None,
     else:
         target = versioning.target(store, img.name, bump or "patch", force=force)
     cname = name or _container_name(img.name)
-    spec = containers.ContainerSpec(image=f"{img.name}:{img.version}", name=cname,
+    spec = ContainerSpec(image=f"{img.name}:{img.version}", name=cname,
                                     command=[shell], entrypoint=[], tty=True, net=net,
                                     hostname=re.sub(r"[^A-Za-z0-9-]", "-", img.name)[:63])
     log(f"editing {img.name}:{img.version} in container {cname}; exit the shell to commit "
         f"{target}")
     try:
-        code = containers.run(store, spec, rm=False, interactive=True)
-        if containers.load(store, cname).state() == "running":
+        code = lifecycle.run(store, spec, rm=False, interactive=True)
+        if record.load(store, cname).state() == "running":
             # detached (ctrl-p ctrl-q): the user wants it to go on; commit later by hand
             return EditResult(cname, True, code, None, detached=True)
         try:
@@ -58,10 +59,10 @@ def edit(store, ref: str, *, to: str | None = None, bump: str | None = None,
     except BaseException:
         if not keep:
             with contextlib.suppress(CockerError, NotFound):
-                containers.remove(store, cname, force=True)
+                lifecycle.remove(store, cname, force=True)
         raise
     if not keep:
-        containers.remove(store, cname, force=True)
+        lifecycle.remove(store, cname, force=True)
     return EditResult(cname, keep, code, res)
 
 

@@ -101,9 +101,9 @@ def test_reproducible_across_stores(tmp_path, busybox_image, context, cocker,
         second, _ = build(cocker, context, "--tag", "app:1", env={**env, "COCKER_HOME": other})
         assert second["cached_steps"] == 0 and second["digest"] == first["digest"]
     finally:
-        from runtime import containers
-        for c in containers.list_containers(s2):
-            containers.remove(s2, c.name, force=True)
+        from runtime.container import lifecycle, record
+        for c in record.list_containers(s2):
+            lifecycle.remove(s2, c.name, force=True)
 
 
 def test_failing_step_leaves_nothing(store, busybox_image, context, cocker,

@@ -18,10 +18,11 @@ CHANGE_SCRIPT = ("echo added > /added; echo changed > /etc/passwd; rm /etc/group
 
 
 def run_in(store, image: str, script: str, name: str | None = None, rm: bool = True):
-    from runtime import containers
-    spec = containers.ContainerSpec(image=image, name=name, net="none",
+    from runtime.container import lifecycle
+    from runtime.container.spec import ContainerSpec
+    spec = ContainerSpec(image=image, name=name, net="none",
                                     command=["/bin/sh", "-c", script])
-    code, out = containers.run_captured(store, spec, rm=rm)
+    code, out = lifecycle.run_captured(store, spec, rm=rm)
     return code, out.decode()
 
 
@@ -50,8 +51,8 @@ def test_commit_added_changed_deleted_and_replaced_dir(store, busybox_image, coc
     assert "NO" in text
     assert store.get_ref("busybox", "1.0") == busybox_image.digest
     from registry.repo import image as imagemod
-    from runtime import containers
-    assert containers.load(store, name).state() == "exited"
+    from runtime.container import record
+    assert record.load(store, name).state() == "exited"
     img = imagemod.load(store, "bb:0.1.0")
     assert img.config["config"]["Cmd"] == ["/bin/cat", "/added"]
     h = img.config["history"][-1]
@@ -63,11 +64,12 @@ def test_commit_added_changed_deleted_and_replaced_dir(store, busybox_image, coc
 
 
 def test_commit_running_needs_pause(store, busybox_image, cocker, cleanup_containers):
-    from runtime import containers
+    from runtime.container import lifecycle, record
+    from runtime.container.spec import ContainerSpec
     name = f"cr{os.getpid()}"
-    spec = containers.ContainerSpec(image="busybox:1.0", name=name, net="none",
+    spec = ContainerSpec(image="busybox:1.0", name=name, net="none",
                                     command=["/bin/sh", "-c", "echo live > /live; sleep 600"])
-    containers.run(store, spec, detach=True)
+    lifecycle.run(store, spec, detach=True)
     for _ in range(100):
         if os.path.exists(os.path.join(store.containers_dir, name, "upper", "live")):
             break
@@ -77,7 +79,7 @@ def test_commit_running_needs_pause(store, busybox_image, cocker, cleanup_contai
     assert p.returncode != 0 and "--pause" in p.stderr
     assert store.get_ref("live", "1") is None
     cocker("container", "to-image", name, "live:1", "--pause")
-    assert containers.load(store, name).state() == "running"
+    assert record.load(store, name).state() == "running"
     code, text = run_in(store, "live:1", "cat /live")
     assert text.strip() == "live"
 
@@ -101,10 +103,10 @@ def test_commit_falls_back_to_a_diff_with_redirect_dir_and_metacopy(store, busyb
                                                                       cocker, cleanup_containers):
     """An upper dir written with redirect_dir/metacopy on is not a plain diff: commit must
     diff the merged view against the lower layers."""
-    from runtime import containers
+    from runtime.container import record
     name = f"cd{os.getpid()}"
     code, _ = run_in(store, "busybox:1.0", "echo x > /x", name=name, rm=False)
-    c = containers.load(store, name)
+    c = record.load(store, name)
     mnt = os.path.join(c.dir, "manual")
     os.mkdir(mnt)
     opts = (f"lowerdir={':'.join(c.lower_dirs)},upperdir={c.upper_dir},workdir={c.work_dir},"

@@ -58,11 +58,12 @@ def test_edit_commits_the_next_version(store, busybox_image, cleanup_containers)
                       ["echo edited > /edited; rm /etc/motd", "exit"])
     assert code == 0, out
     assert "busybox:1.0.1" in out
-    from runtime import containers
-    assert containers.list_containers(store) == []           # removed without --keep
-    spec = containers.ContainerSpec(image="busybox:1.0.1", net="none",
+    from runtime.container import lifecycle, record
+    from runtime.container.spec import ContainerSpec
+    assert record.list_containers(store) == []           # removed without --keep
+    spec = ContainerSpec(image="busybox:1.0.1", net="none",
                                     command=["/bin/sh", "-c", "cat /edited; ls /etc"])
-    rc, text = containers.run_captured(store, spec)
+    rc, text = lifecycle.run_captured(store, spec)
     assert rc == 0 and b"edited" in text and b"motd" not in text
     assert store.get_ref("busybox", "1.0") == busybox_image.digest
 
@@ -73,5 +74,5 @@ def test_edit_without_changes_and_keep(store, busybox_image, cleanup_containers)
                        "--to", "kept:1", "--net", "none"], ["ls /", "exit"])
     assert code == 0, out
     assert "no changes" in out and store.get_ref("kept", "1") is None
-    from runtime import containers
-    assert containers.load(store, name).state() == "exited"   # kept for later commits
+    from runtime.container import record
+    assert record.load(store, name).state() == "exited"   # kept for later commits

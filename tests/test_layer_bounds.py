@@ -20,7 +20,7 @@ from registry.layer import limits
 from registry.layer import tar_codec as layer_tar
 from registry.oci import digest as digestmod
 from registry.repo import image as imagemod
-from runtime import layers as layersmod
+from runtime.fs import layers as layersmod
 from tests.support.codec import entry, make_tar
 
 MiB = 1 << 20

@@ -17,8 +17,8 @@ import urllib.request
 import pytest
 
 from common.errors import AlreadyExists, Conflict, NotFound, UsageError
-from runtime import ipam
-from runtime import network as net
+from runtime.net import ipam
+from runtime.net import network as net
 from tests.support.net import free_port, iptables_dump, links, netenv, netns_list, unique
 
 pytestmark = pytest.mark.root
@@ -63,7 +63,7 @@ def test_default_settings_are_private(store, monkeypatch):
     ("1:65535/TCP", ("0.0.0.0", 1, 65535, "tcp")),
 ])
 def test_port_spec_parse(spec, expect):
-    from runtime.portmap import parse
+    from runtime.net.portmap import parse
     m = parse(spec)
     assert (m.host_ip, m.host_port, m.ctr_port, m.proto) == expect
 
@@ -71,7 +71,7 @@ def test_port_spec_parse(spec, expect):
 @pytest.mark.parametrize("spec", ["80", "0:80", "8080:70000", "a:b", "8080:80/sctp",
                                   "localhost:8080:80", "::1:80:80", "1.2.3.4:5:6:7"])
 def test_port_spec_bad(spec):
-    from runtime.portmap import parse
+    from runtime.net.portmap import parse
     with pytest.raises(UsageError):
         parse(spec)
 
@@ -149,7 +149,7 @@ def test_addresses_released_and_reused(netenv):
 
 def _connect_worker(home, network, owner, path, q):
     from registry.repo.store import Store
-    from runtime import network as n
+    from runtime.net import network as n
     try:
         q.put((owner, n.connect(Store(home), network, owner, path)["ip"]))
     except Exception as e:  # reported to the parent
@@ -190,7 +190,7 @@ def test_subnet_and_name_conflicts(netenv):
         net.create_network(netenv.store, unique("n"), subnet=str(subnet.supernet(4)))
     # Overlap with what the host routes (the test netns routes nothing on the host, so use
     # the address of a host interface other than lo).
-    from runtime.netns import host_networks
+    from runtime.net.netns import host_networks
     routed = [n for n, dev in host_networks() if dev != info["bridge"]]
     if routed:
         with pytest.raises(Conflict, match="overlaps"):

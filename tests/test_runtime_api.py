@@ -11,8 +11,9 @@ import urllib.request
 import pytest
 
 from common.errors import Conflict, NotFound
-from runtime import containers, layers
-from runtime.containers import ContainerSpec
+from runtime.container import lifecycle, record
+from runtime.container.spec import ContainerSpec
+from runtime.fs import layers
 from tests.support.runtime import assert_no_leftovers, cname, force_remove, rt, rt_home
 
 pytestmark = pytest.mark.root
@@ -20,36 +21,36 @@ pytestmark = pytest.mark.root
 
 def test_run_captured_and_exec_api(rt, cname):
     store, _ = rt
-    code, out = containers.run_captured(store, ContainerSpec(
+    code, out = lifecycle.run_captured(store, ContainerSpec(
         image="busybox:1.0", name=cname, net="none", env=["A=1"],
         command=["sh", "-c", "echo out-$A; echo err >&2; exit 9"]))
     assert code == 9
     assert b"out-1\n" in out and b"err\n" in out
     assert not os.path.exists(os.path.join(store.containers_dir, cname))
-    code, out = containers.run_captured(store, ContainerSpec(
+    code, out = lifecycle.run_captured(store, ContainerSpec(
         image="busybox:1.0", name=cname, net="none", command=["/nope"]))
     assert code == 127 and b"not found" in out
 
 
 def test_states_and_api_errors(rt, cname):
     store, _ = rt
-    c = containers.create(store, ContainerSpec(image="busybox:1.0", name=cname, net="none",
+    c = lifecycle.create(store, ContainerSpec(image="busybox:1.0", name=cname, net="none",
                                                command=["sleep", "60"]))
     assert c.state() == "created" and c.digest.startswith("sha256:")
     assert len(c.lower_dirs) == 1 and os.path.isdir(c.lower_dirs[0])
-    containers.stop(store, cname)                     # stopping a stopped container: no-op
-    containers.start(store, cname)
-    assert containers.load(store, cname).state() == "running"
+    lifecycle.stop(store, cname)                     # stopping a stopped container: no-op
+    lifecycle.start(store, cname)
+    assert record.load(store, cname).state() == "running"
     with pytest.raises(Conflict):
-        containers.start(store, cname)
+        lifecycle.start(store, cname)
     with pytest.raises(Conflict):
-        containers.remove(store, cname)               # running: needs force
-    assert containers.wait(store, cname, timeout=0.2) is None
-    containers.kill(store, cname)
-    assert containers.wait(store, cname, timeout=10) == 137
+        lifecycle.remove(store, cname)               # running: needs force
+    assert lifecycle.wait(store, cname, timeout=0.2) is None
+    lifecycle.kill(store, cname)
+    assert lifecycle.wait(store, cname, timeout=10) == 137
     with pytest.raises(NotFound):
-        containers.load(store, cname + "-nope")
-    containers.remove(store, cname)
+        record.load(store, cname + "-nope")
+    lifecycle.remove(store, cname)
     assert_no_leftovers(store, cname)
 
 

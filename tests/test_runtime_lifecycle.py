@@ -131,7 +131,7 @@ def test_supervisor_killed_shows_dead_and_rm_force_cleans(rt, cname):
     assert cgroup_dirs(cname)                    # left behind by the crash ...
     cli("container", "rm", "-f", cname)
     assert_no_leftovers(store, cname)            # ... and gone now
-    from runtime import ipam
+    from runtime.net import ipam
     for rec in ipam.all_records(store):
         assert cname not in rec["endpoints"]
 
@@ -166,18 +166,18 @@ def test_cp_in_and_out_stays_inside(rt, cname, tmp_path):
 
 def test_paused_freezes(rt, cname):
     store, cli = rt
-    from runtime import containers
+    from runtime.container import lifecycle
     cli("container", "run", "-d", "--name", cname, "--net", "none", "busybox:1.0", "sh", "-c",
         "i=0; while true; do i=$((i+1)); echo $i > /tmp/tick; sleep 0.05; done")
     time.sleep(0.3)
-    with containers.paused(store, cname) as c:
+    with lifecycle.paused(store, cname) as c:
         assert c.info()["paused"] is True
         upper = os.path.join(c.upper_dir, "tmp", "tick")
         first = open(upper).read()
         time.sleep(0.3)
         assert open(upper).read() == first
     assert wait_for(lambda: open(upper).read() != first, 5)
-    containers.stop(store, cname, timeout=2)
+    lifecycle.stop(store, cname, timeout=2)
 
 
 def test_detached_rm_removes_itself(rt, cname):

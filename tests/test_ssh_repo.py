@@ -433,7 +433,7 @@ def test_pulled_image_boots(machines, tmp_path, busybox_rootfs):
     import gzip
     import io
     import tarfile
-    pytest.importorskip("runtime.containers")
+    pytest.importorskip("runtime.container.lifecycle")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
         for entry in sorted(os.listdir(busybox_rootfs)):

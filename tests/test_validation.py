@@ -20,7 +20,7 @@ from registry.oci import reference as refmod
 from registry.repo import copy as copymod
 from registry.repo import image as imagemod
 from registry.repo.layout import LayoutRepo
-from runtime import layers as layersmod
+from runtime.fs import layers as layersmod
 
 LAYER = oci.LAYER_ZSTD
 

@@ -52,7 +52,7 @@ def _spec_options(f):
 
 def _make_spec(image: str, command: tuple[str, ...], tty: bool, kw: dict):
     from common.errors import UsageError
-    from runtime.containers import ContainerSpec
+    from runtime.container.spec import ContainerSpec
     labels = {}
     for item in kw.pop("labels", ()) or ():
         k, sep, v = item.partition("=")
@@ -78,8 +78,8 @@ def _make_spec(image: str, command: tuple[str, ...], tty: bool, kw: dict):
 @click.pass_obj
 def create_cmd(ctx, image: str, command: tuple[str, ...], tty: bool, interactive: bool, **kw) -> None:
     """Create a container from IMAGE (a bare name: its newest version, pinned by digest)."""
-    from runtime import containers
-    c = containers.create(ctx.store, _make_spec(image, command, tty, kw))
+    from runtime.container import lifecycle
+    c = lifecycle.create(ctx.store, _make_spec(image, command, tty, kw))
     click.echo(c.name)
 
 
@@ -98,11 +98,11 @@ def run_cmd(ctx, image: str | None, command: tuple[str, ...], rm: bool, interact
             tty: bool, detach: bool, spec_file: str | None, **kw) -> int:
     """Create and start a container; in the foreground its exit code is cocker's."""
     from common.errors import UsageError
-    from runtime import containers
+    from runtime.container import lifecycle, record
     if spec_file:
-        if importlib.util.find_spec("runtime.brocker_json") is None:
+        if importlib.util.find_spec("runtime.brocker.files") is None:
             raise UsageError("run -f is not supported in this installation")
-        from runtime import brocker_json
+        from runtime.brocker import files as brocker_json
         spec, _service = brocker_json.container_spec_from_file(spec_file, ctx.store)
         if tty:
             spec.tty = True
@@ -111,8 +111,8 @@ def run_cmd(ctx, image: str | None, command: tuple[str, ...], rm: bool, interact
             raise UsageError("run needs an IMAGE (or -f FILE)")
         spec = _make_spec(image, command, tty, kw)
     if detach and not spec.name:
-        spec.name = containers.new_name(ctx.store)
-    code = containers.run(ctx.store, spec, rm=rm, detach=detach, interactive=interactive or tty)
+        spec.name = record.new_name(ctx.store)
+    code = lifecycle.run(ctx.store, spec, rm=rm, detach=detach, interactive=interactive or tty)
     if detach:
         click.echo(spec.name)
         return code
@@ -141,8 +141,8 @@ def _fast_exit(code: int) -> None:
 @click.pass_obj
 def start_cmd(ctx, name: str, attach: bool) -> int:
     """Start (boot) a created or stopped container."""
-    from runtime import containers
-    code = containers.start(ctx.store, name, attach=attach)
+    from runtime.container import lifecycle
+    code = lifecycle.start(ctx.store, name, attach=attach)
     return code or 0
 
 
@@ -153,9 +153,9 @@ def start_cmd(ctx, name: str, attach: bool) -> int:
 @click.pass_obj
 def stop_cmd(ctx, names: tuple[str, ...], timeout: float) -> None:
     """Stop (shutdown): SIGTERM, then SIGKILL after the timeout."""
-    from runtime import containers
+    from runtime.container import lifecycle
     for n in names:
-        containers.stop(ctx.store, n, timeout=timeout)
+        lifecycle.stop(ctx.store, n, timeout=timeout)
         click.echo(n)
 
 
@@ -169,12 +169,12 @@ def kill_cmd(ctx, name: str, sig: str) -> None:
     import signal as sigmod
 
     from common.errors import UsageError
-    from runtime import containers
+    from runtime.container import lifecycle
     try:
         num = int(sig) if sig.isdigit() else int(getattr(sigmod, "SIG" + sig.upper().removeprefix("SIG")))
     except (AttributeError, ValueError):
         raise UsageError(f"unknown signal {sig!r}") from None
-    containers.kill(ctx.store, name, num)
+    lifecycle.kill(ctx.store, name, num)
 
 
 @click.command("rm")
@@ -183,9 +183,9 @@ def kill_cmd(ctx, name: str, sig: str) -> None:
 @click.pass_obj
 def rm_cmd(ctx, names: tuple[str, ...], force: bool) -> None:
     """Remove (destroy) containers."""
-    from runtime import containers
+    from runtime.container import lifecycle
     for n in names:
-        containers.remove(ctx.store, n, force=force)
+        lifecycle.remove(ctx.store, n, force=force)
         click.echo(n)
 
 
@@ -196,8 +196,8 @@ def rm_cmd(ctx, names: tuple[str, ...], force: bool) -> None:
 def ls_cmd(ctx, show_all: bool, as_json: bool) -> None:
     """List containers (running ones unless --all)."""
     from cocker.output import print_json, print_table
-    from runtime import containers
-    infos = [c.info() for c in containers.list_containers(ctx.store, all=True)]
+    from runtime.container import record
+    infos = [c.info() for c in record.list_containers(ctx.store, all=True)]
     if not show_all:
         infos = [i for i in infos if i["status"] == "running"]
     if as_json:
@@ -222,8 +222,8 @@ def ls_cmd(ctx, show_all: bool, as_json: bool) -> None:
 def inspect_cmd(ctx, name: str, as_json: bool) -> None:
     """Show a container's record and state."""
     from cocker.output import print_json
-    from runtime import containers
-    info = containers.load(ctx.store, name).inspect()
+    from runtime.container import record
+    info = record.load(ctx.store, name).inspect()
     if as_json:
         print_json(info)
         return
@@ -247,8 +247,8 @@ def inspect_cmd(ctx, name: str, as_json: bool) -> None:
 def exec_cmd(ctx, interactive: bool, tty: bool, env: tuple[str, ...], workdir: str | None,
              name: str, command: tuple[str, ...]) -> int:
     """Run COMMAND inside a running container; cocker exits with its code."""
-    from runtime import containers
-    return containers.exec_(ctx.store, name, list(command), tty=tty, env=list(env),
+    from runtime.container import session
+    return session.exec_(ctx.store, name, list(command), tty=tty, env=list(env),
                             workdir=workdir, interactive=interactive)
 
 
@@ -257,8 +257,8 @@ def exec_cmd(ctx, interactive: bool, tty: bool, env: tuple[str, ...], workdir: s
 @click.pass_obj
 def attach_cmd(ctx, name: str) -> int:
     """Connect to a running container's terminal (detach: ctrl-p ctrl-q)."""
-    from runtime import containers
-    code = containers.attach(ctx.store, name)
+    from runtime.container import session
+    code = session.attach(ctx.store, name)
     return code or 0
 
 
@@ -268,8 +268,9 @@ def attach_cmd(ctx, name: str) -> int:
 @click.pass_obj
 def logs_cmd(ctx, name: str, follow: bool) -> None:
     """Print what a detached container wrote."""
-    from runtime import attach, containers
-    c = containers.load(ctx.store, name)
+    from runtime.container import record
+    from runtime.tty import attach
+    c = record.load(ctx.store, name)
     attach.follow_log(c, from_start=True, follow=follow)
 
 
@@ -278,8 +279,8 @@ def logs_cmd(ctx, name: str, follow: bool) -> None:
 @click.pass_obj
 def wait_cmd(ctx, name: str) -> int:
     """Wait for a container to stop; print and exit with its code."""
-    from runtime import containers
-    code = containers.wait(ctx.store, name)
+    from runtime.container import lifecycle
+    code = lifecycle.wait(ctx.store, name)
     click.echo("-" if code is None else code)
     return code or 0
 
@@ -291,7 +292,7 @@ def wait_cmd(ctx, name: str) -> int:
 def cp_cmd(ctx, src: str, dest: str) -> None:
     """Copy in (`cp HOSTPATH NAME:PATH`, putfile) or out (`cp NAME:PATH HOSTPATH`, getfile)."""
     from common.errors import UsageError
-    from runtime import containers
+    from runtime.container import cp
 
     def split(arg: str):
         head, sep, tail = arg.partition(":")
@@ -304,9 +305,9 @@ def cp_cmd(ctx, src: str, dest: str) -> None:
         raise UsageError("cp copies between the host and ONE container: "
                          "cp SRC NAME:/PATH or cp NAME:/PATH DEST")
     if dname:
-        containers.copy_in(ctx.store, dname, spath, dpath)
+        cp.copy_in(ctx.store, dname, spath, dpath)
     else:
-        containers.copy_out(ctx.store, sname, spath, dpath)
+        cp.copy_out(ctx.store, sname, spath, dpath)
 
 
 container.add_command(start_cmd, "start")

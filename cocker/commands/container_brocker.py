@@ -15,7 +15,7 @@ _plain_run = _run.callback if _run is not None else None
 def _run_with_services(*args, **kw):
     spec_file = kw.get("spec_file")
     if spec_file:
-        from runtime import brocker_json
+        from runtime.brocker import files as brocker_json
         data = brocker_json.read_json(spec_file)
         if data.get("service-name") is not None:
             ctx = click.get_current_context().obj

@@ -161,8 +161,8 @@ def gc_cmd(ctx, dry_run: bool, grace: float) -> None:
     store = ctx.store
     n, freed = store.gc(grace=grace, dry_run=dry_run)
     trees = 0
-    if importlib.util.find_spec("runtime.layers") is not None:
-        from runtime import layers as layertrees
+    if importlib.util.find_spec("runtime.fs.layers") is not None:
+        from runtime.fs import layers as layertrees
         trees = layertrees.gc(store, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {n} blob(s), {human_size(freed)}; {trees} layer tree(s)")

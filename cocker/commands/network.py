@@ -19,7 +19,7 @@ def network() -> None:
 @click.pass_obj
 def create_cmd(ctx, name: str, subnet: str | None, bridge: str | None) -> None:
     """Create a network with its own bridge (NAME "bridge" reconfigures the default one)."""
-    from runtime import network as net
+    from runtime.net import network as net
     info = net.create_network(ctx.store, name, subnet=subnet, bridge=bridge)
     click.echo(f"{info['name']}  {info['subnet']}  bridge {info['bridge']}")
 
@@ -29,7 +29,7 @@ def create_cmd(ctx, name: str, subnet: str | None, bridge: str | None) -> None:
 @click.pass_obj
 def ls_cmd(ctx, as_json: bool) -> None:
     """List networks."""
-    from runtime import network as net
+    from runtime.net import network as net
     nets = net.list_networks(ctx.store)
     if as_json:
         print_json(nets)
@@ -45,7 +45,7 @@ def ls_cmd(ctx, as_json: bool) -> None:
 @click.pass_obj
 def inspect_cmd(ctx, name: str, as_json: bool) -> None:
     """Show a network and its endpoints."""
-    from runtime import network as net
+    from runtime.net import network as net
     info = net.get_network(ctx.store, name)
     if as_json:
         print_json(info)
@@ -64,7 +64,7 @@ def inspect_cmd(ctx, name: str, as_json: bool) -> None:
 @click.pass_obj
 def rm_cmd(ctx, names: tuple[str, ...]) -> None:
     """Remove networks (refused while containers use them)."""
-    from runtime import network as net
+    from runtime.net import network as net
     for name in names:
         net.remove_network(ctx.store, name)
         click.echo(name)

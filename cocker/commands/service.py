@@ -40,8 +40,8 @@ def create_cmd(ctx, name, image, replicas, publish, port, subnet, restart, env, 
 
     Everything after `--` is the replicas' command."""
     from common.errors import UsageError
-    from runtime import services
-    from runtime.service_state import DEFAULT_PORT, ServiceSpec
+    from runtime.services import manager as services
+    from runtime.services.state import DEFAULT_PORT, ServiceSpec
     for e in env:
         if "=" not in e:
             raise UsageError(f"-e {e!r}: expected KEY=VALUE")
@@ -65,7 +65,8 @@ def create_cmd(ctx, name, image, replicas, publish, port, subnet, restart, env, 
 @click.pass_obj
 def add_cmd(ctx, file: str, as_json: bool) -> None:
     """Create a service from brocker's JSON file (+ cocker's image/replicas/publish/port)."""
-    from runtime import brocker_json, services
+    from runtime.brocker import files as brocker_json
+    from runtime.services import manager as services
     rec = services.create(ctx.store, brocker_json.service_spec_from_file(file))
     _report(rec, as_json)
 
@@ -86,7 +87,7 @@ def _report(rec: dict, as_json: bool) -> None:
 @click.pass_obj
 def ls_cmd(ctx, as_json: bool) -> None:
     """List services."""
-    from runtime import services
+    from runtime.services import manager as services
     svcs = services.list_services(ctx.store)
     if as_json:
         print_json(svcs)
@@ -103,7 +104,7 @@ def ls_cmd(ctx, as_json: bool) -> None:
 @click.pass_obj
 def inspect_cmd(ctx, name: str, as_json: bool) -> None:
     """Show a service: its replicas, nginx and monitor."""
-    from runtime import services
+    from runtime.services import manager as services
     s = services.inspect(ctx.store, name)
     if as_json:
         print_json(s)
@@ -130,7 +131,7 @@ def inspect_cmd(ctx, name: str, as_json: bool) -> None:
 @click.pass_obj
 def scale_cmd(ctx, name: str, replicas: int) -> None:
     """Run REPLICAS replicas (new ones serve before they join; old ones drain before they go)."""
-    from runtime import services
+    from runtime.services import manager as services
     rec = services.scale(ctx.store, name, replicas)
     click.echo(f"service {name}: {len(rec['replicas'])} replica(s)")
 
@@ -141,7 +142,7 @@ def scale_cmd(ctx, name: str, replicas: int) -> None:
 @click.pass_obj
 def update_cmd(ctx, name: str, image: str) -> None:
     """Rolling update to another image version, one replica at a time, no request lost."""
-    from runtime import services
+    from runtime.services import manager as services
     rec = services.update(ctx.store, name, image)
     click.echo(f"service {name}: {len(rec['replicas'])} replica(s) of {rec['image_ref']}")
 
@@ -151,7 +152,7 @@ def update_cmd(ctx, name: str, image: str) -> None:
 @click.pass_obj
 def rm_cmd(ctx, names: tuple[str, ...]) -> None:
     """Remove services and everything they made (replicas, nginx, network, ports)."""
-    from runtime import services
+    from runtime.services import manager as services
     for n in names:
         services.remove(ctx.store, n)
         click.echo(n)

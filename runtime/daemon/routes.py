@@ -122,7 +122,7 @@ def v1_container_run(req: Request, m) -> tuple[int, Any]:
 
 
 def _bridge_endpoints(store) -> dict[str, dict]:
-    from runtime import network
+    from runtime.net import network
     out: dict[str, dict] = {}
     for n in network.list_networks(store):
         with contextlib.suppress(CockerError):
@@ -131,11 +131,11 @@ def _bridge_endpoints(store) -> dict[str, dict]:
 
 
 def v1_container_list(req: Request, m) -> tuple[int, Any]:
-    from runtime import containers
+    from runtime.container import record
     store = _store(req.home)
     endpoints = _bridge_endpoints(store)
     out = []
-    for c in containers.list_containers(store, all=True):
+    for c in record.list_containers(store, all=True):
         info = c.info()
         first = c.workload_pid() if info["status"] == "running" else None
         out.append(brocker_v1.container_entry(store, info, c.record, endpoints, first))
@@ -145,8 +145,8 @@ def v1_container_list(req: Request, m) -> tuple[int, Any]:
 def v1_container_exec(req: Request, m) -> tuple[int, Any]:
     """brocker's client takes the body as the pid to nsenter: bare digits of the container's
     first process (in its pid, net and mount namespaces)."""
-    from runtime import containers
-    c = containers.load(_store(req.home), _name(req))
+    from runtime.container import record
+    c = record.load(_store(req.home), _name(req))
     running = c.state() == "running"
     return 200, PlainText(brocker_v1.exec_target(c.name, running,
                                                  c.workload_pid() if running else None))
@@ -163,8 +163,8 @@ def v1_service_add(req: Request, m) -> tuple[int, Any]:
 # ---- cocker's API (v2) --------------------------------------------------------------------
 
 def _containers(home: str) -> list[dict]:
-    from runtime import containers
-    return [c.info() for c in containers.list_containers(_store(home), all=True)]
+    from runtime.container import record
+    return [c.info() for c in record.list_containers(_store(home), all=True)]
 
 
 def v2_version(req: Request, m) -> tuple[int, Any]:
@@ -185,8 +185,8 @@ def v2_containers_list(req: Request, m) -> tuple[int, Any]:
 
 
 def v2_container_inspect(req: Request, m) -> tuple[int, Any]:
-    from runtime import containers
-    return 200, containers.load(_store(req.home), m["name"]).info()
+    from runtime.container import record
+    return 200, record.load(_store(req.home), m["name"]).info()
 
 
 def v2_containers_create(req: Request, m) -> tuple[int, Any]:
@@ -234,12 +234,12 @@ def v2_image_rm(req: Request, m) -> tuple[int, Any]:
 
 
 def v2_services_list(req: Request, m) -> tuple[int, Any]:
-    from runtime import services
+    from runtime.services import manager as services
     return 200, services.list_services(_store(req.home))
 
 
 def v2_service_inspect(req: Request, m) -> tuple[int, Any]:
-    from runtime import services
+    from runtime.services import manager as services
     return 200, services.inspect(_store(req.home), m["name"])
 
 

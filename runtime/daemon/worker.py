@@ -20,7 +20,7 @@ from registry.repo.store import Store
 
 
 def _container_spec(args: dict):
-    from runtime.containers import ContainerSpec
+    from runtime.container.spec import ContainerSpec
     allowed = set(ContainerSpec.__dataclass_fields__)
     unknown = set(args) - allowed
     if unknown:
@@ -31,65 +31,68 @@ def _container_spec(args: dict):
 
 
 def container_create(store: Store, a: dict) -> dict:
-    from runtime import containers
-    return containers.create(store, _container_spec(a["spec"])).info()
+    from runtime.container import lifecycle
+    return lifecycle.create(store, _container_spec(a["spec"])).info()
 
 
 def container_run(store: Store, a: dict) -> dict:
     """Create and start (detached)."""
-    from runtime import containers
+    from runtime.container import lifecycle, record
     spec = _container_spec(a["spec"])
-    c = containers.create(store, spec)
+    c = lifecycle.create(store, spec)
     try:
-        containers.start(store, c.name)
+        lifecycle.start(store, c.name)
     except BaseException:
-        containers.remove(store, c.name, force=True)
+        lifecycle.remove(store, c.name, force=True)
         raise
-    return containers.load(store, c.name).info()
+    return record.load(store, c.name).info()
 
 
 def container_start(store: Store, a: dict) -> dict:
-    from runtime import containers
-    containers.start(store, a["name"])
-    return containers.load(store, a["name"]).info()
+    from runtime.container import lifecycle, record
+    lifecycle.start(store, a["name"])
+    return record.load(store, a["name"]).info()
 
 
 def container_stop(store: Store, a: dict) -> dict:
-    from runtime import containers, services
-    c = containers.load(store, a["name"])
+    from runtime.container import lifecycle, record
+    from runtime.services import manager as services
+    c = record.load(store, a["name"])
     svc = c.labels.get("service")
     timeout = float(a.get("timeout", 10))
     if svc and services.st.exists(store, svc):
         services.stop_member(store, svc, c.name, timeout)   # out of nginx first, not restarted
     else:
-        containers.stop(store, c.name, timeout=timeout)
+        lifecycle.stop(store, c.name, timeout=timeout)
     return {"name": a["name"], "stopped": True}
 
 
 def container_kill(store: Store, a: dict) -> dict:
     import signal
 
-    from runtime import containers
+    from runtime.container import lifecycle
     sig = a.get("signal", "KILL")
     signum = sig if isinstance(sig, int) else getattr(signal, "SIG" + str(sig).upper().removeprefix("SIG"))
-    containers.kill(store, a["name"], signum)
+    lifecycle.kill(store, a["name"], signum)
     return {"name": a["name"], "signal": int(signum)}
 
 
 def container_rm(store: Store, a: dict) -> dict:
-    from runtime import containers
-    containers.remove(store, a["name"], force=bool(a.get("force")))
+    from runtime.container import lifecycle
+    lifecycle.remove(store, a["name"], force=bool(a.get("force")))
     return {"name": a["name"], "removed": True}
 
 
 def brocker_container_run(store: Store, a: dict) -> dict:
     """brocker's /api/v1/container/run: a container JSON; with service-name it joins it."""
-    from runtime import brocker_json, containers, services
+    from runtime.brocker import files as brocker_json
+    from runtime.container import record
+    from runtime.services import manager as services
     bc = brocker_json.container_spec(a["body"], store=store, what="container JSON")
     brocker_json.stage_files(store, bc.spec.name, bc.copies)
     if bc.service:
         services.join(store, bc.service, bc.spec, bc.port)
-        return containers.load(store, bc.spec.name).info()
+        return record.load(store, bc.spec.name).info()
     return container_run(store, {"spec": _spec_dict(bc.spec)})
 
 
@@ -99,8 +102,8 @@ def _spec_dict(spec) -> dict:
 
 
 def service_create(store: Store, a: dict) -> dict:
-    from runtime import services
-    from runtime.service_state import ServiceSpec
+    from runtime.services import manager as services
+    from runtime.services.state import ServiceSpec
     allowed = set(ServiceSpec.__dataclass_fields__)
     unknown = set(a["spec"]) - allowed
     if unknown:
@@ -109,28 +112,29 @@ def service_create(store: Store, a: dict) -> dict:
 
 
 def service_add(store: Store, a: dict) -> dict:
-    from runtime import brocker_json, services
+    from runtime.brocker import files as brocker_json
+    from runtime.services import manager as services
     return services.create(store, brocker_json.service_spec(a["body"]))
 
 
 def service_scale(store: Store, a: dict) -> dict:
-    from runtime import services
+    from runtime.services import manager as services
     return services.scale(store, a["name"], a["replicas"])
 
 
 def service_update(store: Store, a: dict) -> dict:
-    from runtime import services
+    from runtime.services import manager as services
     return services.update(store, a["name"], a["image"])
 
 
 def service_rm(store: Store, a: dict) -> dict:
-    from runtime import services
+    from runtime.services import manager as services
     services.remove(store, a["name"])
     return {"name": a["name"], "removed": True}
 
 
 def ensure_monitors(store: Store, a: dict) -> dict:
-    from runtime import services
+    from runtime.services import manager as services
     services.ensure_all_monitors(store)
     return {}
 

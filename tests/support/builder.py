@@ -83,7 +83,7 @@ def image_view(store, ref: str):
     """The merged (read-only) filesystem of an image version."""
     from builder import treediff
     from registry.repo import image as imagemod
-    from runtime import layers as layertrees
+    from runtime.fs import layers as layertrees
     img = imagemod.load(store, ref)
     trees = list(reversed(layertrees.ensure_layers(store, img)))
     scratch = tempfile.mkdtemp(prefix="view.", dir=store.tmp_dir)
@@ -100,7 +100,7 @@ def our_mounts(path: str) -> list[str]:
 def cleanup_containers(store):
     """Remove every container the test left (even when it failed)."""
     yield
-    from runtime import containers
-    for c in containers.list_containers(store, all=True):
+    from runtime.container import lifecycle, record
+    for c in record.list_containers(store, all=True):
         with contextlib.suppress(Exception):
-            containers.remove(store, c.name, force=True)
+            lifecycle.remove(store, c.name, force=True)

@@ -48,7 +48,7 @@ def free_port(proto: str = "tcp") -> int:
 def unique_subnet() -> str:
     """A random private /24 outside cocker's own defaults (10.88/16, the 10.89/16 pool) and
     not routed on this host, so parallel test runs do not collide."""
-    from runtime.netns import host_networks
+    from runtime.net.netns import host_networks
     routed = [n for n, _ in host_networks()]
     for _ in range(200):
         cand = ipaddress.ip_network(f"10.{random.randint(160, 250)}.{random.randint(0, 255)}.0/24")
@@ -93,7 +93,7 @@ class NetEnv:
 
     def netns(self) -> str:
         """A new named namespace (lo up); returns its name, path is /run/netns/NAME."""
-        from runtime.network import new_netns
+        from runtime.net.network import new_netns
         name = unique("ckt-ns")
         self.namespaces.append(name)
         new_netns(name)
@@ -104,7 +104,7 @@ class NetEnv:
         return f"/run/netns/{name}"
 
     def connect(self, network: str, owner: str, ns_name: str, ip: str | None = None) -> dict:
-        from runtime.network import connect
+        from runtime.net.network import connect
         ep = connect(self.store, network, owner, self.path(ns_name), ip=ip)
         self.veths.add(ep["veth"])
         return ep
@@ -120,7 +120,7 @@ class NetEnv:
         return p
 
     def tag(self) -> str:
-        from runtime.ipam import store_tag
+        from runtime.net.ipam import store_tag
         return store_tag(self.store)
 
     def rules(self) -> list[str]:
@@ -129,7 +129,7 @@ class NetEnv:
 
     def leftovers(self) -> list[str]:
         """What of this test is still on the host: rules, bridges, veths, namespaces."""
-        from runtime import ipam
+        from runtime.net import ipam
         out = self.rules()
         names = links()
         bridges = {r["bridge"] for r in ipam.all_records(self.store)} | {self.bridge}
@@ -138,7 +138,7 @@ class NetEnv:
         return out
 
     def cleanup(self) -> None:
-        from runtime import ipam, network, portmap
+        from runtime.net import ipam, network, portmap
         for p in self.procs:
             if p.poll() is None:
                 p.kill()

@@ -78,9 +78,9 @@ def cname(rt):
 
 def force_remove(store, name: str) -> None:
     from common.errors import CockerError
-    from runtime import containers
+    from runtime.container import lifecycle
     try:
-        containers.remove(store, name, force=True)
+        lifecycle.remove(store, name, force=True)
     except CockerError:
         pass
 

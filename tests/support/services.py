@@ -109,7 +109,7 @@ def _links() -> set[str]:
 def monitor_pids(home: str, name: str) -> list[int]:
     """Processes running `runtime.service_monitor --home HOME NAME` (also the supervisors of
     containers it restarted, which are forked from it: they mean a container is left)."""
-    want = ["-m", "runtime.service_monitor", "--home", home, name]
+    want = ["-m", "runtime.services.monitor", "--home", home, name]
     out = []
     for p in os.listdir("/proc"):
         if not p.isdigit():
@@ -142,8 +142,9 @@ def _nginx_pids_for(prefix: str) -> list[int]:
 def leftovers(home: str, name: str, bridge: str | None = None) -> list[str]:
     """What of service `name` is still on the host or in the store (empty: nothing)."""
     from registry.repo.store import Store
-    from runtime import containers, network
-    from runtime.services import netns_name, network_name
+    from runtime.container import record
+    from runtime.net import network
+    from runtime.services.manager import netns_name, network_name
     store = Store(home)
     left = []
     sdir = os.path.join(home, "services", name)
@@ -158,7 +159,7 @@ def leftovers(home: str, name: str, bridge: str | None = None) -> list[str]:
         left.append(f"network {network_name(name)}")
     except Exception:
         pass
-    for c in containers.list_containers(store, all=True):
+    for c in record.list_containers(store, all=True):
         if c.labels.get("service") == name:
             left.append(f"container {c.name}")
     pids = _nginx_pids_for(os.path.join(sdir, "nginx"))
@@ -176,8 +177,9 @@ def force_cleanup(home: str, name: str) -> None:
     run_cocker("service", "rm", name, check=False, env=env)
     sdir = os.path.join(home, "services", name)
     from registry.repo.store import Store
-    from runtime import containers, network
-    from runtime.services import netns_name, network_name, nginx_owner
+    from runtime.container import lifecycle, record
+    from runtime.net import network
+    from runtime.services.manager import netns_name, network_name, nginx_owner
     store = Store(home)
     pidfile = os.path.join(sdir, "monitor.pid")
     if os.path.exists(pidfile):
@@ -192,10 +194,10 @@ def force_cleanup(home: str, name: str) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    for c in containers.list_containers(store, all=True):
+    for c in record.list_containers(store, all=True):
         if c.labels.get("service") == name:
             try:
-                containers.remove(store, c.name, force=True)
+                lifecycle.remove(store, c.name, force=True)
             except Exception:
                 pass
     for fn in (lambda: network.cleanup_owner(store, nginx_owner(name)),

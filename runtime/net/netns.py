@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 
 from common.errors import AlreadyExists, NotFound, PermissionDenied, RuntimeFailure, UsageError
+from runtime.net import hostns
 
 NETNS_DIR = "/run/netns"
 LOOPBACK_INDEX = 1          # lo is interface 1 in every network namespace
@@ -39,7 +40,6 @@ def iproute(netns_path: str | None = None) -> Iterator:
         if netns_path is None:
             ipr = IPRoute()
         else:
-            from runtime import hostns
             try:
                 with hostns.inside(netns_path):
                     ipr = IPRoute()

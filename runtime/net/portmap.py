@@ -10,7 +10,8 @@ import json
 import socket
 
 from common.errors import AlreadyExists, CockerError, UsageError
-from runtime.nat import Mapping
+from runtime.net.ipam import write_state
+from runtime.net.nat import Mapping
 
 
 def parse(spec: str) -> Mapping:
@@ -95,7 +96,6 @@ def load_table(store) -> dict:
 
 
 def save_table(store, table: dict) -> None:
-    from runtime.ipam import write_state
     write_state(table_path(store), table)
 
 

@@ -8,7 +8,7 @@
   `remove_network`, so its subnet stays reserved on the host (routes are checked for overlap).
 - Each endpoint is a veth pair: the host side on the bridge, the peer created directly inside
   the target namespace as eth0 with its address, lo up and a default route via the gateway.
-- Outbound NAT and port mappings are iptables rules in cocker's own chains (runtime/nat.py).
+- Outbound NAT and port mappings are iptables rules in cocker's own chains (runtime/net/nat.py).
 
 Locking: the store's network lock (IPAM, endpoint and port tables) and then the host lock (bridges,
 subnets, chains shared by every store on the host), always in that order.
@@ -23,9 +23,9 @@ import time
 from collections.abc import Iterator
 
 from common.errors import AlreadyExists, Conflict, NotFound, PermissionDenied, UsageError
-from runtime import hostns, ipam, nat, portmap
-from runtime import netns as ns
-from runtime.netns import delete_netns, new_netns, setup_none  # noqa: F401  (public API)
+from runtime.net import hostns, ipam, nat, portmap
+from runtime.net import netns as ns
+from runtime.net.netns import delete_netns, new_netns, setup_none  # noqa: F401  (public API)
 
 DEFAULT_NETWORK = ipam.DEFAULT_NETWORK
 

@@ -1,4 +1,4 @@
-"""A service's monitor: `python -m runtime.service_monitor --home HOME NAME`.
+"""A service's monitor: `python -m runtime.services.monitor --home HOME NAME`.
 
 One small detached process per service (started by `cocker service create`, and again by any
 service command or the daemon if it is gone). It holds `monitor.lock` for its whole life, so
@@ -20,7 +20,16 @@ import time
 
 from common.errors import CockerError, LockBusy, NotFound
 from registry.repo.store import Store
-from runtime import service_state as st
+from runtime.container import lifecycle
+from runtime.services import state as st
+from runtime.services.manager import (
+    apply_rotation,
+    container_state,
+    flush_neighbours,
+    monitor_paths,
+    nginx_for,
+    revive_frontend,
+)
 
 POLL = 0.2
 LOCK_WAIT = 0.5
@@ -54,7 +63,6 @@ class Monitor:
         log("service removed; monitor exits")
 
     def tick(self) -> None:
-        from runtime.services import container_state
         rec = st.load(self.store, self.name)
         if rec.get("state") != "running":
             return
@@ -74,7 +82,6 @@ class Monitor:
 
     def check_nginx(self, rec: dict) -> None:
         """nginx died (killed, OOM, a reboot): bring the service's front end back."""
-        from runtime.services import nginx_for, revive_frontend
         if nginx_for(self.store, rec).running():
             return
         with st.service_lock(self.store, self.name, timeout=LOCK_WAIT):
@@ -96,7 +103,6 @@ class Monitor:
         return False
 
     def out_of_rotation(self, cname: str, state: str, code: int | None) -> None:
-        from runtime.services import apply_rotation
         with st.service_lock(self.store, self.name, timeout=LOCK_WAIT):
             rec = st.load(self.store, self.name)
             changed = False
@@ -110,7 +116,6 @@ class Monitor:
                 log(f"replica {cname} {state} (exit code {code}): out of rotation")
 
     def readmit(self, cname: str, ip: str) -> None:
-        from runtime.services import apply_rotation
         with st.service_lock(self.store, self.name, timeout=LOCK_WAIT):
             rec = st.load(self.store, self.name)
             for r in rec["replicas"]:
@@ -121,7 +126,6 @@ class Monitor:
                     log(f"replica {cname} serves again: back in rotation at {ip}")
 
     def restart(self, cname: str) -> None:
-        from runtime import containers
         now = time.monotonic()
         # a replica that dies soon after a restart waits longer before the next one
         if now - self.started.get(cname, 0) < 10:
@@ -138,14 +142,13 @@ class Monitor:
                 return
             try:
                 with _quiet_stop():
-                    containers.stop(self.store, cname, timeout=1)
-                containers.start(self.store, cname)
+                    lifecycle.stop(self.store, cname, timeout=1)
+                lifecycle.start(self.store, cname)
             except CockerError as e:
                 log(f"replica {cname}: restart failed: {e}")
                 return
             r["restarts"] = r.get("restarts", 0) + 1
             st.save(self.store, rec)
-        from runtime.services import container_state, flush_neighbours
         ip = container_state(self.store, cname)[2]
         if ip:
             flush_neighbours(None, ip)     # a new veth, a new MAC behind the same address
@@ -211,7 +214,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _paths(store: Store, name: str) -> tuple[str, str]:
-    from runtime.services import monitor_paths
     return monitor_paths(store, name)
 
 

@@ -5,23 +5,26 @@ exec's pty, follow a log. The terminal is put in raw mode and restored however t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import selectors
 import signal
 import socket
 import struct
 import sys
+import termios
 import time
+import tty
 from collections.abc import Iterator
 
+from common.errors import Conflict
 from common.fsutil import write_all
-from runtime.supervisor import T_DATA, T_EXIT, T_WINSIZE, FrameReader, connect_unix, frame
+from runtime.tty.frames import T_DATA, T_EXIT, T_WINSIZE, FrameReader, connect_unix, frame
 
 DETACH_KEYS = b"\x10\x11"      # ctrl-p ctrl-q, as docker
 
 
 def connect(c) -> socket.socket:
-    from common.errors import Conflict
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connect_unix(s, os.path.join(c.dir, "attach.sock"))
@@ -39,8 +42,6 @@ def send_winsize(sock: socket.socket, fd: int = 0) -> None:
 
 
 def winsize(fd: int) -> tuple[int, int] | None:
-    import fcntl
-    import termios
     try:
         rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
         return rows, cols
@@ -49,8 +50,6 @@ def winsize(fd: int) -> tuple[int, int] | None:
 
 
 def copy_winsize(src: int, dst: int) -> None:
-    import fcntl
-    import termios
     ws = winsize(src)
     if ws:
         with contextlib.suppress(OSError):
@@ -62,8 +61,6 @@ def raw_terminal(fd: int) -> Iterator[bool]:
     if not os.isatty(fd):
         yield False
         return
-    import termios
-    import tty
     old = termios.tcgetattr(fd)
     try:
         tty.setraw(fd, termios.TCSANOW)   # not TCSAFLUSH: keep what was typed already

@@ -3,15 +3,15 @@
 A service is made of, in creation order:
   1. a named network (bridge + private subnet) of its own        network.create_network
   2. a network namespace for nginx, connected to that network    network.new_netns / connect
-  3. nginx (the host's binary) running in that namespace         runtime.nginx
+  3. nginx (the host's binary) running in that namespace         runtime.services.nginx
   4. the published host ports, mapped to nginx's port 80        network.publish
   5. the replicas: containers labelled {"service": NAME}        containers.create / start
   6. a monitor process that takes dead replicas out of nginx's rotation at once and restarts
-     them per the restart policy                                runtime.service_monitor
+     them per the restart policy                                runtime.services.monitor
 Creation is all-or-nothing: what was made is undone, last first, when a step fails. Removal
 undoes everything in reverse order and tolerates any part being gone already.
 
-The record (runtime.service_state) is the only state; every change is made under the
+The record (runtime.services.state) is the only state; every change is made under the
 service's lock, so a command, the daemon and the monitor never trip over each other.
 """
 
@@ -31,9 +31,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from common.errors import AlreadyExists, CockerError, Conflict, NotFound, UsageError
-from runtime import service_state as st
-from runtime.nginx import Nginx, nginx_binary
-from runtime.service_state import ServiceSpec
+from registry.repo import image as imagemod
+from runtime.container import lifecycle, record
+from runtime.container.spec import ContainerSpec
+from runtime.net import network
+from runtime.net.netns import iproute
+from runtime.services import state as st
+from runtime.services.app_dirs import remove_app_dir
+from runtime.services.nginx import Nginx, nginx_binary
+from runtime.services.state import ServiceSpec
 
 READY_TIMEOUT = float(os.environ.get("COCKER_SERVICE_READY_TIMEOUT", "30"))
 NGINX_PORT = 80
@@ -105,7 +111,6 @@ def check_port_free(host_ip: str, port: int) -> None:
 def resolve_image(store, ref: str) -> tuple[str, str]:
     """An image reference -> (exact name:version, manifest digest). Every replica runs that
     version, whatever is published later under the same name."""
-    from registry.repo import image as imagemod
     try:
         img = imagemod.load(store, ref)
     except NotFound:
@@ -116,7 +121,6 @@ def resolve_image(store, ref: str) -> tuple[str, str]:
 # ---- replicas ---------------------------------------------------------------------------
 
 def _container_spec(rec: dict, cname: str):
-    from runtime.containers import ContainerSpec
     s = rec["spec"]
     return ContainerSpec(
         image=rec["image_ref"], name=cname, command=s.get("command"),
@@ -136,9 +140,8 @@ def _new_replica_name(rec: dict) -> str:
 
 def container_state(store, cname: str) -> tuple[str, int | None, str | None]:
     """(state, exit code, ip) of a container; ("missing", None, None) when it is gone."""
-    from runtime import containers
     try:
-        c = containers.load(store, cname)
+        c = record.load(store, cname)
     except NotFound:
         return "missing", None, None
     return c.state(), getattr(c, "exit_code", None), getattr(c, "ip", None)
@@ -152,7 +155,6 @@ def flush_neighbours(netns_path: str | None = None, ip: str | None = None) -> No
     old one until the kernel notices, seconds later."""
     import socket as _socket
 
-    from runtime.netns import iproute
     try:
         with iproute(netns_path) as ipr:
             for n in ipr.get_neighbours(family=_socket.AF_INET):
@@ -191,11 +193,10 @@ def wait_ready(store, cname: str, port: int, timeout: float = READY_TIMEOUT) -> 
 def start_replica(store, rec: dict, cname: str | None = None, *, origin: str = "template") -> dict:
     """Create and start one replica, wait until it serves. Not yet in nginx's rotation.
     On failure the container is removed again."""
-    from runtime import containers
     cname = cname or _new_replica_name(rec)
-    containers.create(store, _container_spec(rec, cname))
+    lifecycle.create(store, _container_spec(rec, cname))
     try:
-        containers.start(store, cname)
+        lifecycle.start(store, cname)
         ip = wait_ready(store, cname, rec["spec"]["port"])
     except BaseException:
         _remove_container(store, cname)
@@ -205,10 +206,9 @@ def start_replica(store, rec: dict, cname: str | None = None, *, origin: str = "
 
 
 def _remove_container(store, cname: str) -> None:
-    from runtime import brocker_json, containers
     with contextlib.suppress(NotFound):
-        containers.remove(store, cname, force=True)
-    brocker_json.remove_app_dir(store, cname)
+        lifecycle.remove(store, cname, force=True)
+    remove_app_dir(store, cname)
 
 
 def upstream(rec: dict) -> list[str]:
@@ -248,7 +248,6 @@ class _Undo:
 
 def create(store, spec: ServiceSpec, *, start_monitor: bool = True) -> dict:
     """Create a service and everything it needs; all or nothing. Returns its record."""
-    from runtime import network
     spec.validate()
     ports = parse_publish(spec)
     nginx_binary()                                   # nginx missing: say so before making anything
@@ -461,7 +460,6 @@ def update(store, name: str, image: str) -> dict:
 def join(store, name: str, spec, port: int | None = None) -> dict:
     """brocker's `container run` with a service-name: a container of its own making becomes
     a member of the service (on its network, in nginx's rotation, watched by its monitor)."""
-    from runtime import containers
     with st.service_lock(store, name):
         rec = _loaded_running(store, name)
         spec.net = rec["network"]
@@ -469,11 +467,11 @@ def join(store, name: str, spec, port: int | None = None) -> dict:
         spec.restart = "no"
         if not spec.hostname:
             spec.hostname = spec.name
-        c = containers.create(store, spec)
+        c = lifecycle.create(store, spec)
         cname = c.name
         port = port or rec["spec"]["port"]
         try:
-            containers.start(store, cname)
+            lifecycle.start(store, cname)
             ip = wait_ready(store, cname, port)
         except BaseException:
             _remove_container(store, cname)
@@ -489,7 +487,6 @@ def join(store, name: str, spec, port: int | None = None) -> dict:
 def stop_member(store, name: str, cname: str, timeout: float = 10) -> None:
     """`container stop` of a service's replica: out of rotation first, and held — the monitor
     does not restart what a user stopped (it takes it back once it runs and serves again)."""
-    from runtime import containers
     with st.service_lock(store, name):
         rec = st.load(store, name)
         for r in rec["replicas"]:
@@ -498,7 +495,7 @@ def stop_member(store, name: str, cname: str, timeout: float = 10) -> None:
         if rec.get("state") == "running":
             apply_rotation(store, rec, drain=True)
         st.save(store, rec)
-    containers.stop(store, cname, timeout=timeout)
+    lifecycle.stop(store, cname, timeout=timeout)
 
 
 def _loaded_running(store, name: str) -> dict:
@@ -513,7 +510,6 @@ def revive_frontend(store, rec: dict) -> None:
     while the record stayed): make what is missing again — the namespace, its endpoint at the
     same address, the port mappings — and start nginx with the current upstream list.
     The caller holds the service's lock and saves the record."""
-    from runtime import network
     name = rec["name"]
     owner = nginx_owner(name)
     nginx_for(store, rec).stop()
@@ -538,7 +534,6 @@ def revive_frontend(store, rec: dict) -> None:
 def remove(store, name: str) -> None:
     """Remove a service and everything it made, last made first; whatever is already gone is
     skipped. Errors are collected; the record stays only if something could not be removed."""
-    from runtime import network
     st.validate_name(name)
     if not st.exists(store, name):
         raise NotFound(f"no such service: {name}")
@@ -570,8 +565,7 @@ def remove(store, name: str) -> None:
         # containers labelled with the service but missing from the record (a crash between
         # create and save) go too
         with contextlib.suppress(Exception):
-            from runtime import containers
-            for c in containers.list_containers(store, all=True):
+            for c in record.list_containers(store, all=True):
                 if (getattr(c, "labels", None) or {}).get("service") == name:
                     members.add(c.name)
         for cname in sorted(members):
@@ -588,14 +582,12 @@ def remove(store, name: str) -> None:
 
 
 def _delete_netns(rec: dict) -> None:
-    from runtime import network
     ns = rec.get("nginx", {}).get("netns")
     if ns and os.path.exists(os.path.join("/run/netns", ns)):
         network.delete_netns(ns)
 
 
 def _remove_network(store, netname: str) -> None:
-    from runtime import network
     try:
         network.get_network(store, netname)
     except NotFound:
@@ -638,7 +630,7 @@ def ensure_monitor(store, name: str) -> int | None:
     try:
         env = dict(os.environ)
         env.pop("COCKER_HOST", None)
-        p = subprocess.Popen([sys.executable, "-m", "runtime.service_monitor", "--home", store.home,
+        p = subprocess.Popen([sys.executable, "-m", "runtime.services.monitor", "--home", store.home,
                               name], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                              start_new_session=True, close_fds=True, env=env,
                              cwd="/")

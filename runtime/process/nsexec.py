@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 import signal
 
+from common.errors import Conflict
 from runtime import syscalls as sc
-from runtime.supervisor import FORWARDED, _describe, _say, _switch_user, open_join_fd
+from runtime.cgroup.join import open_join_fd
+from runtime.process import users
+from runtime.process.startup import FORWARDED, StartFailed, describe, say
+from runtime.tty.attach import copy_winsize, relay_pty
 
 NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
 
@@ -19,7 +23,6 @@ NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
 def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: bool = False,
            interactive: bool = False, cgroup_dirs: list[str] | None = None,
            user: str = "") -> int:
-    from runtime.containers import StartFailed
     nsfds = []
     try:
         for ns in NAMESPACES:
@@ -33,8 +36,7 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
     except OSError as e:
         for _, fd in nsfds:
             os.close(fd)
-        from common.errors import Conflict
-        raise Conflict(f"the container stopped ({_describe(e)})") from None
+        raise Conflict(f"the container stopped ({describe(e)})") from None
     # opened here, written by the command just before exec (its root is the container's by then)
     cg_fds = []
     for d in cgroup_dirs or []:
@@ -47,7 +49,6 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
     if tty:
         master, slave = os.openpty()
         if os.isatty(0):
-            from runtime.attach import copy_winsize
             copy_winsize(0, master)
     pid = sc.fork()
     if pid == 0:
@@ -64,7 +65,6 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
     with os.fdopen(err_r, "rb") as f:
         msg = f.read().decode(errors="replace").strip()
     if tty and not msg:
-        from runtime.attach import relay_pty
         relay_pty(master)
     if master >= 0:
         os.close(master)
@@ -130,7 +130,7 @@ def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, s
             signal.signal(sig, lambda s, f: _kill(child, s))
         os._exit(_waitpid(child))
     except BaseException as e:          # noqa: BLE001
-        _say(err_w, f"exec: {_describe(e)}")
+        say(err_w, f"exec: {describe(e)}")
         os._exit(126)
 
 
@@ -147,25 +147,28 @@ def _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, c
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
         envd = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
-        if user:
-            _switch_user(user, envd)
-        try:
-            os.chdir(workdir or "/")
-        except OSError:
-            os.chdir("/")
+        who = users.resolve_in_root(user)
+        envd.setdefault("HOME", who.home)
         for fd in cg_fds:
             os.write(fd, b"0")
             os.close(fd)
         if cg_ns >= 0:
             sc.setns(cg_ns, sc.CLONE_NEWCGROUP)
+        # after the cgroup: joining its namespace needs the privileges the user switch drops
+        if user:
+            users.switch_to(who)
+        try:
+            os.chdir(workdir or "/")
+        except OSError:
+            os.chdir("/")
         try:
             os.execvpe(argv[0], argv, envd)
         except FileNotFoundError:
-            _say(err_w, f"{argv[0]}: command not found in the container")
+            say(err_w, f"{argv[0]}: command not found in the container")
             os._exit(127)
         except PermissionError:
-            _say(err_w, f"{argv[0]}: permission denied")
+            say(err_w, f"{argv[0]}: permission denied")
             os._exit(126)
     except BaseException as e:          # noqa: BLE001
-        _say(err_w, f"exec: {_describe(e)}")
+        say(err_w, f"exec: {describe(e)}")
         os._exit(126)

@@ -8,6 +8,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from runtime import syscalls
+
 HOST_NS_PIN = "/run/cocker/host-net"
 
 
@@ -32,7 +34,6 @@ def pin() -> None:
     with contextlib.suppress(OSError):
         if ns_id(HOST_NS_PIN) == me:
             return
-    from runtime import syscalls
     with contextlib.suppress(OSError):
         with open("/proc/self/mountinfo") as f:
             if any(line.split()[4] == HOST_NS_PIN for line in f):
@@ -44,7 +45,6 @@ def pin() -> None:
 
 def unpin() -> None:
     """Called once nothing of cocker's is left in iptables (so no bridge needs finding)."""
-    from runtime import syscalls
     with contextlib.suppress(OSError):
         if ns_id(HOST_NS_PIN) == self_ns():
             syscalls.umount2(HOST_NS_PIN, syscalls.MNT_DETACH)
@@ -72,7 +72,6 @@ def entered(want: str | None) -> Iterator[None]:
     if target is None:
         yield                               # nowhere better to go: do what we can here
         return
-    from runtime import syscalls
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         syscalls.setns(target, syscalls.CLONE_NEWNET)   # this thread only; children inherit it
@@ -90,7 +89,6 @@ def inside(path: str) -> Iterator[None]:
     """This thread in the network namespace at `path` for the block, then back. Sockets made
     inside stay bound to that namespace: the cheap way to get a netlink socket there (no
     child process, unlike pyroute2's netns= option)."""
-    from runtime import syscalls
     target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)

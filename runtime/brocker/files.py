@@ -18,13 +18,18 @@ import ipaddress
 import json
 import os
 import shlex
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import NotFound, UsageError
-from runtime.service_state import ServiceSpec, validate_name, validate_port
+from registry.repo.store import Store
+from runtime.container import lifecycle
+from runtime.container.spec import ContainerSpec
+from runtime.services import manager as services
+from runtime.services import state as service_state
+from runtime.services.app_dirs import app_dir, remove_app_dir, stage_files
+from runtime.services.state import ServiceSpec, validate_name, validate_port
 
 _STR = (str,)
 
@@ -180,7 +185,7 @@ def brocker_name(command: list[str] | None) -> str:
 
 @dataclass
 class BrockerContainer:
-    spec: Any                      # runtime.containers.ContainerSpec
+    spec: ContainerSpec
     service: str | None            # the service it joins
     port: int | None               # the port it serves on (default: the service's)
     copies: list[str] = field(default_factory=list)   # files to copy into its /app
@@ -194,7 +199,6 @@ def container_spec(data: dict, *, store=None, what: str = "container JSON",
     copy is made (store.home/containers/<name>/app/, brocker's /container/<name>) and the
     directory is mounted on /app; otherwise the file is bind-mounted read-only.
     """
-    from runtime.containers import ContainerSpec
 
     check_fields(data, CONTAINER_FIELDS, what)
     service = data.get("service-name")
@@ -231,50 +235,7 @@ def container_spec(data: dict, *, store=None, what: str = "container JSON",
 
 
 def _default_store():
-    from registry.repo.store import Store
     return Store()
-
-
-def app_dir(store, name: str) -> str:
-    """brocker's /container/<name>: the container's private directory, seen inside as /app.
-
-    It lives next to the containers (store.home/brocker/<name>/app) rather than inside the
-    container's own directory because the runtime creates that directory itself and checks
-    that a volume's source exists before it does."""
-    return store.paths.brocker_app(name)
-
-
-def stage_files(store, name: str, copies: list[str]) -> None:
-    """Make the private copies (copy-file) in the container's /app directory."""
-    prune_app_dirs(store)
-    if not copies:
-        return
-    appdir = app_dir(store, name)
-    os.makedirs(appdir, exist_ok=True)
-    for src in copies:
-        shutil.copy2(src, os.path.join(appdir, os.path.basename(src)))
-
-
-def prune_app_dirs(store, grace: float = 300.0) -> None:
-    """Private directories whose container is gone (brocker never cleaned them up)."""
-    root = store.paths.brocker
-    try:
-        names = os.listdir(root)
-    except FileNotFoundError:
-        return
-    now = time.time()
-    for n in names:
-        d = os.path.join(root, n)
-        try:
-            young = now - os.stat(d).st_mtime < grace     # a container being created right now
-        except OSError:
-            continue
-        if not young and not os.path.exists(os.path.join(store.containers_dir, n)):
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def remove_app_dir(store, name: str) -> None:
-    shutil.rmtree(os.path.join(store.paths.brocker, name), ignore_errors=True)
 
 
 def container_spec_from_file(path: str, store=None):
@@ -291,7 +252,6 @@ def container_spec_from_file(path: str, store=None):
 
 def _service_image(store, service: str) -> str | None:
     """A container file naming a service but no image runs the service's image."""
-    from runtime import service_state
     try:
         return service_state.load(store, service)["spec"].get("image")
     except (NotFound, UsageError):
@@ -303,14 +263,13 @@ def run_file(store, path: str, *, rm: bool = False, detach: bool = True,
     """`cocker container run -f FILE.json` (and brocker's /api/v1/container/run): a container
     with a `service-name` joins that service (always in the background); one without runs
     like any container. Returns (container name, exit code when run in the foreground)."""
-    from runtime import containers, services
     bc = container_spec(read_json(path), store=store, what=path)
     stage_files(store, bc.spec.name, bc.copies)
     try:
         if bc.service:
             services.join(store, bc.service, bc.spec, bc.port)
             return bc.spec.name, None
-        code = containers.run(store, bc.spec, rm=rm, detach=detach, interactive=interactive)
+        code = lifecycle.run(store, bc.spec, rm=rm, detach=detach, interactive=interactive)
     except BaseException:
         if not os.path.exists(os.path.join(store.containers_dir, bc.spec.name)):
             remove_app_dir(store, bc.spec.name)

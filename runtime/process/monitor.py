@@ -1,4 +1,4 @@
-"""The container's first process and its workload.
+"""The monitor of a container: started first, it holds the pty, the log and the exit status.
 
     cocker (CLI/API)             host namespaces
       └─ fork: intermediate      unshare(PID, UTS, IPC[, NET]) then fork, report the pid, exit
@@ -16,98 +16,27 @@ so they vanish with it.
 
 from __future__ import annotations
 
-import errno
-import json
+import fcntl
 import os
+import selectors
 import signal
+import socket
 import struct
+import termios
 import time
-from dataclasses import dataclass
 
+from common.errors import RuntimeFailure
 from common.fsutil import write_all
+from registry.repo.store import Store
 from runtime import syscalls as sc
-
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-             signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
-
-# attach protocol: frames of type(1) + length(4, big endian) + payload, both ways
-T_DATA, T_WINSIZE, T_EXIT = b"d", b"w", b"x"
-
-
-def frame(kind: bytes, payload: bytes = b"") -> bytes:
-    return kind + struct.pack(">I", len(payload)) + payload
-
-
-class FrameReader:
-    def __init__(self) -> None:
-        self.buf = b""
-
-    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
-        self.buf += data
-        out = []
-        while len(self.buf) >= 5:
-            n = struct.unpack(">I", self.buf[1:5])[0]
-            if len(self.buf) < 5 + n:
-                break
-            out.append((self.buf[:1], self.buf[5:5 + n]))
-            self.buf = self.buf[5 + n:]
-        return out
-
-
-def _short_unix_path(path: str) -> tuple[str, int | None]:
-    if len(path.encode()) < 100:
-        return path, None
-    fd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
-    return f"/proc/self/fd/{fd}/{os.path.basename(path)}", fd
-
-
-def bind_unix(sock, path: str) -> None:
-    p, fd = _short_unix_path(path)
-    try:
-        sock.bind(p)
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-def connect_unix(sock, path: str) -> None:
-    p, fd = _short_unix_path(path)
-    try:
-        sock.connect(p)
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-@dataclass
-class Plan:
-    """What the supervisor and workload need; built by containers.start from the record."""
-    name: str
-    cdir: str
-    argv: list[str]
-    env: list[str]
-    workdir: str
-    hostname: str
-    lowerdir: str
-    volumes: list[tuple[str, str, bool]]
-    own_netns: bool
-    cgroup_dirs: list[str]
-    tty: bool = False
-    detached: bool = True
-    user: str = ""
-    home: str = ""              # COCKER_HOME, for the network teardown
-    network: str | None = None  # bridge/named network to disconnect at the end
-    published: bool = False
-    host_netns_fd: int = -1
-    volatile: bool = False      # a throw-away container (--rm): overlay without syncs
-    autoremove: bool = False    # `run -d --rm`: the supervisor deletes the container at the end
-
-
-@dataclass
-class Launched:
-    pid: int          # supervisor pid on the host
-    go_w: int         # write b"g" to let the workload start
-    err_r: int        # EOF when the workload exec'd; a message when it could not
+from runtime.cgroup.group import Cgroup
+from runtime.fs.rmtree import rmtree
+from runtime.fs.state_file import read_json, write_json
+from runtime.net import network
+from runtime.process.child import start_workload
+from runtime.process.plan import Launched, Plan
+from runtime.process.startup import FORWARDED, describe, say
+from runtime.tty.frames import T_DATA, T_EXIT, T_WINSIZE, FrameReader, bind_unix, frame
 
 
 def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
@@ -152,7 +81,6 @@ def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
             _kill_quietly(sup_pid, signal.SIGKILL)
             if reparent_to_caller:
                 _reap(sup_pid)
-        from common.errors import RuntimeFailure
         raise RuntimeFailure(msg or "could not start the supervisor")
     return Launched(sup_pid, go_w, err_r)
 
@@ -192,13 +120,13 @@ def _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w) -> None
             try:
                 _supervisor(plan, stdio, info_w, go_r, err_w)
             except BaseException as e:           # noqa: BLE001 - must never return into the CLI
-                _say(info_w, f"E{_describe(e)}\n")
+                say(info_w, f"E{describe(e)}\n")
             finally:
                 os._exit(125)
-        _say(info_w, f"P{pid}\n")
+        say(info_w, f"P{pid}\n")
         os._exit(0)
     except BaseException as e:                   # noqa: BLE001
-        _say(info_w, f"E{_describe(e)}\n")
+        say(info_w, f"E{describe(e)}\n")
         os._exit(1)
 
 
@@ -215,19 +143,6 @@ def _close_fds_except(keep: set[int]) -> None:
                 pass
 
 
-def _say(fd: int, text: str) -> None:
-    try:
-        os.write(fd, text.replace("\n", " ").rstrip().encode() + b"\n")
-    except OSError:
-        pass
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, OSError):
-        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-    return str(e) or type(e).__name__
-
-
 # the supervisor ------------------------------------------------------------------------
 class _Sup:
     def __init__(self, plan: Plan) -> None:
@@ -235,8 +150,9 @@ class _Sup:
         self.child = 0
         self.status: int | None = None
         self.master = -1
-        self.listener = None
-        self.client = None
+        self.listener: socket.socket | None = None
+        self.client: socket.socket | None = None
+        self.final_client: socket.socket | None = None
         self.reader = FrameReader()
         self.log_fd = -1
 
@@ -244,17 +160,15 @@ class _Sup:
 def _supervisor(plan: Plan, stdio, info_w: int, go_r: int, err_w: int) -> None:
     os.setsid()
     sc.set_name("cocker-init")
-    import fcntl
     lock = os.open(os.path.join(plan.cdir, "running.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                    0o644)
     fcntl.flock(lock, fcntl.LOCK_EX)
     S = _Sup(plan)
     for sig in FORWARDED:
-        signal.signal(sig, lambda s, f: S.child and _kill_quietly(S.child, s))
+        signal.signal(sig, lambda s, f: _kill_quietly(S.child, s) if S.child else None)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     slave = -1
     if plan.tty:
-        import socket
         S.master, slave = os.openpty()
         os.set_inheritable(S.master, False)
         path = os.path.join(plan.cdir, "attach.sock")
@@ -288,7 +202,7 @@ def _supervisor(plan: Plan, stdio, info_w: int, go_r: int, err_w: int) -> None:
         fds = (null, S.log_fd, S.log_fd)
     S.child = sc.fork()
     if S.child == 0:
-        _workload(plan, fds, err_w)
+        start_workload(plan, fds, err_w)
     os.close(err_w)
     if slave >= 0:
         os.close(slave)
@@ -364,7 +278,6 @@ def _send_client(S: _Sup, data: bytes) -> None:
 
 
 def _tty_loop(S: _Sup) -> None:
-    import selectors
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     os.set_blocking(wake_r, False)
@@ -373,7 +286,8 @@ def _tty_loop(S: _Sup) -> None:
     sel = selectors.DefaultSelector()
     sel.register(S.master, selectors.EVENT_READ, "master")
     sel.register(wake_r, selectors.EVENT_READ, "wake")
-    sel.register(S.listener, selectors.EVENT_READ, "listen")
+    if S.listener is not None:
+        sel.register(S.listener, selectors.EVENT_READ, "listen")
     registered_client = None
     master_open = True
     while True:
@@ -409,7 +323,7 @@ def _tty_loop(S: _Sup) -> None:
                     continue
                 _log(S, data)
                 _send_client(S, frame(T_DATA, data))
-            elif what == "client":
+            elif what == "client" and S.client is not None:
                 try:
                     data = S.client.recv(65536)
                 except OSError:
@@ -434,8 +348,6 @@ def _tty_loop(S: _Sup) -> None:
 
 
 def _client_frames(S: _Sup, data: bytes) -> None:
-    import fcntl
-    import termios
     for kind, payload in S.reader.feed(data):
         if kind == T_DATA:
             write_all(S.master, payload)
@@ -481,8 +393,7 @@ def _finish(S: _Sup, code: int) -> None:
     oom = False
     errors = []
     if plan.cgroup_dirs:
-        from runtime import cgroups
-        cg = cgroups.Cgroup(plan.name)
+        cg = Cgroup(plan.name)
         oom = cg.oom_killed()
         try:
             cg.remove()
@@ -492,8 +403,6 @@ def _finish(S: _Sup, code: int) -> None:
         try:
             if plan.host_netns_fd >= 0:
                 sc.setns(plan.host_netns_fd, sc.CLONE_NEWNET)
-            from registry.repo.store import Store
-            from runtime import network
             store = Store(plan.home)
             if plan.published:
                 network.unpublish(store, plan.name)
@@ -501,17 +410,13 @@ def _finish(S: _Sup, code: int) -> None:
         except Exception as e:  # noqa: BLE001
             errors.append(f"network: {e}")
     state_path = os.path.join(plan.cdir, "state.json")
-    try:
-        with open(state_path) as f:
-            state = json.load(f)
-    except (OSError, ValueError):
-        state = {}
+    state = read_json(state_path)
     state.update({"status": "exited", "exit_code": code, "finished_at": time.time(),
                   "oom_killed": oom})
     if errors:
         state["teardown_errors"] = errors
     write_json(state_path, state)
-    client = getattr(S, "final_client", None)
+    client = S.final_client
     if client is not None:
         try:
             client.sendall(frame(T_EXIT, str(code).encode()))
@@ -527,8 +432,7 @@ def _finish(S: _Sup, code: int) -> None:
         doomed = os.path.join(os.path.dirname(plan.cdir), f".rm-{plan.name}.{time.time_ns()}")
         try:
             os.rename(plan.cdir, doomed)
-            from runtime.containers import _rmtree
-            _rmtree(doomed)
+            rmtree(doomed)
         except OSError:
             pass
 
@@ -544,118 +448,3 @@ def _reap_all_blocking() -> None:
             continue
 
 
-def write_json(path: str, obj: dict) -> None:
-    """tmp + rename, without fsync: runtime state is rewritten often and must be cheap."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.rename(tmp, path)
-
-
-# the workload ------------------------------------------------------------------------------
-def _workload(plan: Plan, fds: tuple[int, int, int], err_w: int) -> None:
-    try:
-        for sig in FORWARDED + (signal.SIGCHLD,):
-            signal.signal(sig, signal.SIG_DFL)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)     # python ignores these; exec would keep that
-        # the cgroup is joined just before exec: the python set-up below runs neither throttled
-        # nor charged to the container's memory limit
-        cg_fds = [open_join_fd(d) for d in plan.cgroup_dirs]
-        sc.unshare(sc.CLONE_NEWNS)
-        os.setsid()
-        for i, fd in enumerate(fds):
-            if fd != i:
-                os.dup2(fd, i)
-            else:
-                os.set_inheritable(i, True)
-        console = None
-        if plan.tty:
-            sc.set_ctty(0)
-            console = os.ttyname(0)
-        if plan.own_netns:
-            sc.loopback_up()        # before pivot_root: it imports modules from the host's python
-        from runtime import mounts
-        mounts.setup_rootfs(plan.cdir, plan.lowerdir, plan.volumes, plan.own_netns, console,
-                            plan.volatile)
-        sc.sethostname(plan.hostname)
-        # from here on the root is the image's: no more imports
-        env = dict(e.split("=", 1) if "=" in e else (e, "") for e in plan.env)
-        if plan.user:
-            _switch_user(plan.user, env)
-        try:
-            os.chdir(plan.workdir or "/")
-        except FileNotFoundError:
-            os.makedirs(plan.workdir, exist_ok=True)
-            os.chdir(plan.workdir)
-        join_cgroup(cg_fds)
-        try:
-            os.execvpe(plan.argv[0], plan.argv, env)
-        except FileNotFoundError:
-            _say(err_w, f"{plan.argv[0]}: command not found in the image")
-            os._exit(127)
-        except PermissionError:
-            _say(err_w, f"{plan.argv[0]}: permission denied (not executable?)")
-            os._exit(126)
-    except BaseException as e:                  # noqa: BLE001
-        _say(err_w, f"cannot start the container: {_describe(e)}")
-        os._exit(125)
-    os._exit(125)
-
-
-def open_join_fd(cgroup_dir: str) -> int:
-    """An fd on which writing "0" moves the writer into `cgroup_dir`. On v1 that is `tasks`:
-    it moves only the writing thread, which for our single-threaded forks is the whole process,
-    and unlike `cgroup.procs` it skips the global threadgroup lock, whose RCU grace period
-    costs 5-15 ms of every start. v2 has no `tasks`: `cgroup.procs` there."""
-    try:
-        return os.open(os.path.join(cgroup_dir, "tasks"), os.O_WRONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return os.open(os.path.join(cgroup_dir, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
-
-
-def join_cgroup(fds: list[int]) -> None:
-    """Move the caller into the cgroup(s) open as `fds`, then root a cgroup namespace there."""
-    for fd in fds:
-        os.write(fd, b"0")
-        os.close(fd)
-    if fds:
-        sc.unshare(sc.CLONE_NEWCGROUP)
-
-
-def _switch_user(user: str, env: dict) -> None:
-    """`uid[:gid]` or a name from the image's /etc/passwd (we are inside the rootfs now)."""
-    name, _, group = user.partition(":")
-    uid = gid = None
-    home = None
-    if name.isdigit():
-        uid = int(name)
-    try:
-        with open("/etc/passwd") as f:
-            for line in f:
-                p = line.rstrip("\n").split(":")
-                if len(p) >= 7 and (p[0] == name or (uid is not None and p[2] == name)):
-                    uid, gid, home = int(p[2]), int(p[3]), p[5]
-                    break
-    except OSError:
-        pass
-    if uid is None:
-        raise OSError(errno.EINVAL, f"user {name!r} not found in the image's /etc/passwd")
-    if group:
-        if group.isdigit():
-            gid = int(group)
-        else:
-            try:
-                with open("/etc/group") as f:
-                    for line in f:
-                        p = line.split(":")
-                        if len(p) >= 3 and p[0] == group:
-                            gid = int(p[2])
-            except OSError:
-                pass
-    gid = uid if gid is None else gid
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    if home:
-        env.setdefault("HOME", home)

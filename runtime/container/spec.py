@@ -1,0 +1,76 @@
+"""What a container is made from: the options given at create, checked, and the environment the
+container's processes get."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+from common.errors import UsageError
+from registry.repo.store import Store
+from runtime.container.record import DEFAULT_PATH, HOST_NETS
+from runtime.net import ipam, portmap
+from runtime.net.network import DEFAULT_NETWORK, get_network
+
+
+@dataclass
+class ContainerSpec:
+    image: str
+    name: str | None = None
+    command: list[str] | None = None
+    entrypoint: list[str] | None = None
+    hostname: str | None = None
+    net: str = "bridge"
+    ip: str | None = None
+    ports: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    cpus: str | None = None
+    cpu_quota: int | None = None
+    memory: str | None = None
+    pids_limit: int | None = None
+    tty: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    restart: str = "no"
+    user: str | None = None
+
+
+def merge_env(image_env: list[str], extra: list[str], tty: bool) -> list[str]:
+    env: dict[str, str] = {}
+    for e in image_env:
+        k, _, v = e.partition("=")
+        env[k] = v
+    for e in extra:
+        k, sep, v = e.partition("=")
+        if not k:
+            raise UsageError(f"bad environment entry {e!r}: expected KEY=VALUE")
+        if not sep:                      # `-e KEY`: take it from the caller's environment
+            if k not in os.environ:
+                continue
+            v = os.environ[k]
+        env[k] = v
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.setdefault("HOME", "/root")
+    if tty:
+        env.setdefault("TERM", "xterm")
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def check_net(store: Store, net: str, ip: str | None, ports: list[str]) -> None:
+    if net in HOST_NETS:
+        if ip:
+            raise UsageError(f"--ip needs a bridge network, not --net {net}")
+        if ports:
+            raise UsageError(f"-p needs a bridge network, not --net {net}")
+        return
+    ipam.validate_network_name(net)
+    if net != DEFAULT_NETWORK:
+        get_network(store, net)          # NotFound for an unknown network
+    portmap.parse_all(list(ports))
+    if ip:
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise UsageError(f"--ip {ip!r} is not an IPv4 address") from None

@@ -1,0 +1,35 @@
+"""How a forked child tells its parent that it could not start: one line on an error pipe
+(EOF when the exec succeeded), and the exception the parent raises from it."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from common.errors import RuntimeFailure
+
+# what a parent forwards to the container's main process
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
+
+
+class StartFailed(RuntimeFailure):
+    """The workload could not be started (command missing, not executable, setup failed)."""
+
+    def __init__(self, msg: str, code: int) -> None:
+        super().__init__(msg)
+        self.exit_code = code
+
+
+def say(fd: int, text: str) -> None:
+    """One line on the error pipe; a parent that went away is not an error here."""
+    try:
+        os.write(fd, text.replace("\n", " ").rstrip().encode() + b"\n")
+    except OSError:
+        pass
+
+
+def describe(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    return str(e) or type(e).__name__
