@@ -12,6 +12,8 @@ import sys
 import click
 
 from cocker.context import Context
+from common import exit_codes
+from registry.layer import limits
 
 GROUPS = {
     "image": ("cocker.commands.image", "image", "Versioned images: ls, inspect, import, export, tag, rm, gc, push, pull..."),
@@ -50,21 +52,30 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=exit_codes.HELP)
 @click.option("--home", envvar="COCKER_HOME", type=click.Path(file_okay=False),
               help="Store directory (default $COCKER_HOME, else /var/lib/cocker as root).")
 @click.option("--host", "daemon_url", envvar="COCKER_HOST", default=None,
               help="Run commands through a cocker daemon: unix:///path or http://127.0.0.1:PORT.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--allow-ratio", is_flag=True,
+              help="Unpack layers that expand more than 100:1 (COCKER_ALLOW_RATIO=1; the ratio "
+                   "itself is COCKER_MAX_RATIO). Only for images you trust.")
 @click.version_option(package_name="cocker")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None, daemon_url: str | None, quiet: bool) -> None:
+def cli(ctx: click.Context, home: str | None, daemon_url: str | None, quiet: bool,
+        allow_ratio: bool) -> None:
     """cocker: versioned container images over SSH repositories, and a runtime to boot them."""
+    if allow_ratio:
+        # read where layers are unpacked, however deep below this command that happens
+        os.environ[limits.ALLOW_RATIO] = "1"
     ctx.obj = Context(home=home, daemon_url=daemon_url, quiet=quiet)
 
 
 def main(argv: list[str] | None = None) -> None:
     from common.errors import CockerError
+    from common.exit_codes import exit_code_for
     try:
         # --host / COCKER_HOST: the whole command runs in a cocker daemon (runtime/daemon/client.py);
         # the client is imported only then (http.client costs start-up time)
@@ -83,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except CockerError as e:
         click.echo(f"cocker: error: {e}", err=True)
-        sys.exit(e.exit_code)
+        sys.exit(exit_code_for(e))
     except KeyboardInterrupt:
         click.echo("cocker: interrupted", err=True)
         sys.exit(130)

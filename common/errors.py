@@ -5,21 +5,15 @@ Library code raises these; only the command line turns them into one-line messag
 
 
 class CockerError(Exception):
-    """Base of every error cocker reports to a user."""
-
-    exit_code = 1
+    """Base of every error cocker reports to a user (its exit status: common/exit_codes.py)."""
 
 
 class InvalidReference(CockerError):
     """A name, version, reference or digest that does not parse."""
 
-    exit_code = 2
-
 
 class UsageError(CockerError):
     """Arguments that make no sense together."""
-
-    exit_code = 2
 
 
 class NotFound(CockerError):

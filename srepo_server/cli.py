@@ -52,6 +52,7 @@ cli.add_command(passwd_command)
 
 def main(argv: list[str] | None = None) -> None:
     from common.errors import CockerError
+    from common.exit_codes import exit_code_for
     try:
         cli.main(args=argv, prog_name="srepo-server", standalone_mode=False)
     except click.ClickException as e:
@@ -61,6 +62,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except CockerError as e:
         click.echo(f"srepo-server: error: {e}", err=True)
-        sys.exit(e.exit_code)
+        sys.exit(exit_code_for(e))
     except KeyboardInterrupt:
         sys.exit(130)

@@ -41,6 +41,7 @@ def stdio_args(argv: list[str]) -> dict[str, str] | None:
 
 def _serve_stdio(opts: dict[str, str]) -> None:
     from common.errors import CockerError
+    from common.exit_codes import exit_code_for
     try:
         from srepo_server.stdio import serve_stdio
         access = None
@@ -50,7 +51,7 @@ def _serve_stdio(opts: dict[str, str]) -> None:
         serve_stdio(opts["root"], access)
     except CockerError as e:
         print(f"srepo-server: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        sys.exit(exit_code_for(e))
     except KeyboardInterrupt:
         sys.exit(130)
 
