@@ -67,6 +67,15 @@ def test_old_kernel_is_refused():
     userns.check_kernel("6.1.0")
 
 
+def test_overlay_sources(tmp_path):
+    layer = tmp_path / "layers" / "abc"
+    layer.mkdir(parents=True)
+    cdir = tmp_path / "containers" / "c"
+    (cdir / "L").mkdir(parents=True)
+    os.symlink(layer, cdir / "L" / "0")
+    assert userns.overlay_sources(str(cdir), "L/0:../../layers/abc") == [str(layer), str(cdir)]
+
+
 def test_mapped_root_over_shared_idmapped_layer(tmp_path, subids, busybox_rootfs):
     """Container root is host uid N inside a user namespace; the layer stays owned by 0 on disk
     (shared with unmapped containers); what root writes lands as 0 in the upper dir."""
@@ -90,11 +99,12 @@ def test_mapped_root_over_shared_idmapped_layer(tmp_path, subids, busybox_rootfs
             os.dup2(out_w, 2)
             sc.unshare(sc.CLONE_NEWNS)
             sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-            userns.idmap_mount(busybox_rootfs, ufd)
-            userns.idmap_mount(str(cdir), ufd)
+            lowerdir = os.path.relpath(busybox_rootfs, cdir)
+            userns.idmap_overlay_sources(str(cdir), lowerdir, ufd)
+            os.chdir(cdir)
             with userns.as_mapped_root(idmap):
-                sc.mount("overlay", str(cdir / "rootfs"), "overlay", 0,
-                         f"lowerdir={busybox_rootfs},upperdir={cdir}/upper,workdir={cdir}/work")
+                sc.mount("overlay", "rootfs", "overlay", 0,
+                         f"lowerdir={lowerdir},upperdir=upper,workdir=work")
             os.chdir(cdir / "rootfs")
             sc.pivot_root(".", ".")
             sc.umount2(".", sc.MNT_DETACH)

@@ -249,6 +249,22 @@ def idmap_mount(path: str, userns_fd: int, target: str | None = None) -> None:
         os.close(fd)
 
 
+def overlay_sources(cdir: str, lowerdir: str) -> list[str]:
+    """The directories an overlay mounted from `cdir` with `lowerdir` (relative names, ':'
+    separated, as runtime's mounts make them) reads and writes: each layer tree, and `cdir`
+    itself, which holds upper/ and work/ (overlayfs wants both on one mount)."""
+    layers = [os.path.realpath(os.path.join(cdir, part)) for part in lowerdir.split(":") if part]
+    return [*dict.fromkeys(layers), os.path.realpath(cdir)]
+
+
+def idmap_overlay_sources(cdir: str, lowerdir: str, userns_fd: int) -> None:
+    """In the container's (private) mount namespace, before its overlay is mounted: every
+    source directory idmapped over itself, so the overlay, mounted inside as_mapped_root,
+    shows on-disk owner 0 as container root. The host's view of the trees is unchanged."""
+    for path in overlay_sources(cdir, lowerdir):
+        idmap_mount(path, userns_fd)
+
+
 @contextlib.contextmanager
 def as_mapped_root(idmap: IdMap) -> Iterator[None]:
     """Act on files as container root's host ids (fsuid/fsgid), capabilities kept: overlayfs
