@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from builder import importers
+from registry.oci import reference as refmod
 from registry.repo.store import Store
 
 VERSIONS = ["_", "1.9.1", "1.10.0", "2.0.0-rc1", "2.0.0", "1.2"]
@@ -165,3 +166,21 @@ def test_full_disk_is_one_line_and_leaves_no_ref(busybox_rootfs, tmp_path, cocke
         assert store.list_refs() == [] and store.fsck() == []
     finally:
         subprocess.run(["umount", "-l", str(home)], check=True)
+
+
+@pytest.mark.root
+def test_rm_refuses_a_version_a_container_was_created_from(versions, cocker):
+    """Even when another tag names the same image: the container was made from this version."""
+    cocker("container", "create", "--name", "pinned", "app:1.9.1", "true")
+    try:
+        cocker("image", "tag", "app:1.9.1", "alias:1")
+        p = cocker("image", "rm", "app:1.9.1", check=False)
+        one_line_error(p)
+        assert "pinned" in p.stderr and "--force" in p.stderr
+        assert versions.resolve(refmod.parse("app:1.9.1"))
+        cocker("image", "rm", "alias:1")            # a tag nobody was created from goes
+        cocker("image", "rm", "app:1.9.1", "--force")
+        assert "1.9.1" not in [i["version"] for i in json.loads(cocker("image", "ls", "app",
+                                                                        "--json").stdout)]
+    finally:
+        cocker("container", "rm", "-f", "pinned", check=False)

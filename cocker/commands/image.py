@@ -131,7 +131,7 @@ def rm_cmd(ctx, refs: tuple[str, ...], force: bool, all_versions: bool,
         remote_rm(ctx, refs, repo_spec, all_versions)
         return
     store = ctx.store
-    pins = store.container_pins()
+    sources = store.container_sources()
     targets = []
     for text in refs:
         ref = refmod.parse(text)
@@ -139,13 +139,15 @@ def rm_cmd(ctx, refs: tuple[str, ...], force: bool, all_versions: bool,
         if not recs:
             raise NotFound(f"image {ref.name} not found")
         targets += recs
+    leaving = {str(r) for r in targets}
     for rec in targets:
-        users = sorted(c for c, d in pins.items() if d == rec.digest)
-        others = [r for r in store.list_refs() if r.digest == rec.digest and r != rec
-                  and r not in targets]
-        if users and not others and not force:
-            raise Conflict(f"{rec} is used by container(s) {', '.join(users)}; "
-                           "remove them or use --force")
+        kept = [r for r in store.list_refs() if r.digest == rec.digest and str(r) not in leaving]
+        # a container made from this very version, or one whose image would be left unnamed
+        users = sorted(c for c, (image, d) in sources.items()
+                       if d == rec.digest and (image == str(rec) or not kept))
+        if users and not force:
+            raise Conflict(f"{rec} is in use: container(s) {', '.join(users)} were created from "
+                           "it; remove them first or use --force")
     for rec in targets:
         store.delete_ref(rec.name, rec.version, expect=rec.digest)
         click.echo(f"removed {rec}")

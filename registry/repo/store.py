@@ -33,22 +33,27 @@ class Store(LayoutRepo):
     def config_dir(self) -> str:
         return self.paths.config
 
-    def container_pins(self) -> dict[str, str]:
-        """container name -> manifest digest it was created from (a gc root)."""
-        pins: dict[str, str] = {}
+    def container_sources(self) -> dict[str, tuple[str, str]]:
+        """container name -> (image reference it was created from, manifest digest)."""
+        out: dict[str, tuple[str, str]] = {}
         try:
             names = os.listdir(self.containers_dir)
         except FileNotFoundError:
-            return pins
+            return out
         for n in names:
             try:
                 with open(self.paths.container_record(n)) as f:
-                    d = json.load(f).get("digest")
+                    rec = json.load(f)
             except (OSError, ValueError):
                 continue
+            d = rec.get("digest") if isinstance(rec, dict) else None
             if isinstance(d, str):
-                pins[n] = d
-        return pins
+                out[n] = (str(rec.get("image") or ""), d)
+        return out
+
+    def container_pins(self) -> dict[str, str]:
+        """container name -> manifest digest it was created from (a gc root)."""
+        return {n: d for n, (_image, d) in self.container_sources().items()}
 
     def gc(self, extra_roots: list[str] | None = None, grace: float = 3600.0,
            dry_run: bool = False) -> tuple[int, int]:
