@@ -132,6 +132,8 @@ def parse_frame(line: bytes) -> dict:
         frame = json.loads(line)
     except (ValueError, UnicodeDecodeError):
         raise BadFrame("bad frame: not JSON") from None
+    except RecursionError:
+        raise BadFrame("bad frame: JSON nested too deeply") from None
     if not isinstance(frame, dict):
         raise BadFrame("bad frame: not a JSON object")
     return frame
