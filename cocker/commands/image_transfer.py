@@ -8,7 +8,6 @@ repo name or a URL (see `registry.repos`); without --repo, the default repo.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import os
 import sys
 import time
@@ -18,9 +17,9 @@ import click
 from cocker.commands.image import image
 from cocker.output import human_size, print_json, print_table
 from common.errors import CockerError, NotARepository, NotFound, UsageError
+from registry import transfer
 from registry.oci import digest as digestmod
-from registry.oci import reference as refmod
-from registry.repo.repository import RefRecord, Repository
+from registry.repo.repository import RefRecord
 
 
 def remote_options(f):
@@ -45,16 +44,12 @@ def remote_options(f):
 
 
 def _ssh_kw(identity, accept_new, mode, remote_command, init=False) -> dict:
-    kw = {"identity": identity, "accept_new": accept_new, "remote_command": remote_command,
-          "init": init}
+    kw = {"identity": identity, "accept_new": accept_new, "remote_command": remote_command}
+    if init:
+        kw["init"] = init
     if mode:
         kw["mode"] = mode
     return kw
-
-
-def open_remote(ctx, spec: str | None, **kw) -> Repository:
-    from registry.transports.remotes import open_repo
-    return open_repo(spec, ctx.store, **kw)
 
 
 def _is_legacy(ctx, spec: str | None, legacy: bool) -> bool:
@@ -64,20 +59,6 @@ def _is_legacy(ctx, spec: str | None, legacy: bool) -> bool:
     with contextlib.suppress(CockerError):
         return resolve_spec(spec, ctx.store)[1].legacy
     return False
-
-
-def _records(repo: Repository, texts: tuple[str, ...], all_versions: bool) -> list[RefRecord]:
-    out: list[RefRecord] = []
-    for text in texts:
-        ref = refmod.parse(text)
-        if all_versions:
-            recs = repo.list_refs(ref.name)
-            if not recs:
-                raise NotFound(f"image {ref.name} not found in {repo.describe()}")
-            out += sorted(recs, key=lambda r: refmod.version_key(r.version))
-        else:
-            out.append(repo.resolve(ref))
-    return out
 
 
 def _report(ctx, verb: str, results: list, as_json: bool, started: float) -> None:
@@ -97,16 +78,6 @@ def _report(ctx, verb: str, results: list, as_json: bool, started: float) -> Non
         click.echo(f"{len(results)} image(s) in {time.monotonic() - started:.1f}s", err=True)
 
 
-def _transfer(ctx, src: Repository, dst: Repository, recs: list[RefRecord], force: bool,
-              jobs: int) -> list:
-    from registry.repo.copy import copy
-    progress = ctx.progress()
-    try:
-        return [copy(rec, src, dst, force=force, jobs=jobs, progress=progress) for rec in recs]
-    finally:
-        progress.close()
-
-
 # push ------------------------------------------------------------------------------------
 @image.command("push")
 @click.argument("refs", nargs=-1, required=True)
@@ -123,14 +94,13 @@ def push_cmd(ctx, refs, repo_spec, all_versions, force, init, legacy, as_json, i
              accept_new, mode, remote_command, jobs) -> None:
     """Send image versions to a repository (only the blobs it lacks)."""
     started = time.monotonic()
-    store = ctx.store
-    recs = _records(store, refs, all_versions)
     if _is_legacy(ctx, repo_spec, legacy):
+        recs = transfer.select(ctx.store, refs, all_versions)
         _legacy_push(ctx, repo_spec, recs, force, _ssh_kw(identity, accept_new, None, None))
         return
-    with open_remote(ctx, repo_spec, **_ssh_kw(identity, accept_new, mode, remote_command,
-                                                init)) as repo:
-        results = _transfer(ctx, store, repo, recs, force, jobs)
+    results = transfer.push(ctx.store, repo_spec, refs, all_versions=all_versions, force=force,
+                            jobs=jobs, progress=ctx.progress(),
+                            **_ssh_kw(identity, accept_new, mode, remote_command, init))
     _report(ctx, "pushed", results, as_json, started)
 
 
@@ -154,15 +124,13 @@ def pull_cmd(ctx, refs, repo_spec, all_versions, force, legacy, as_json, identit
         _legacy_pull(ctx, repo_spec, refs, all_versions, force, kw, as_json)
         return
     try:
-        repo = open_remote(ctx, repo_spec, **kw)
+        results = transfer.pull(store, repo_spec, refs, all_versions=all_versions, force=force,
+                                jobs=jobs, progress=ctx.progress(), **kw)
     except NotARepository:
         if not _legacy_pull(
                 ctx, repo_spec, refs, all_versions, force, kw, as_json, probe=True):
             raise
         return
-    with repo:
-        recs = _records(repo, refs, all_versions)
-        results = _transfer(ctx, repo, store, recs, force, jobs)
     _report(ctx, "pulled", results, as_json, started)
 
 
@@ -184,27 +152,14 @@ def copy_cmd(ctx, refs, src_spec, dst_spec, all_versions, force, init, as_json, 
     """Copy image versions from one repository to another, e.g.
     `cocker image copy app:1.0 --from ssh://h/srv/repo --to /mnt/usb/repo`."""
     started = time.monotonic()
-    kw = _ssh_kw(identity, accept_new, mode, remote_command)
-    with contextlib.ExitStack() as stack:
-        src = ctx.store if src_spec == "local" else stack.enter_context(
-            open_remote(ctx, src_spec, **kw))
-        dst = ctx.store if dst_spec == "local" else stack.enter_context(
-            open_remote(ctx, dst_spec, **dict(kw, init=init)))
-        recs = _records(src, refs, all_versions)
-        results = _transfer(ctx, src, dst, recs, force, jobs)
+    results = transfer.copy_between(ctx.store, src_spec, dst_spec, refs,
+                                    all_versions=all_versions, force=force, init=init, jobs=jobs,
+                                    progress=ctx.progress(),
+                                    **_ssh_kw(identity, accept_new, mode, remote_command))
     _report(ctx, "copied", results, as_json, started)
 
 
 # search ----------------------------------------------------------------------------------
-def _match(pattern: str | None, name: str, version: str) -> bool:
-    if not pattern:
-        return True
-    if any(c in pattern for c in "*?["):
-        return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(f"{name}:{version}",
-                                                                        pattern)
-    return pattern in f"{name}:{version}"
-
-
 @image.command("search")
 @click.argument("pattern", required=False)
 @click.option("--repo", "repo_spec", metavar="REPO", help="Configured repo name or URL.")
@@ -215,32 +170,14 @@ def _match(pattern: str | None, name: str, version: str) -> bool:
 def search_cmd(ctx, pattern, repo_spec, legacy, as_json, identity, accept_new, mode,
                remote_command, jobs) -> None:
     """List the images a repository holds (PATTERN: a substring or a glob)."""
-    from registry.repo import image as imagemod
     kw = _ssh_kw(identity, accept_new, mode, remote_command)
-    rows: list[dict] = []
     if _is_legacy(ctx, repo_spec, legacy):
-        rows = _legacy_rows(ctx, repo_spec, kw)
+        rows = _legacy_rows(ctx, repo_spec, kw, pattern)
     else:
         try:
-            repo = open_remote(ctx, repo_spec, **kw)
+            rows = transfer.search(ctx.store, repo_spec, pattern, **kw)
         except NotARepository:
-            rows = _legacy_rows(ctx, repo_spec, kw)
-        else:
-            with repo:
-                for rec in repo.list_refs():
-                    if not _match(pattern, rec.name, rec.version):
-                        continue
-                    try:
-                        img = imagemod.load_record(repo, rec)
-                        size, created = img.size, img.created
-                    except CockerError:
-                        size, created = None, ""
-                    if not created and rec.mtime:
-                        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.mtime))
-                    rows.append({"name": rec.name, "version": rec.version,
-                                 "digest": rec.digest, "size": size, "created": created})
-    rows = [r for r in rows if _match(pattern, r["name"], r["version"])]
-    rows.sort(key=lambda r: (r["name"], refmod.version_key(r["version"]), r["version"]))
+            rows = _legacy_rows(ctx, repo_spec, kw, pattern)
     if as_json:
         print_json(rows)
         return
@@ -254,18 +191,17 @@ def search_cmd(ctx, pattern, repo_spec, legacy, as_json, identity, accept_new, m
 # rm --repo (called from `cocker image rm`) --------------------------------------------------
 def remote_rm(ctx, refs: tuple[str, ...], repo_spec: str, all_versions: bool, **kw) -> None:
     """Delete refs in a remote repository (its blobs go at the repo's next gc)."""
-    with open_remote(ctx, repo_spec, **kw) as repo:
-        recs = _records(repo, refs, all_versions)
-        for rec in recs:
-            repo.delete_ref(rec.name, rec.version, expect=rec.digest)
-            click.echo(f"removed {rec} from {repo.describe()}")
+    for line in transfer.remove_remote(ctx.store, repo_spec, refs, all_versions, **kw):
+        click.echo(f"removed {line}")
 
 
 # legacy cocker 0.x repos ---------------------------------------------------------------------
-def _legacy_rows(ctx, repo_spec, kw) -> list[dict]:
+def _legacy_rows(ctx, repo_spec, kw, pattern) -> list[dict]:
     from registry.transports.remotes import open_legacy
     with open_legacy(repo_spec, ctx.store, **kw) as legacy:
-        return [i.summary() for i in legacy.list()]
+        rows = [i.summary() for i in legacy.list()]
+    return transfer.sort_rows([r for r in rows
+                               if transfer.matches(pattern, r["name"], r["version"])])
 
 
 def _legacy_pull(ctx, repo_spec, refs, all_versions, force, kw, as_json, probe=False) -> bool:
