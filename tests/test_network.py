@@ -515,3 +515,18 @@ def test_published_ports_from_other_namespaces(netenv, tmp_path):
     for port in (pb, pa):
         r = netenv.run_in(a, sys.executable, "-c", fetch, f"http://{info['gateway']}:{port}/index.html")
         assert r.stdout == "hairpin\n", (port, r.stderr)
+
+
+def test_a_second_store_on_the_same_default_bridge_is_told_how_to_have_its_own(netenv, tmp_path):
+    """Two stores (two COCKER_HOMEs) with the same default bridge settings, as two stores on
+    cocker0 would be: the second one's error names the settings that give it a bridge of its own."""
+    from registry.repo.store import Store
+    a, b = netenv.netns(), netenv.netns()
+    netenv.connect("bridge", "first", a)
+    other = Store(str(tmp_path / "second-store"))
+    with pytest.raises(AlreadyExists) as e:
+        net.connect(other, "bridge", "second", netenv.path(b))
+    msg = str(e.value)
+    assert netenv.bridge in msg and "COCKER_BRIDGE=" in msg and "COCKER_BRIDGE_SUBNET=" in msg
+    assert netenv.bridge in links()                 # the first store's bridge is untouched
+    assert ping(netenv, a, ipaddress.ip_network(netenv.subnet)[1].exploded)

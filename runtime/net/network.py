@@ -61,7 +61,16 @@ def _check_free_subnet(store, rec: dict, subnet: ipaddress.IPv4Network) -> None:
         raise Conflict(f"subnet {subnet} overlaps network {clash['name']} ({clash['subnet']})")
     for net, dev in ns.host_networks(exclude_dev=rec["bridge"] if _is_ours(store, rec) else None):
         if net.overlaps(subnet):
-            raise Conflict(f"subnet {subnet} overlaps {net} already routed on this host (via {dev})")
+            raise Conflict(f"subnet {subnet} overlaps {net} already routed on this host (via {dev})"
+                           + _default_network_hint(rec))
+
+
+def _default_network_hint(rec: dict) -> str:
+    """How to give the default network of a second store (another COCKER_HOME) its own bridge."""
+    if rec["name"] != DEFAULT_NETWORK:
+        return ""
+    return ("; another store's default network may hold it: give this store its own with "
+            "COCKER_BRIDGE=<name> and COCKER_BRIDGE_SUBNET=<private CIDR> (or config/network.json)")
 
 
 def _is_ours(store, rec: dict) -> bool:
@@ -77,7 +86,8 @@ def _bring_up(store, rec: dict) -> bool:
         return False
     if found is not None:
         raise AlreadyExists(f"interface {rec['bridge']} already exists and is not network "
-                            f"{rec['name']}'s bridge; choose another bridge name")
+                            f"{rec['name']}'s bridge of this store"
+                            + (_default_network_hint(rec) or "; choose another bridge name"))
     _check_free_subnet(store, rec, subnet)
     ns.ensure_bridge(rec["bridge"], _alias(store, rec), rec["gateway"], subnet.prefixlen)
     rec["host_ns"] = hostns.self_ns()
