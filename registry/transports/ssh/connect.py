@@ -109,6 +109,27 @@ class _Auth(AuthStrategy):
         self.conn, self.user, self.target = conn, user, target
         self.identities, self.defaults, self.use_agent = identities, defaults, use_agent
         self.tried: list[str] = []
+        self.agent_keys: list[paramiko.PKey] | None = None
+
+    def _agent_keys(self) -> list[paramiko.PKey]:
+        if self.agent_keys is None:
+            self.agent_keys = []
+            if self.use_agent and os.environ.get("SSH_AUTH_SOCK"):
+                try:
+                    self.conn.agent = paramiko.Agent()
+                    self.agent_keys = list(self.conn.agent.get_keys())
+                except paramiko.SSHException:
+                    pass
+        return self.agent_keys
+
+    def _agent_holds(self, path: str) -> bool:
+        """Whether the agent has the key whose public half is `path`.pub."""
+        try:
+            with open(path + ".pub") as f:
+                b64 = f.read().split()[1]
+        except (OSError, IndexError):
+            return False
+        return any(k.get_base64() == b64 for k in self._agent_keys())
 
     def _load(self, path: str, explicit: bool):
         try:
@@ -117,14 +138,22 @@ class _Auth(AuthStrategy):
             if explicit:
                 raise AuthError(f"identity file {path} not found") from None
             return None
-        except paramiko.PasswordRequiredException:
+        except (paramiko.PasswordRequiredException, TypeError) as e:
+            # paramiko says "password required" with a TypeError for OpenSSH-format keys
+            if isinstance(e, TypeError) and "password" not in str(e):
+                raise
+            # As OpenSSH does: the agent's copy first, then a passphrase from a terminal.
+            if self._agent_holds(path):
+                self.tried.append(f"{path} (encrypted; the agent's copy)")
+                return None
             if not _tty():
-                self.tried.append(f"{path} (encrypted; no terminal to ask the passphrase)")
+                self.tried.append(f"{path} (needs its passphrase: load it with ssh-add, or "
+                                  "run on a terminal)")
                 return None
             pw = getpass.getpass(f"Enter passphrase for key '{path}': ")
             try:
                 return paramiko.PKey.from_path(path, passphrase=pw.encode())
-            except paramiko.SSHException:
+            except (paramiko.SSHException, ValueError):
                 self.tried.append(f"{path} (wrong passphrase)")
                 return None
         except (paramiko.SSHException, ValueError, OSError) as e:
@@ -138,15 +167,9 @@ class _Auth(AuthStrategy):
             if k is not None:
                 self.tried.append(path)
                 yield InMemoryPrivateKey(self.user, k)
-        if self.use_agent and os.environ.get("SSH_AUTH_SOCK"):
-            try:
-                self.conn.agent = paramiko.Agent()
-                keys = self.conn.agent.get_keys()
-            except paramiko.SSHException:
-                keys = ()
-            for k in keys:
-                self.tried.append("agent key")
-                yield InMemoryPrivateKey(self.user, k)
+        for k in self._agent_keys():
+            self.tried.append("agent key")
+            yield InMemoryPrivateKey(self.user, k)
         for path in self.defaults:
             k = self._load(path, explicit=False)
             if k is not None:
@@ -292,7 +315,8 @@ def connect(host: str, port: int | None = None, user: str | None = None, *,
     except AuthFailure:
         conn.close()
         tried = ", ".join(auth.tried) or "no key found"
-        raise AuthError(f"{conn.target}: authentication refused (tried {tried})") from None
+        raise AuthError(f"{conn.target}: authentication refused (tried {tried}); check the "
+                        "user and that the key is in the server's authorized_keys") from None
     except paramiko.AuthenticationException as e:
         conn.close()
         raise AuthError(f"{conn.target}: authentication refused ({e})") from None
