@@ -11,11 +11,11 @@ import pytest
 
 from common.errors import AuthError
 from registry.transports.ssh import connect as ssh
-from tests.support.sshd import sshd  # noqa: F401 - the fixture
+from tests.support.sshd import sshd
 
 
 @pytest.fixture
-def encrypted_key(sshd, tmp_path):  # noqa: F811
+def encrypted_key(sshd, tmp_path):
     key = str(tmp_path / "id_locked")
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", key],
                    check=True, stdin=subprocess.DEVNULL)
@@ -40,18 +40,18 @@ def agent(tmp_path, monkeypatch):
         proc.wait(5)
 
 
-def _connect(sshd, key):  # noqa: F811
+def _connect(sshd, key):
     return ssh.connect(sshd.host, sshd.port, "root", identity=key,
                        known_hosts=sshd.known_hosts, config_path=None)
 
 
-def test_passphrase_key_without_agent_or_terminal(sshd, encrypted_key, monkeypatch):  # noqa: F811
+def test_passphrase_key_without_agent_or_terminal(sshd, encrypted_key, monkeypatch):
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     with pytest.raises(AuthError, match=r"127\.0\.0\.1.*needs its passphrase.*ssh-add"):
         _connect(sshd, encrypted_key)
 
 
-def test_passphrase_key_held_by_the_agent(sshd, encrypted_key, agent, tmp_path):  # noqa: F811
+def test_passphrase_key_held_by_the_agent(sshd, encrypted_key, agent, tmp_path):
     askpass = tmp_path / "askpass"
     askpass.write_text("#!/bin/sh\necho secret\n")
     askpass.chmod(0o700)
