@@ -4,8 +4,10 @@ overlay, joined after pivot_root, as the container's first process does it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -13,6 +15,7 @@ from common.errors import RuntimeFailure
 from common.home import Home
 from runtime import syscalls as sc
 from runtime.process import confinement, userns
+from tests.support.runtime import cgroup_dirs, cname, rt, rt_home
 
 pytestmark = pytest.mark.root
 
@@ -40,8 +43,15 @@ def test_existing_entry_is_used(tmp_path):
     assert uids == gids == userns.IdRange(500000, 131072)
 
 
+def made(home: Home, *names: str) -> Home:
+    """The containers' directories: create makes one before it allocates its slice."""
+    for name in names:
+        os.makedirs(home.container(name))
+    return home
+
+
 def test_slices_first_fit_recorded_and_released(tmp_path, subids):
-    home = Home(str(tmp_path / "home"))
+    home = made(Home(str(tmp_path / "home")), "a", "b", "c")
     a = userns.allocate(home, "a", subuid=subids[0], subgid=subids[1])
     b = userns.allocate(home, "b", subuid=subids[0], subgid=subids[1])
     assert (a.uid_start, b.uid_start) == (231072, 231072 + userns.SLICE)
@@ -52,8 +62,16 @@ def test_slices_first_fit_recorded_and_released(tmp_path, subids):
     assert oct(os.stat(home.userns_allocations).st_mode & 0o777) == "0o600"
 
 
+def test_slice_of_a_vanished_container_is_free_again(tmp_path, subids):
+    home = made(Home(str(tmp_path / "home")), "a")
+    a = userns.allocate(home, "a", subuid=subids[0], subgid=subids[1])
+    os.rmdir(home.container("a"))          # deleted by its monitor after `run -d --rm`
+    made(home, "b")
+    assert userns.allocate(home, "b", subuid=subids[0], subgid=subids[1]) == a
+
+
 def test_pool_exhausted_is_a_clear_error(tmp_path, subids):
-    home = Home(str(tmp_path / "home"))
+    home = made(Home(str(tmp_path / "home")), "a", "b")
     for name in ("subuid", "subgid"):
         (tmp_path / name).write_text("cocker:300000:70000\n")
     userns.allocate(home, "a", subuid=subids[0], subgid=subids[1])
@@ -80,7 +98,7 @@ def test_mapped_root_over_shared_idmapped_layer(tmp_path, subids, busybox_rootfs
     """Container root is host uid N inside a user namespace; the layer stays owned by 0 on disk
     (shared with unmapped containers); what root writes lands as 0 in the upper dir."""
     userns.check_kernel()
-    home = Home(str(tmp_path / "home"))
+    home = made(Home(str(tmp_path / "home")), "c")
     idmap = userns.allocate(home, "c", subuid=subids[0], subgid=subids[1])
     cdir = tmp_path / "c"
     for d in ("upper", "work", "rootfs"):
@@ -143,3 +161,39 @@ def test_mapped_root_over_shared_idmapped_layer(tmp_path, subids, busybox_rootfs
     assert os.stat(os.path.join(busybox_rootfs, "bin", "busybox")).st_uid == 0
     # nothing of it stays mounted on the host
     assert not subprocess.run(["grep", "-q", str(cdir), "/proc/self/mountinfo"]).returncode == 0
+
+
+def test_cli_userns_auto_maps_root_to_unprivileged_host_ids(rt, rt_home, cname):
+    _, cli = rt
+    cli("container", "run", "-d", "--name", cname, "--net", "none", "--userns", "auto", "busybox:1.0",
+        "sh", "-c", "id -u > /tmp/uid; touch /made-by-root; exec sleep 60")
+    try:
+        inside = cli("container", "exec", cname, "cat", "/tmp/uid").stdout.split()
+        assert inside == ["0"]
+        deadline = time.monotonic() + 10
+        uids: set[str] = set()
+        while not uids and time.monotonic() < deadline:
+            for d in cgroup_dirs(cname):
+                for task in ("cgroup.procs", "tasks"):
+                    try:
+                        with open(os.path.join(d, task)) as f:
+                            pids = f.read().split()
+                    except OSError:
+                        continue
+                    for pid in pids:
+                        try:
+                            with open(f"/proc/{pid}/status") as f:
+                                line = next(x for x in f if x.startswith("Uid:"))
+                        except (OSError, StopIteration):
+                            continue
+                        uids.add(line.split()[1])
+            time.sleep(0.05)
+        assert uids and "0" not in uids, uids                 # the host sees the mapped uid
+        assert all(int(u) >= 100000 for u in uids), uids
+        # what root made inside is owned by 0 on disk: a commit packs the ids it always did
+        upper = os.path.join(Home(rt_home["COCKER_HOME"]).container(cname), "upper")
+        assert os.lstat(os.path.join(upper, "made-by-root")).st_uid == 0
+    finally:
+        cli("container", "rm", "-f", cname, check=False)
+    with open(Home(rt_home["COCKER_HOME"]).userns_allocations) as f:
+        assert cname not in json.load(f)                      # rm gave the slice back

@@ -36,6 +36,10 @@ def _spec_options(f):
         click.option("-w", "--workdir", help="Working directory inside."),
         click.option("--entrypoint", help="Replace the image's entrypoint (one word)."),
         click.option("-u", "--user", help="uid[:gid] or a user of the image."),
+        click.option("--userns", type=click.Choice(["host", "auto"]), default="host",
+                     show_default=True,
+                     help="auto: container root is an unprivileged host uid from /etc/subuid "
+                          "(recommended for images you do not trust)."),
         click.option("-l", "--label", "labels", multiple=True, help="KEY=VALUE (repeatable)."),
         click.option("--cpus", help="CPUs it may use, e.g. 0 or 0,1 (cpuset)."),
         click.option("--cpu-quota", type=click.IntRange(1), help="CPU time as a percentage of one CPU."),
@@ -66,7 +70,7 @@ def _make_spec(image: str, command: tuple[str, ...], tty: bool, kw: dict):
         ip=kw["ip"], ports=list(kw["ports"]), volumes=list(kw["volumes"]), env=list(kw["env"]),
         workdir=kw["workdir"], cpus=kw["cpus"], cpu_quota=kw["cpu_quota"], memory=kw["memory"],
         pids_limit=kw["pids_limit"], tty=tty, labels=labels, restart=kw["restart"],
-        user=kw["user"])
+        user=kw["user"], userns="" if kw["userns"] == "host" else kw["userns"])
 
 
 @container.command("create", context_settings=_ARGS)

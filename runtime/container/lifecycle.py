@@ -37,7 +37,7 @@ from runtime.fs import layers, mounts
 from runtime.fs.rmtree import rmtree, rmtree_detached
 from runtime.fs.state_file import write_json
 from runtime.net import network
-from runtime.process import monitor
+from runtime.process import monitor, userns
 from runtime.process.plan import Plan
 from runtime.process.startup import StartFailed
 from runtime.syscalls import process_start_time
@@ -73,6 +73,10 @@ def create(store: Store, spec: ContainerSpec, *, durable: bool = True) -> Contai
         raise UsageError(f"invalid hostname {hostname!r}")
     if spec.restart not in ("no", "always", "on-failure", "unless-stopped"):
         raise UsageError(f"--restart {spec.restart!r}: no, always, on-failure or unless-stopped")
+    if spec.userns not in ("", "auto"):
+        raise UsageError(f"--userns {spec.userns!r}: host or auto")
+    if spec.userns == "auto":
+        userns.check_kernel()
     layers.ensure_layers(store, img)
     labels = dict(cfg.get("Labels") or {})
     labels.update(spec.labels or {})
@@ -102,6 +106,10 @@ def create(store: Store, spec: ContainerSpec, *, durable: bool = True) -> Contai
     try:
         for sub in ("upper", "work", "rootfs"):
             os.mkdir(os.path.join(cdir, sub), 0o755)
+        if spec.userns == "auto":
+            idmap = userns.allocate(store.paths, name)
+            record["userns"] = {"mode": "auto", "uid": idmap.uid_start, "gid": idmap.gid_start,
+                                "size": idmap.size}
         if durable:
             atomic_write(os.path.join(cdir, "container.json"),
                          json.dumps(record, indent=1, sort_keys=True).encode())
@@ -109,6 +117,7 @@ def create(store: Store, spec: ContainerSpec, *, durable: bool = True) -> Contai
             write_json(os.path.join(cdir, "container.json"), record)
     except BaseException:
         rmtree(cdir)
+        userns.release(store.paths, name)
         raise
     return Container(store, name, record)
 
@@ -132,7 +141,15 @@ def plan_for(c: Container, detached: bool) -> tuple[Plan, Cgroup]:
         lowerdir=lowerdir, volumes=volumes, own_netns=net != "host",
         cgroup_dirs=list(cg.dirs.values()), tty=bool(r.get("tty")), detached=detached,
         user=r.get("user") or "", home=c.store.home,
-        network=None if net in HOST_NETS else net, published=bool(r.get("ports"))), cg
+        network=None if net in HOST_NETS else net, published=bool(r.get("ports")),
+        idmap=_idmap(r)), cg
+
+
+def _idmap(record: dict) -> userns.IdMap | None:
+    u = record.get("userns") or {}
+    if u.get("mode") != "auto":
+        return None
+    return userns.IdMap(int(u["uid"]), int(u["gid"]), int(u["size"]))
 
 
 def _start(store, name: str, *, detached: bool, stdio=None, before_go=None,
@@ -481,8 +498,10 @@ def remove(store, name: str, force: bool = False, *, background: bool = False) -
         except FileNotFoundError:
             return
     if background and not _nothing_written(doomed) and rmtree_detached(doomed):
+        userns.release(store.paths, name)
         return
     rmtree(doomed)
+    userns.release(store.paths, name)
     if os.path.exists(doomed):
         raise RuntimeFailure(f"could not remove {doomed} completely")
 

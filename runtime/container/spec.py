@@ -35,6 +35,7 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     restart: str = "no"
     user: str | None = None
+    userns: str = ""            # "auto": container root maps to a slice of cocker's subuids
 
 
 def merge_env(image_env: list[str], extra: list[str], tty: bool) -> list[str]:

@@ -218,6 +218,12 @@ def setup_rootfs(cdir: str, lowerdir: str, volumes: list[tuple[str, str, bool]],
     root = os.path.join(cdir, "rootfs")
     make_private()
     mount_overlay(cdir, lowerdir, root, volatile)
+    finish_rootfs(root, volumes, own_netns, console)
+
+
+def finish_rootfs(root: str, volumes: list[tuple[str, str, bool]], own_netns: bool,
+                  console: str | None = None) -> None:
+    """Everything setup_rootfs does once the overlay is mounted on `root`."""
     for host, ctr, ro in volumes:
         bind_volume(root, host, ctr, ro)
     mount_proc_sys(root, own_netns)

@@ -9,7 +9,7 @@ from typing import NoReturn
 from runtime import syscalls as sc
 from runtime.cgroup.join import join_cgroup, open_join_fd
 from runtime.fs import mounts
-from runtime.process import users
+from runtime.process import userns, users
 from runtime.process.plan import Plan
 from runtime.process.startup import FORWARDED, describe, say
 
@@ -36,9 +36,16 @@ def start_workload(plan: Plan, fds: tuple[int, int, int], err_w: int) -> NoRetur
             console = os.ttyname(0)
         if plan.own_netns:
             sc.loopback_up()        # before pivot_root: it imports modules from the host's python
-        mounts.setup_rootfs(plan.cdir, plan.lowerdir, plan.volumes, plan.own_netns, console,
-                            plan.volatile)
+        if plan.idmap is not None:
+            _mapped_rootfs(plan, console)
+        else:
+            mounts.setup_rootfs(plan.cdir, plan.lowerdir, plan.volumes, plan.own_netns, console,
+                                plan.volatile)
         sc.sethostname(plan.hostname)
+        if plan.idmap is not None:
+            userns.join(plan.userns_fd)
+            if not plan.user:           # host uid 0 is not mapped: become container root
+                users.switch_to(users.resolve_in_root(""))
         # from here on the root is the image's: no more imports
         env = dict(e.partition("=")[::2] for e in plan.env)
         user = users.resolve_in_root(plan.user)
@@ -64,3 +71,15 @@ def start_workload(plan: Plan, fds: tuple[int, int, int], err_w: int) -> NoRetur
         say(err_w, f"cannot start the container: {describe(e)}")
         os._exit(125)
     os._exit(125)
+
+
+def _mapped_rootfs(plan: Plan, console: str | None) -> None:
+    """--userns auto: the layer trees and the container dir idmapped in this mount namespace,
+    then the overlay mounted as container root's host ids (its upper dir keeps on-disk ids)."""
+    assert plan.idmap is not None
+    root = os.path.join(plan.cdir, "rootfs")
+    mounts.make_private()
+    userns.idmap_overlay_sources(plan.cdir, plan.lowerdir, plan.userns_fd)
+    with userns.as_mapped_root(plan.idmap):
+        mounts.mount_overlay(plan.cdir, plan.lowerdir, root, plan.volatile)
+    mounts.finish_rootfs(root, plan.volumes, plan.own_netns, console)

@@ -33,6 +33,7 @@ from runtime.cgroup.group import Cgroup
 from runtime.fs.rmtree import rmtree
 from runtime.fs.state_file import read_json, write_json
 from runtime.net import network
+from runtime.process import userns
 from runtime.process.child import start_workload
 from runtime.process.plan import Launched, Plan
 from runtime.process.startup import FORWARDED, describe, say
@@ -42,6 +43,10 @@ from runtime.tty.frames import T_DATA, T_EXIT, T_WINSIZE, FrameReader, bind_unix
 def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
           reparent_to_caller: bool = False) -> Launched:
     """Fork the supervisor (waiting in its namespaces until released) and return its pid."""
+    if plan.idmap is not None and plan.userns_fd < 0:
+        # made here, by host root in the host's namespaces: the child idmaps the layers with
+        # it and joins it once its root is in place
+        plan.userns_fd = userns.make_userns(plan.idmap)
     info_r, info_w = os.pipe()
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -51,6 +56,9 @@ def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
         pid = sc.fork()
         if pid == 0:
             _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w)
+        if plan.userns_fd >= 0:
+            os.close(plan.userns_fd)
+            plan.userns_fd = -1
         os.close(info_w)
         os.close(go_r)
         os.close(err_w)
@@ -106,7 +114,7 @@ def _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w) -> None
         os.close(err_r)
         # nothing of the caller's may live on in the container: above all not an flock'd fd
         # (the container lock held around start), which a long-lived supervisor would keep held
-        keep = {0, 1, 2, info_w, go_r, err_w, *(stdio or ())}
+        keep = {0, 1, 2, info_w, go_r, err_w, *(stdio or ()), plan.userns_fd}
         _close_fds_except(keep)
         flags = sc.CLONE_NEWPID | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
         if plan.own_netns:
@@ -204,6 +212,8 @@ def _supervisor(plan: Plan, stdio, info_w: int, go_r: int, err_w: int) -> None:
     if S.child == 0:
         start_workload(plan, fds, err_w)
     os.close(err_w)
+    if plan.userns_fd >= 0:
+        os.close(plan.userns_fd)           # the workload holds it now
     if slave >= 0:
         os.close(slave)
     null = os.open(os.devnull, os.O_RDWR)

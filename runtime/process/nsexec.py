@@ -32,6 +32,9 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
                 if ns == "cgroup":
                     continue
                 raise
+        if os.stat(f"/proc/{wpid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino:
+            # --userns auto: joined last, once the mount namespace gave us the container's root
+            nsfds.append(("user", os.open(f"/proc/{wpid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)))
         rootfd = os.open(f"/proc/{wpid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         for _, fd in nsfds:
@@ -112,7 +115,8 @@ def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, s
             if ns == "cgroup":
                 cg_ns = fd          # joined by the command once it is in the cgroup (v2 rule)
                 continue
-            sc.setns(fd, sc.NS_FLAGS[ns])
+            sc.setns(fd, sc.CLONE_NEWUSER if ns == "user" else sc.NS_FLAGS[ns])
+        mapped = any(ns == "user" for ns, _ in nsfds)
         if tty:
             import fcntl  # noqa: F401 - set_ctty needs them after the chroot, where the
             import termios  # noqa: F401 - host's python library is out of reach
@@ -120,7 +124,8 @@ def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, s
         os.chroot(".")
         child = sc.fork()
         if child == 0:
-            _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, cg_ns)
+            _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, cg_ns,
+                     mapped)
         os.close(err_w)
         for fd in cg_fds:
             os.close(fd)
@@ -134,7 +139,8 @@ def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, s
         os._exit(126)
 
 
-def _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, cg_ns) -> None:
+def _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, cg_ns,
+             mapped: bool) -> None:
     try:
         for sig in FORWARDED + (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
@@ -154,8 +160,9 @@ def _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, c
             os.close(fd)
         if cg_ns >= 0:
             sc.setns(cg_ns, sc.CLONE_NEWCGROUP)
-        # after the cgroup: joining its namespace needs the privileges the user switch drops
-        if user:
+        # after the cgroup: joining its namespace needs the privileges the user switch drops;
+        # in a user namespace host uid 0 is unmapped, so even root is switched to
+        if user or mapped:
             users.switch_to(who)
         try:
             os.chdir(workdir or "/")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime.process.userns import IdMap
+
 
 @dataclass
 class Plan:
@@ -28,6 +30,8 @@ class Plan:
     host_netns_fd: int = -1
     volatile: bool = False      # a throw-away container (--rm): overlay without syncs
     autoremove: bool = False    # `run -d --rm`: the supervisor deletes the container at the end
+    idmap: IdMap | None = None  # --userns auto: container ids 0.. are these host ids
+    userns_fd: int = -1         # the user namespace with that map, made before fork
 
 
 @dataclass

@@ -153,6 +153,10 @@ def allocate(home: Home, name: str, size: int = SLICE, *, subuid: str = SUBUID,
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with flock(path + ".lock"):
         table = _read_allocations(path)
+        # a container removed without release (its monitor deleted it after `run -d --rm`)
+        # holds nothing: create makes the container's directory before it allocates
+        table = {n: v for n, v in table.items()
+                 if n == name or os.path.isdir(home.container(n))}
         if name in table:
             offset, count = table[name]
             return IdMap(uids.start + offset, gids.start + offset, count)
