@@ -88,6 +88,12 @@ class Home:
     def userns_allocations(self) -> str:
         return os.path.join(self.root, "userns", "allocations.json")
 
+    # -- pushes to HTTP registries cut short: each upload session's location and offset,
+    #    so the next push continues it instead of starting over
+    @property
+    def push_sessions(self) -> str:
+        return os.path.join(self.root, "push-sessions")
+
     # -- caches: derived data, safe to delete
     @property
     def cache(self) -> str:

@@ -18,6 +18,7 @@ class RepoOptions:
     remote_command: str | None = None  # srepo-server on the remote
     init: bool = False                 # create the repo when the path is not one
     legacy: bool = False               # a cocker 0.x flat *.cockerimage directory
+    resume_dir: str | None = None      # where interrupted uploads are remembered (the store's)
 
     def merged(self, **over: Any) -> RepoOptions:
         d = asdict(self)

@@ -126,6 +126,8 @@ def open_repo(spec: str | None, store: Store | None = None, **options: Any) -> R
     kind = transport_name(url)
     if kind is None:
         raise NotFound(f"no repo named {spec!r} is configured")
+    if store is not None:
+        options.setdefault("resume_dir", store.paths.push_sessions)
     return transport(kind).open_url(url, stored.merged(**options))
 
 

@@ -27,9 +27,10 @@ import os
 import re
 import ssl
 import threading
+import time
 import urllib.parse
-from collections.abc import Iterable
-from typing import BinaryIO
+from collections.abc import Callable, Iterable
+from typing import BinaryIO, cast
 
 from common.errors import (
     AuthError,
@@ -47,9 +48,13 @@ from registry.oci import manifest as oci
 from registry.oci import reference as refmod
 from registry.oci.reference import Reference
 from registry.repo.repository import ANY, BlobWriter, RefRecord, Repository
+from registry.transports.http.upload_journal import UploadJournal, UploadRecord
 
 CHUNK = 1 << 20
 SMALL = 4 << 20  # blobs up to this size are sent in one request (and checked for manifest-ness)
+UPLOAD_CHUNK = 8 << 20  # one PATCH; what a killed push can lose at most
+RETRY_WAIT = float(os.environ.get("COCKER_HTTP_RETRY_WAIT", "60"))
+RETRY_STATUSES = (502, 503, 504)  # the spec's "temporary condition"
 MANIFEST_ACCEPT = ", ".join(oci.MANIFEST_TYPES + oci.INDEX_TYPES)
 _RETRYABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
               http.client.CannotSendRequest, http.client.BadStatusLine)
@@ -66,6 +71,17 @@ def _is_manifest(data: bytes) -> str | None:
     if m.get("schemaVersion") != 2:
         return None
     return oci.manifest_media_type(data)
+
+
+def _error_message(data: bytes) -> str:
+    """The first error message of a registry's JSON error answer ("" when there is none)."""
+    with contextlib.suppress(ValueError, AttributeError, IndexError, TypeError, KeyError):
+        return str(json.loads(data)["errors"][0].get("message") or "")
+    return ""
+
+
+class _Unreachable(TransportError):
+    """The connection failed or was lost (not an answer from the registry): worth retrying."""
 
 
 class _Auth:
@@ -167,7 +183,8 @@ class _Response:
 class HttpRepo(Repository):
     def __init__(self, url: str, *, username: str | None = None, password: str | None = None,
                  token: str | None = None, insecure: bool | None = None,
-                 ca_file: str | None = None, timeout: float = 120.0) -> None:
+                 ca_file: str | None = None, timeout: float = 120.0,
+                 resume_dir: str | None = None, retry_wait: float = RETRY_WAIT) -> None:
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise InvalidReference(f"invalid registry URL {url!r}: expected http[s]://host[:port][/prefix]")
@@ -189,6 +206,11 @@ class HttpRepo(Repository):
         self._auth = _Auth(self.netloc, user, pw,
                            token or (None if user else os.environ.get("COCKER_REGISTRY_TOKEN")))
         self.timeout = timeout
+        self.retry_wait = retry_wait
+        self._journal = UploadJournal(resume_dir)
+        # Blob bytes that went over the wire (resent ones included), for reports and tests.
+        self.transferred = {"uploaded": 0, "downloaded": 0, "download_resumes": 0}
+        self._count_lock = threading.Lock()
         self._ssl: ssl.SSLContext | None = None
         if self.scheme == "https":
             ctx = ssl.create_default_context(cafile=ca_file or os.environ.get("COCKER_REGISTRY_CA"))
@@ -201,6 +223,10 @@ class HttpRepo(Repository):
         self._pending: dict[tuple[str, str], tuple[bytes, str]] = {}
         self._cache_lock = threading.Lock()
         self._name: str | None = None
+
+    def count(self, kind: str, n: int) -> None:
+        with self._count_lock:
+            self.transferred[kind] += n
 
     # naming ------------------------------------------------------------------------------
     def for_name(self, name: str) -> HttpRepo:
@@ -338,7 +364,7 @@ class HttpRepo(Repository):
             if body is not None:
                 h["Content-Length"] = str(len(body))
             port = u.port or (443 if u.scheme == "https" else 80)
-            key, conn = self._conn(u.scheme, u.hostname, port)
+            key, conn = self._conn(u.scheme, u.hostname or self.host, port)
             target = (u.path or "/") + (f"?{u.query}" if u.query else "")
             try:
                 conn.request(method, target, body=body, headers=h)
@@ -346,19 +372,20 @@ class HttpRepo(Repository):
             except _RETRYABLE as e:
                 conn.close()
                 if retried:
-                    raise TransportError(f"{self.describe()}: connection lost ({e})") from None
+                    raise _Unreachable(f"{self.describe()}: connection lost ({e})") from None
                 retried = True
                 continue
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
-                raise TransportError(f"cannot reach {self.describe()}: {e}") from None
+                raise _Unreachable(f"cannot reach {self.describe()}: {e}") from None
             if resp.status == 401 and same_host and auth_tries < 2:
-                resp.read()
+                said = _error_message(resp.read())
                 self._give_back(key, conn)
                 auth_tries += 1
                 if not self._learn_challenge(resp.headers.get("WWW-Authenticate", ""), scope,
                                              h.get("Authorization")):
-                    raise AuthError(f"{self.describe()}: authentication required "
+                    # The registry's own words tell "no token" from "bad token".
+                    raise AuthError(f"{self.describe()}: {said or 'authentication required'} "
                                     "(set credentials, see `cocker` docs on http:// repos)")
                 continue
             if resp.status in (301, 302, 303, 307, 308) and method in ("GET", "HEAD") \
@@ -518,13 +545,19 @@ class HttpRepo(Repository):
         digestmod.validate(digest)
         view = self.for_name(name)
         data, mt = view._manifest_bytes(digest)
+        precondition = {}
         if expect is not ANY:
             current = self.get_ref(name, version)
             if current != expect:
                 raise Conflict(f"{name}:{version} changed in {self.describe()}")
-        self._put_manifest(self._remote(name), version, data, mt)
+            # Checked again by the registry in the same step as the write, where it can
+            # (srepo-server does; others ignore these headers and keep the check above).
+            precondition = {"If-None-Match": "*"} if expect is None else \
+                {"If-Match": f'"{expect}"'}
+        self._put_manifest(self._remote(name), version, data, mt, precondition)
 
-    def _put_manifest(self, remote: str, ref: str, data: bytes, mt: str) -> None:
+    def _put_manifest(self, remote: str, ref: str, data: bytes, mt: str,
+                      precondition: dict | None = None) -> None:
         """PUT a manifest, after the held-back manifests it names (an index's children)."""
         m = oci.parse_manifest(data)
         children = [d["digest"] for d in m["manifests"]] if oci.is_index(m) else []
@@ -536,7 +569,10 @@ class HttpRepo(Repository):
         with self._cache_lock:
             self._pending.pop((remote, digestmod.of_bytes(data)), None)
         resp, body = self._request("PUT", f"/v2/{remote}/manifests/{ref}", name=remote,
-                                   push=True, body=data, headers={"Content-Type": mt})
+                                   push=True, body=data,
+                                   headers={"Content-Type": mt, **(precondition or {})})
+        if resp.status == 412:
+            raise Conflict(f"{remote}:{ref} changed in {self.describe()} while we pushed")
         if resp.status not in (200, 201, 202):
             self._fail(resp, body, f"PUT manifest {remote}:{ref}")
 
@@ -617,9 +653,8 @@ class HttpRepo(Repository):
             raise NotFound(f"blob {digest} not found in {self.describe()}/{self._name}")
         if not 200 <= resp.status < 300:
             self._fail(resp, r, f"GET blob {digestmod.short(digest)}")
-        if offset and resp.status == 200:
-            r.skip(offset)  # the server ignored Range
-        return r
+        body = _ResumingBody(self, f"/v2/{remote}/blobs/{digest}", remote, offset, resp, r)
+        return cast(BinaryIO, body)
 
     def read_blob(self, digest: str, limit: int = 16 << 20) -> bytes:
         with self._cache_lock:
@@ -646,29 +681,71 @@ class HttpRepo(Repository):
 
 
 class _HttpUpload(BlobWriter):
-    """Small blobs go in one PUT (a manifest goes to the manifests endpoint instead); larger
-    ones stream as one chunked PATCH, then a closing PUT with the digest."""
+    """One blob going up.
+
+    Small blobs go in one POST+PUT (a manifest is held for the manifests endpoint instead).
+    Larger ones go in PATCH requests of UPLOAD_CHUNK bytes with `Content-Range`, then a
+    closing PUT with the digest. After each acknowledged chunk the session's location and
+    offset are written to the store's journal, so a push killed half-way continues where the
+    registry stands; a connection lost mid-push (a registry restart) is retried for
+    RETRY_WAIT seconds from the offset the registry reports."""
 
     def __init__(self, repo: HttpRepo, digest: str, size: int | None) -> None:
         self.repo, self.digest, self.size = repo, digest, size
         self.remote = repo._bound()
-        self.buf: list[bytes] = []
-        self.buffered = 0
-        self.conn = None
+        self.buf = bytearray()
         self.location: str | None = None
-        self.offset = 0
-        self.sent = 0
+        self.acked = 0  # bytes the registry has acknowledged
+        self.journal = repo._journal
+        self.key = self.journal.key(repo.url, self.remote, digest)
+        if size is None or size > SMALL:
+            self._resume()
+        self.offset = self.acked
 
+    # resuming ----------------------------------------------------------------------------
+    def _resume(self) -> None:
+        rec = self.journal.load(self.key)
+        if rec is None:
+            return
+        try:
+            at = self._status(rec.location)
+        except TransportError:
+            at = None
+        if not at or (self.size is not None and at > self.size):
+            # Gone (expired, finished, another registry) or nothing worth keeping.
+            self.journal.forget(self.key)
+            return
+        self.location, self.acked = rec.location, at
+
+    def _status(self, location: str) -> int | None:
+        """Bytes the registry holds for the session at `location`; None when it is gone."""
+        resp, _ = self.repo._request("GET", "", full_url=location, name=self.remote, push=True)
+        if resp.status != 204:
+            return None
+        m = re.match(r"^\s*(?:bytes=)?0-(\d+)\s*$", resp.headers.get("Range") or "")
+        if not m or m.group(1) == "0":
+            return None  # "0-0" may mean 0 or 1 byte: start afresh rather than guess
+        loc = resp.headers.get("Location")
+        if loc:
+            self.location = urllib.parse.urljoin(location, loc)
+        return int(m.group(1)) + 1
+
+    def _save(self) -> None:
+        assert self.location is not None
+        self.journal.save(self.key, UploadRecord(self.location, self.acked, self.repo.url,
+                                                 self.remote, self.digest))
+
+    # sending -----------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self.conn is None:
-            self.buf.append(bytes(data))
-            self.buffered += len(data)
-            if self.buffered <= SMALL:
+        self.buf += data
+        if self.location is None:
+            if len(self.buf) + self.acked <= SMALL and (self.size is None or self.size <= SMALL):
                 return
-            self._start_stream()
-            data = b"".join(self.buf)
-            self.buf = []
-        self._send_chunk(data)
+            self.location = self._start()
+            self._save()
+        while len(self.buf) >= UPLOAD_CHUNK:
+            self._send_chunk(bytes(self.buf[:UPLOAD_CHUNK]))
+            del self.buf[:UPLOAD_CHUNK]
 
     def _start(self) -> str:
         resp, body = self.repo._request("POST", f"/v2/{self.remote}/blobs/uploads/",
@@ -678,50 +755,62 @@ class _HttpUpload(BlobWriter):
         return urllib.parse.urljoin(f"{self.repo.scheme}://{self.repo.netloc}/v2/",
                                     resp.headers["Location"])
 
-    def _start_stream(self) -> None:
-        self.location = self._start()
-        u = urllib.parse.urlsplit(self.location)
-        port = u.port or (443 if u.scheme == "https" else 80)
-        self.key, self.conn = self.repo._conn(u.scheme, u.hostname, port)
-        target = u.path + (f"?{u.query}" if u.query else "")
-        try:
-            self.conn.putrequest("PATCH", target, skip_accept_encoding=True)
-            self.conn.putheader("Content-Type", "application/octet-stream")
-            self.conn.putheader("Transfer-Encoding", "chunked")
-            authz = self.repo._authorization(self.repo._scope(self.remote, True))
-            if authz and u.hostname == self.repo.host:
-                self.conn.putheader("Authorization", authz)
-            self.conn.endheaders()
-        except (OSError, http.client.HTTPException) as e:
-            self.conn.close()
-            raise TransportError(f"{self.repo.describe()}: upload failed: {e}") from None
+    def _send_chunk(self, chunk: bytes) -> None:
+        assert self.location is not None
+        start = self.acked
 
-    def _send_chunk(self, data: bytes) -> None:
-        if not data:
-            return
-        try:
-            self.conn.send(b"%x\r\n" % len(data))
-            self.conn.send(data)
-            self.conn.send(b"\r\n")
-        except OSError:
-            self._raise_from_response("upload interrupted")
-        self.sent += len(data)
+        def attempt() -> bool:
+            assert self.location is not None
+            resp, body = self.repo._request(
+                "PATCH", "", full_url=self.location, name=self.remote, push=True, body=chunk,
+                headers={"Content-Type": "application/octet-stream",
+                         "Content-Range": f"{start}-{start + len(chunk) - 1}"})
+            self.repo.count("uploaded", len(chunk))
+            if resp.status in RETRY_STATUSES:
+                raise _Unreachable(f"{self.repo.describe()} answered {resp.status}")
+            if resp.status == 416 and self._status(self.location) == start + len(chunk):
+                return True  # our previous attempt got through; its answer was lost
+            if resp.status != 202:
+                self.repo._fail(resp, body, f"upload of {digestmod.short(self.digest)}")
+            loc = resp.headers.get("Location")
+            if loc:
+                self.location = urllib.parse.urljoin(self.location, loc)
+            return True
 
-    def _raise_from_response(self, what: str) -> None:
-        # The server may have answered early (refusal) and closed; report what it said.
-        try:
-            resp = self.conn.getresponse()
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            self.conn.close()
-            raise TransportError(f"{self.repo.describe()}: {what}: {e}") from None
-        self.conn.close()
-        self.repo._fail(resp, data, what)
+        self._retrying(attempt, start, len(chunk))
+        self.acked = start + len(chunk)
+        self._save()
+
+    def _retrying(self, attempt: Callable[[], bool], start: int, length: int) -> None:
+        """Run `attempt`; when the connection is lost, wait for the registry to come back,
+        ask where the session stands and send again (or accept what got through)."""
+        deadline = time.monotonic() + self.repo.retry_wait
+        delay = 0.2
+        while True:
+            try:
+                attempt()
+                return
+            except _Unreachable:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            assert self.location is not None
+            try:
+                at = self._status(self.location)
+            except _Unreachable:
+                continue
+            if at == start + length:
+                return
+            if at != start and not (at is None and start == 0):
+                raise TransportError(f"{self.repo.describe()}: the upload of "
+                                     f"{digestmod.short(self.digest)} is at byte {at}, "
+                                     f"expected {start}; push again to continue")
 
     def commit(self) -> None:
         repo = self.repo
-        if self.conn is None:
-            data = b"".join(self.buf)
+        if self.location is None:
+            data = bytes(self.buf)
             got = digestmod.of_bytes(data)
             if got != self.digest or (self.size is not None and len(data) != self.size):
                 raise DigestMismatch(f"blob {digestmod.short(self.digest)}: content hashes to "
@@ -734,42 +823,116 @@ class _HttpUpload(BlobWriter):
                 with repo._cache_lock:
                     repo._pending[(self.remote, self.digest)] = (data, mt)
                 return
-            loc = self._start()
-            self._finish(loc, data)
-            return
-        try:
-            self.conn.send(b"0\r\n\r\n")
-            resp = self.conn.getresponse()
-            body = resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            self.conn.close()
-            raise TransportError(f"{repo.describe()}: upload failed: {e}") from None
-        if resp.will_close:
-            self.conn.close()
-        else:
-            repo._give_back(self.key, self.conn)
-        self.conn = None
-        if resp.status != 202:
-            repo._fail(resp, body, f"upload {digestmod.short(self.digest)}")
-        loc = urllib.parse.urljoin(self.location, resp.headers.get("Location") or self.location)
-        self._finish(loc, b"")
+            self.location = self._start()
+        self._finish(bytes(self.buf))
+        self.buf = bytearray()
+        self.journal.forget(self.key)
 
-    def _finish(self, location: str, data: bytes) -> None:
-        sep = "&" if "?" in location else "?"
-        url = f"{location}{sep}digest={urllib.parse.quote(self.digest)}"
-        resp, body = self.repo._request("PUT", "", full_url=url, name=self.remote, push=True,
-                                        body=data,
-                                        headers={"Content-Type": "application/octet-stream"})
-        if resp.status not in (201, 204):
-            self.repo._fail(resp, body, f"finish upload of {digestmod.short(self.digest)}")
-        got = resp.headers.get("Docker-Content-Digest")
-        if got and got != self.digest:
-            raise DigestMismatch(f"{self.repo.describe()} stored {digestmod.short(self.digest)} "
-                                 f"as {got}")
+    def _finish(self, data: bytes) -> None:
+        assert self.location is not None
+        start = self.acked
+        headers = {"Content-Type": "application/octet-stream"}
+        if data:
+            headers["Content-Range"] = f"{start}-{start + len(data) - 1}"
+
+        def attempt() -> bool:
+            assert self.location is not None
+            sep = "&" if "?" in self.location else "?"
+            url = f"{self.location}{sep}digest={urllib.parse.quote(self.digest)}"
+            resp, body = self.repo._request("PUT", "", full_url=url, name=self.remote,
+                                            push=True, body=data, headers=headers)
+            self.repo.count("uploaded", len(data))
+            if resp.status in RETRY_STATUSES:
+                raise _Unreachable(f"{self.repo.describe()} answered {resp.status}")
+            if resp.status == 404 and start and self.repo.has_blob(self.digest):
+                return True  # a previous attempt finished it; its answer was lost
+            if resp.status not in (201, 204):
+                if resp.status == 400 and b"DIGEST_INVALID" in body:
+                    self.journal.forget(self.key)  # the kept prefix was bad: start over
+                self.repo._fail(resp, body, f"finish upload of {digestmod.short(self.digest)}")
+            got = resp.headers.get("Docker-Content-Digest")
+            if got and got != self.digest:
+                raise DigestMismatch(f"{self.repo.describe()} stored "
+                                     f"{digestmod.short(self.digest)} as {got}")
+            return True
+
+        self._retrying(attempt, start, len(data))
 
     def abort(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(OSError):
-                self.conn.close()
-            self.conn = None
-        self.buf = []
+        # The journal keeps the session: the next push of this blob continues it.
+        self.buf = bytearray()
+
+
+class _ResumingBody:
+    """A blob download that survives a cut connection: it asks again with `Range` from the
+    byte it got to (for up to RETRY_WAIT seconds, so a registry restart is waited out)."""
+
+    def __init__(self, repo: HttpRepo, path: str, remote: str, offset: int,
+                 resp: http.client.HTTPResponse, body: _Response) -> None:
+        self.repo, self.path, self.remote = repo, path, remote
+        self.pos = offset
+        self._use(resp, body)
+
+    def _use(self, resp: http.client.HTTPResponse, body: _Response) -> None:
+        if resp.status == 200 and self.pos:
+            body.skip(self.pos)  # the server ignored Range
+        elif resp.status == 206:
+            m = re.match(r"^\s*bytes\s+(\d+)-", resp.headers.get("Content-Range") or "")
+            if not m or int(m.group(1)) != self.pos:
+                body.close()
+                raise TransportError(f"{self.repo.describe()}: asked for bytes from {self.pos}, "
+                                     f"got {resp.headers.get('Content-Range')!r}")
+        length = resp.headers.get("Content-Length")
+        self.end = self.pos + int(length) - (self.pos if resp.status == 200 else 0) \
+            if length and length.isdigit() else None
+        self.body = body
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            try:
+                data = self.body.read(n)
+            except (OSError, http.client.HTTPException):
+                data = b""
+            if data:
+                self.pos += len(data)
+                self.repo.count("downloaded", len(data))
+                return data
+            if self.end is None or self.pos >= self.end:
+                return b""
+            self.body.close()
+            self._reopen()
+
+    def _reopen(self) -> None:
+        deadline = time.monotonic() + self.repo.retry_wait
+        delay = 0.2
+        while True:
+            try:
+                resp, body = self.repo._request("GET", self.path, name=self.remote,
+                                                headers={"Range": f"bytes={self.pos}-"},
+                                                stream=True)
+            except _Unreachable:
+                resp = None
+            if resp is not None:
+                if 200 <= resp.status < 300:
+                    self._use(resp, body)
+                    self.repo.count("download_resumes", 1)
+                    return
+                if resp.status not in RETRY_STATUSES:
+                    self.repo._fail(resp, body, f"resume download at byte {self.pos}")
+            if time.monotonic() > deadline:
+                raise TransportError(f"{self.repo.describe()}: download cut at byte {self.pos} "
+                                     f"and the registry did not come back")
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.body.close()
+
+    def __enter__(self) -> _ResumingBody:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

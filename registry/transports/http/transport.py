@@ -12,4 +12,4 @@ def check_url(url: str) -> None:
 
 
 def open_url(url: str, opts: RepoOptions) -> Repository:
-    return HttpRepo(url)
+    return HttpRepo(url, resume_dir=opts.resume_dir)
