@@ -22,13 +22,13 @@ from typing import Any
 from common.errors import CockerError, NotFound, PermissionDenied, TransportError
 from registry.oci import digest as digestmod
 from registry.oci import reference as refmod
-from registry.repo.layout import GC_GRACE, LayoutRepo
+from registry.repo.layout import GC_GRACE, BlobLease, LayoutRepo
 from registry.repo.repository import ANY, BlobWriter
 from registry.wire import framing
+from srepo_server import http_store
 from srepo_server.access import Access
 
 SERVER = "srepo-server 0.1.0"
-MIN_REMOTE_GC_GRACE = 600.0   # a remote gc never removes blobs younger than this (pushes in flight)
 
 Log = Callable[[str], None]
 
@@ -58,6 +58,9 @@ class _Handler:
         self.busy = busy or (lambda _: None)
         self.ns = refmod.validate_name(namespace) if namespace else None
         self.log = log
+        # Blobs this connection asked about or sent, kept from any gc until it closes: a
+        # push relies on blobs it was told exist (registry.repo.gc).
+        self.lease: BlobLease | None = None
         self.ops = {
             "hello": self.op_hello, "list": self.op_list, "get-ref": self.op_get_ref,
             "resolve": self.op_resolve, "missing": self.op_missing,
@@ -68,6 +71,19 @@ class _Handler:
 
     # loop ----------------------------------------------------------------------------
     def run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self.lease is not None:
+                self.lease.release()
+
+    def _hold(self, digests: list[str]) -> None:
+        if self.access.can("write"):
+            if self.lease is None:
+                self.lease = BlobLease(self.repo)
+            self.lease.add(digests)
+
+    def _loop(self) -> None:
         while True:
             try:
                 line = framing.read_line(self.rfile, framing.MAX_REQUEST_LINE)
@@ -105,7 +121,7 @@ class _Handler:
             if not self._try_send(framing.error_frame(e)):
                 return False
             self._note(op, f"{type(e).__name__}: {e}", t0)
-        except Exception as e:  # a bug must not take the server down with it
+        except Exception as e:  # noqa: BLE001 - a bug must not take the server down with it
             if self.log:
                 self.log("internal error: " + "".join(
                     traceback.format_exception(e)).rstrip().replace("\n", "\n    "))
@@ -262,6 +278,7 @@ class _Handler:
         if len(digests) > 100000:
             raise BadRequest("missing: at most 100000 digests per request")
         wanted = [digestmod.validate(d) for d in digests]
+        self._hold(wanted)  # before the answer: what it says exists must stay
         missing = self.repo.missing_blobs(wanted)
         self._reply(missing=missing)
         return f"{len(missing)}/{len(wanted)} missing"
@@ -278,7 +295,7 @@ class _Handler:
         offset = self._field(req, "offset", int, required=False) or 0
         length = self._field(req, "length", int, required=False)
         try:
-            f = open(self.repo.blob_path(d), "rb")
+            f = open(self.repo.blob_path(d), "rb")  # noqa: SIM115 - closed after the send
         except FileNotFoundError:
             raise NotFound(f"blob {d} not found") from None
         with f:
@@ -331,6 +348,7 @@ class _Handler:
         size = self._field(req, "size", int, required=False)
         if size is not None and size < 0:
             raise BadRequest("put-blob: negative size")
+        self._hold([d])
         if self.repo.has_blob(d):
             self._reply(offset=self.repo.blob_size(d), exists=True)
             return f"{digestmod.short(d)} exists"
@@ -409,10 +427,11 @@ class _Handler:
     def op_gc(self, req: dict) -> str:
         self._require("gc")
         grace = self._field(req, "grace", (int, float), required=False)
-        grace = max(float(grace) if grace is not None else GC_GRACE, MIN_REMOTE_GC_GRACE)
+        grace = float(grace) if grace is not None else GC_GRACE
+        if grace < 0:
+            raise BadRequest("gc: grace must be >= 0")
         dry = bool(self._field(req, "dry_run", bool, required=False))
-        # The server's one gc, which also keeps the HTTP door's digest-only manifests.
-        from srepo_server import http_store
+        # The grace is honoured as asked: pushes in flight lease their blobs (see _hold).
         removed, freed = http_store.gc(self.repo, grace=grace, dry_run=dry)
-        self._reply(removed=removed, freed=freed)
+        self._reply(removed=removed, freed=freed, grace=grace)
         return f"removed {removed} blobs, {freed}B"

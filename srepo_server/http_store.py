@@ -21,6 +21,7 @@ from common.fsutil import atomic_write
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci import reference as refmod
+from registry.repo import gc as gcmod
 from registry.repo.layout import LayoutRepo
 from registry.repo.repository import ANY
 
@@ -265,25 +266,17 @@ def tags(repo: LayoutRepo, name: str) -> list[str] | None:
 
 # gc ---------------------------------------------------------------------------------------
 def gc(repo: LayoutRepo, grace: float, dry_run: bool = False) -> tuple[int, int]:
-    """Mark and sweep that knows the HTTP door's roots and spares live upload sessions.
-
-    A digest-only manifest stays a root until a tag reaches it (it then lives and dies with
-    the tag) or its subject is gone; blobs younger than `grace` (a push in flight) are spared
-    by LayoutRepo.gc, and upload sessions the server holds are flock'd, so never swept.
-    """
-    top = _meta(repo, "digests")
-    markers = _walk_markers(top)
+    """The repository's one gc (registry.repo.gc, which keeps pinned digest-only manifests
+    and leased blobs), after dropping the pins it no longer needs: a pin a tag now reaches
+    (the manifest then lives and dies with the tag) or whose subject is gone."""
     with repo.lock():
         tagged = repo.reachable([r.digest for r in repo.list_refs()])
-    roots = []
-    for name, d in markers:
-        subj = _subject_of(repo, d)
+    for name, d in list(gcmod.pins(repo.fs)):
+        subj = gcmod.subject_of(repo, d)
         if d in tagged or not repo.has_blob(d) or (subj and not repo.has_blob(subj)):
             if not dry_run:
                 _remove_marker(repo, "digests", name, d)
-            continue
-        roots.append(d)
-    result = repo.gc(extra_roots=roots, grace=grace, dry_run=dry_run)
+    result = repo.gc(grace=grace, dry_run=dry_run)
     if not dry_run:
         for name, d in _walk_markers(_meta(repo, "deleted")):
             if not repo.has_blob(d):
@@ -298,17 +291,3 @@ def gc(repo: LayoutRepo, grace: float, dry_run: bool = False) -> tuple[int, int]
                 with contextlib.suppress(OSError):
                     os.rmdir(dirpath)
     return result
-
-
-def gc_roots(repo: LayoutRepo) -> list[str]:
-    """Manifests pushed by digest only; any other gc of this repo should keep them too."""
-    return [d for _, d in _walk_markers(_meta(repo, "digests"))]
-
-
-def _subject_of(repo: LayoutRepo, d: str) -> str | None:
-    try:
-        data, _ = read_manifest(repo, d)
-        s = (json.loads(data).get("subject") or {}).get("digest")
-    except (ApiError, ValueError, AttributeError):
-        return None
-    return s if digestmod.is_valid(s) else None

@@ -6,6 +6,7 @@ import click
 
 from cocker.output import human_size, print_json, print_table
 from common.errors import UsageError
+from registry.repo.repository import SERVER_GC
 from registry.transports import remotes as reposmod
 
 
@@ -89,12 +90,8 @@ def gc_cmd(ctx, repo_spec, grace, dry_run, identity, accept_new, mode, remote_co
     if mode:
         kw["mode"] = mode
     with reposmod.open_repo(repo_spec, ctx.store, **kw) as r:
-        gc = getattr(r, "gc", None)
-        if gc is None:
-            raise UsageError(f"{r.describe()} does not support gc")
-        try:
-            removed, freed = gc(grace=grace, dry_run=dry_run)
-        except TypeError:
-            removed, freed = gc(grace, dry_run)
+        if SERVER_GC not in r.capabilities():
+            raise UsageError(f"{r.describe()} does not support gc (gc a registry on its server)")
+        removed, freed = r.gc(grace=grace, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {removed} blob(s), {human_size(freed)} from {r.describe()}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.errors import Conflict, CorruptImage, DigestMismatch
@@ -43,10 +43,12 @@ def copy_blob(src: Repository, dst: Repository, digest: str, size: int | None,
     started once more from zero: the destination dropped the bad partial."""
     try:
         return _copy_blob(src, dst, digest, size, progress)
-    except DigestMismatch as e:
-        if not getattr(e, "resumed", False):
-            raise
+    except ResumedMismatch:
         return _copy_blob(src, dst, digest, size, progress)
+
+
+class ResumedMismatch(DigestMismatch):
+    """A resumed upload's final digest did not match: the prefix kept from before was bad."""
 
 
 def _copy_blob(src: Repository, dst: Repository, digest: str, size: int | None,
@@ -69,7 +71,8 @@ def _copy_blob(src: Repository, dst: Repository, digest: str, size: int | None,
         try:
             w.commit()
         except DigestMismatch as e:
-            e.resumed = bool(w.offset)
+            if w.offset:
+                raise ResumedMismatch(str(e)) from None
             raise
         if bar:
             bar.close()
@@ -115,10 +118,11 @@ def copy(ref: Reference | RefRecord, src: Repository, dst: Repository, *,
     `force=False` refuses to move an existing destination ref to a different digest.
     """
     rec = ref if isinstance(ref, RefRecord) else src.resolve(ref)
-    target = dest_ref or Reference(rec.name, rec.version)
+    target = RefRecord(dest_ref.name if dest_ref else rec.name,
+                       (dest_ref.version if dest_ref else None) or rec.version, rec.digest)
     # Registries (registry.transports.http.repo) scope blobs by repository name: bind both ends.
-    src = src.for_name(rec.name) if hasattr(src, "for_name") else src
-    dst = dst.for_name(target.name) if hasattr(dst, "for_name") else dst
+    src = src.for_name(rec.name)
+    dst = dst.for_name(target.name)
     if not force:
         # Refuse before moving any byte rather than after a long transfer.
         current = dst.get_ref(target.name, target.version)
@@ -126,6 +130,16 @@ def copy(ref: Reference | RefRecord, src: Repository, dst: Repository, *,
             raise Conflict(f"{target} already exists in {dst.describe()} with digest "
                            f"{digestmod.short(current)}; use --force to replace it")
     blobs = _descriptors(src, rec.digest)
+    # Leased before asking what is missing: a gc at the destination must not sweep a blob
+    # it has just said it holds (registry.repo.gc).
+    with dst.lease([d for d, _ in blobs] + [rec.digest]):
+        return _transfer(rec, target, src, dst, blobs, force=force, jobs=jobs,
+                         progress=progress, on_blob=on_blob)
+
+
+def _transfer(rec: RefRecord, target: RefRecord, src: Repository, dst: Repository,
+              blobs: list[tuple[str, int | None]], *, force: bool, jobs: int,
+              progress: Progress | None, on_blob: Callable[[str], None] | None) -> CopyResult:
     sizes = dict(blobs)
     missing = dst.missing_blobs([d for d, _ in blobs])
     # Biggest first, so the long transfer starts at once and small ones fill in beside it.
@@ -162,7 +176,14 @@ def copy(ref: Reference | RefRecord, src: Repository, dst: Repository, *,
     if current is not None and not force:
         raise Conflict(f"{target} already exists in {dst.describe()} with digest "
                        f"{digestmod.short(current)}; use --force to replace it")
-    dst.put_ref(target.name, target.version, rec.digest, expect=current if not force else ANY)
+    try:
+        dst.put_ref(target.name, target.version, rec.digest,
+                    expect=current if not force else ANY)
+    except Conflict:
+        # Someone else published meanwhile: the same content is a success, not a race lost.
+        if dst.get_ref(target.name, target.version) != rec.digest:
+            raise
+        result.published = False
     return result
 
 
@@ -180,8 +201,3 @@ def _copy_parallel(src: Repository, dst: Repository, digests: list[str],
     finally:
         # On a failure, blobs not yet started are not started at all.
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def copy_many(refs: Iterable[Reference | RefRecord], src: Repository, dst: Repository,
-              **kw) -> list[CopyResult]:
-    return [copy(r, src, dst, **kw) for r in refs]

@@ -13,11 +13,12 @@ The same code serves the local store, `file://` repos and the server's storage.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from common.errors import Conflict, CorruptImage, DigestMismatch, LockBusy, NotARepository, NotFound
@@ -25,7 +26,19 @@ from common.fsutil import EarlyWriteback, atomic_write, disk_error, flock, fsync
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci import reference as refmod
-from registry.repo.repository import ANY, BlobWriter, RefRecord, Repository
+from registry.repo import gc as gcmod
+from registry.repo import layout_paths as lp
+from registry.repo.fs import LocalFs
+from registry.repo.repository import (
+    ANY,
+    LEASES,
+    MOUNT,
+    RESUME,
+    SERVER_GC,
+    BlobWriter,
+    RefRecord,
+    Repository,
+)
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 VERSION_PREFIX = "@"
@@ -48,8 +61,9 @@ class LayoutRepo(Repository):
             if not create:
                 raise NotARepository(f"{self.root} is not a cocker/OCI repository (no oci-layout)")
             self._init_layout()
-        for sub in ("refs", "tmp/uploads", "blobs/sha256"):
-            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+        for sub in (lp.REFS, lp.UPLOADS, lp.BLOBS, lp.LEASES):
+            os.makedirs(os.path.join(self.root, *sub.split("/")), exist_ok=True)
+        self.fs = LocalFs(self.root)
 
     # layout --------------------------------------------------------------------------
     def _init_layout(self) -> None:
@@ -198,7 +212,7 @@ class LayoutRepo(Repository):
 
     def open_blob(self, digest: str, offset: int = 0) -> BinaryIO:
         try:
-            f = open(self.blob_path(digest), "rb")
+            f = open(self.blob_path(digest), "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:
             raise NotFound(f"blob {digest} not found in {self.describe()}") from None
         if offset:
@@ -232,39 +246,39 @@ class LayoutRepo(Repository):
     blob_digests = all_blobs
 
     # maintenance ---------------------------------------------------------------------
-    def gc(self, extra_roots: list[str] | None = None, grace: float = GC_GRACE,
-           dry_run: bool = False) -> tuple[int, int]:
-        """Remove blobs no ref reaches; spare those younger than `grace` seconds, which a
-        push in flight may have just uploaded before publishing its ref."""
-        removed = freed = 0
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({RESUME, SERVER_GC, LEASES, MOUNT})
+
+    @contextlib.contextmanager
+    def lease(self, digests: Iterable[str]) -> Iterator[BlobLease]:
+        lease = BlobLease(self)
+        try:
+            lease.add(digests)
+            yield lease
+        finally:
+            lease.release()
+
+    def gc(self, grace: float = GC_GRACE, dry_run: bool = False,
+           extra_roots: list[str] | None = None) -> tuple[int, int]:
+        """The one gc (registry.repo.gc) plus stale partial uploads; blobs younger than
+        `grace` seconds are spared, as are those a live push leases."""
         now = time.time()
         with self.lock():
-            keep = self.reachable([r.digest for r in self.list_refs()] + list(extra_roots or []))
-            for d in self.all_blobs():
-                if d in keep:
-                    continue
-                p = self.blob_path(d)
-                try:
-                    st = os.stat(p)
-                except FileNotFoundError:
-                    continue
-                if now - st.st_mtime < grace:
-                    continue
-                if not dry_run:
-                    os.unlink(p)
-                removed += 1
-                freed += st.st_size
+            r = gcmod.collect(self, self.fs, grace=grace, dry_run=dry_run,
+                              extra_roots=extra_roots or ())
             for p in self._stale_tmp(now, grace):
                 if not dry_run:
                     with contextlib.suppress(OSError):
                         os.unlink(p)
-        return removed, freed
+        return r.removed, r.freed
 
     def _stale_tmp(self, now: float, grace: float) -> Iterator[str]:
-        import fcntl
+        leases = self.fs.path(lp.LEASES)
         for dirpath, _, files in os.walk(self.tmp_dir):
             for fn in files:
                 p = os.path.join(dirpath, fn)
+                if dirpath == leases:
+                    continue  # the collector judges leases
                 try:
                     if now - os.stat(p).st_mtime < grace:
                         continue
@@ -359,12 +373,38 @@ class _DirLock:
                 os.rmdir(self.lockdir)
 
 
+class BlobLease:
+    """A lease file under tmp/leases, flock'd for as long as this process holds it."""
+
+    def __init__(self, repo: LayoutRepo) -> None:
+        self.repo = repo
+        self.rel = f"{lp.LEASES}/{os.getpid()}.{time.monotonic_ns()}.{os.urandom(4).hex()}"
+        self.digests: list[str] = []
+        self.fd = os.open(repo.fs.path(self.rel), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def add(self, digests: Iterable[str]) -> None:
+        """Lease more blobs; under the repository lock, so no gc is half-way through."""
+        new = [d for d in dict.fromkeys(digests) if d not in self.digests]
+        if not new:
+            return
+        self.digests += new
+        with self.repo.lock():
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, gcmod.lease_body(self.digests), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            self.repo.fs.remove(self.rel)
+            os.close(self.fd)
+            self.fd = -1
+
+
 class _LayoutUpload(BlobWriter):
     """Writes into tmp/uploads/<hex>.partial under an flock, so a cut-off upload can resume
     and two writers of one blob never interleave."""
 
     def __init__(self, repo: LayoutRepo, digest: str, size: int | None) -> None:
-        import fcntl
         self.repo, self.digest, self.size = repo, digest, size
         self.dest = repo.blob_path(digest)
         self.partial = os.path.join(repo.tmp_dir, "uploads", digestmod.hex_of(digest) + ".partial")

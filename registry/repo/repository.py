@@ -12,13 +12,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from common.errors import CockerError, Conflict, NotFound
+from common.errors import CockerError, Conflict, NotFound, UsageError
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci import reference as refmod
 from registry.oci.reference import Reference
 
 ANY = object()  # put_ref/delete_ref without a compare-and-swap precondition
+
+# What a repository can do beyond the interface's core (see Repository.capabilities).
+RESUME = "resume"          # an interrupted blob upload continues at its offset
+SERVER_GC = "gc"           # gc() runs where the data is
+LEASES = "leases"          # lease() protects a push's blobs from a concurrent gc
+REFERRERS = "referrers"    # OCI 1.1 subject/referrers are kept and listed
+MOUNT = "mount"            # a blob known under one name is usable under any other
 
 
 @dataclass(frozen=True)
@@ -201,6 +208,21 @@ class Repository(abc.ABC):
                 problems.append(f"ref {rec}: {e}")
         return problems
 
+    # maintenance -------------------------------------------------------------------
+    def capabilities(self) -> frozenset[str]:
+        """What this repository supports beyond the core interface (RESUME, SERVER_GC...)."""
+        return frozenset()
+
+    def lease(self, digests: Iterable[str]) -> contextlib.AbstractContextManager[object]:
+        """Keep these blobs from any gc while the context lasts (a push relies on blobs it
+        was told exist). Taken before asking which blobs are missing. A no-op where the
+        repository cannot lease (see capabilities)."""
+        return contextlib.nullcontext()
+
+    def gc(self, grace: float, dry_run: bool = False) -> tuple[int, int]:
+        """Remove blobs nothing reaches, older than `grace` seconds: (removed, bytes freed)."""
+        raise UsageError(f"{self.describe()} cannot be garbage-collected from here")
+
     # misc --------------------------------------------------------------------------
     def for_name(self, name: str) -> Repository:
         """A view whose blob operations happen under image `name`. Repositories with one
@@ -211,7 +233,8 @@ class Repository(abc.ABC):
         return self.url or "repository"
 
     def close(self) -> None:
-        pass
+        """Release connections; a repository that holds none has nothing to do."""
+        return None
 
     def __enter__(self) -> Repository:
         return self

@@ -6,7 +6,7 @@ import json
 import os
 
 from common.home import DEFAULT_ROOT_HOME, Home, default_home
-from registry.repo.layout import LayoutRepo
+from registry.repo.layout import GC_GRACE, LayoutRepo
 
 __all__ = ["DEFAULT_ROOT_HOME", "Store", "default_home"]
 
@@ -55,7 +55,7 @@ class Store(LayoutRepo):
         """container name -> manifest digest it was created from (a gc root)."""
         return {n: d for n, (_image, d) in self.container_sources().items()}
 
-    def gc(self, extra_roots: list[str] | None = None, grace: float = 3600.0,
-           dry_run: bool = False) -> tuple[int, int]:
+    def gc(self, grace: float = GC_GRACE, dry_run: bool = False,
+           extra_roots: list[str] | None = None) -> tuple[int, int]:
         roots = list(self.container_pins().values()) + list(extra_roots or [])
-        return super().gc(roots, grace=grace, dry_run=dry_run)
+        return super().gc(grace=grace, dry_run=dry_run, extra_roots=roots)

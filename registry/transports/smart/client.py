@@ -12,7 +12,16 @@ from typing import Any, BinaryIO
 from common.errors import CockerError, TransportError, UsageError
 from registry.oci import digest as digestmod
 from registry.oci.reference import Reference
-from registry.repo.repository import ANY, BlobWriter, RefRecord, Repository
+from registry.repo.repository import (
+    ANY,
+    LEASES,
+    MOUNT,
+    RESUME,
+    SERVER_GC,
+    BlobWriter,
+    RefRecord,
+    Repository,
+)
 from registry.wire.channel import ChannelStream
 from registry.wire.framing import (
     ABORT,
@@ -317,6 +326,10 @@ class SmartRepo(Repository):
         return _BlobUpload(lease, conn, digest, int(r.get("offset") or 0), bool(r.get("exists")))
 
     # maintenance ---------------------------------------------------------------------
+    def capabilities(self) -> frozenset[str]:
+        # The server leases what a connection asked about or sent (srepo_server.handler).
+        return frozenset({RESUME, SERVER_GC, LEASES, MOUNT})
+
     def gc(self, grace: float | None = None, dry_run: bool = False) -> tuple[int, int]:
         frame: dict = {"op": "gc", "dry_run": bool(dry_run)}
         if grace is not None:

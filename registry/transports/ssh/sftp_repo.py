@@ -28,7 +28,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 import paramiko
@@ -47,11 +47,23 @@ from common.errors import (
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci import reference as refmod
+from registry.repo import gc as gcmod
+from registry.repo import layout_paths as lp
 from registry.repo.layout import GC_GRACE, LAYOUT_VERSION, VERSION_PREFIX
-from registry.repo.repository import ANY, BlobWriter, RefRecord, Repository
+from registry.repo.repository import (
+    ANY,
+    LEASES,
+    MOUNT,
+    RESUME,
+    SERVER_GC,
+    BlobWriter,
+    RefRecord,
+    Repository,
+)
 
 # registry.ssh first: it keeps paramiko from importing `invoke` (~140 ms of start-up).
 from registry.transports.ssh import connect as _ssh  # noqa: F401
+from registry.transports.ssh.sftp_fs import SftpFs
 
 STALE_LOCK = float(os.environ.get("COCKER_SFTP_STALE_LOCK", "30"))
 LOCK_TIMEOUT = float(os.environ.get("COCKER_LOCK_TIMEOUT", "120"))
@@ -109,6 +121,7 @@ class SftpRepo(Repository):
         self._slock = threading.Lock()
         self._clock_skew: float | None = None
         self._swept = False
+        self.fs = SftpFs(self.root, self.sftp, self.remote_now)
         self._open_layout(create)
 
     # sessions ------------------------------------------------------------------------
@@ -462,30 +475,39 @@ class SftpRepo(Repository):
         return sorted(out, key=lambda x: x[0])
 
     # maintenance ---------------------------------------------------------------------
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({RESUME, SERVER_GC, LEASES, MOUNT})
+
+    @contextlib.contextmanager
+    def lease(self, digests: Iterable[str]) -> Iterator[None]:
+        """A lease file, written under the lock; SFTP cannot hold an flock, so it counts for
+        LEASE_TTL after it was written (registry.repo.gc)."""
+        rel = f"{lp.LEASES}/{secrets.token_hex(12)}"
+        with self.lock():
+            self._makedirs(self.path(lp.LEASES))
+            self.fs.write_atomic(rel, gcmod.lease_body(digests))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                self.fs.remove(rel)
+
     @_remote_errors
     def gc(self, grace: float = GC_GRACE, dry_run: bool = False) -> tuple[int, int]:
-        """Drop unreferenced blobs older than `grace` and stale partial uploads, under the
-        lock, so a push cannot publish a ref whose blobs vanish (its put_ref re-checks)."""
-        removed = freed = 0
+        """The one gc (registry.repo.gc) and stale partial uploads, under the lock, so a
+        push cannot publish a ref whose blobs vanish (its put_ref re-checks)."""
         s = self.sftp()
         with self.lock() as token:
             now = self.remote_now()
-            keep = self.reachable([r.digest for r in self.list_refs()])
-            for d, a in self.all_blobs():
-                if d in keep or now - float(a.st_mtime or 0) < grace:
-                    continue
-                if not dry_run:
-                    self._assert_owner(token)
-                    s.remove(self.blob_path(d))
-                removed += 1
-                freed += int(a.st_size or 0)
+            self._assert_owner(token)
+            r = gcmod.collect(self, self.fs, grace=grace, dry_run=dry_run)
             for a in s.listdir_attr(self.path("tmp", "uploads")):
                 if now - float(a.st_mtime or 0) >= grace and not dry_run:
                     with contextlib.suppress(IOError):
                         s.remove(self.path("tmp", "uploads", a.filename))
             if not dry_run:
                 self._write_index()
-        return removed, freed
+        return r.removed, r.freed
 
     def blob_digests(self) -> list[str]:
         return [d for d, _ in self.all_blobs()]

@@ -1,0 +1,16 @@
+"""Where each part of a repository lives, relative to its root: one list every backend
+(local directory, SFTP, srepo-server's doors) and gc agree on."""
+
+from __future__ import annotations
+
+OCI_LAYOUT = "oci-layout"
+INDEX = "index.json"
+BLOBS = "blobs/sha256"
+REFS = "refs"
+TMP = "tmp"
+UPLOADS = "tmp/uploads"        # blob uploads in progress, resumable
+LEASES = "tmp/leases"          # blobs a push in flight relies on (one file per push)
+DIGEST_PINS = "srepo/digests"  # <name>/@sha256:<hex>: manifests pushed by digest only
+REFERRERS = "srepo/referrers"  # <subject hex>/<hex>: descriptors of manifests with a subject
+DELETED = "srepo/deleted"      # <name>/@sha256:<hex>: manifests deleted by digest under a name
+PIN_PREFIX = "@"
