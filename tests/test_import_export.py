@@ -202,7 +202,8 @@ def test_failed_imports_leave_no_ref(world, tmp_path):
         importers.import_image(store, layout, "bad:2")
     assert store.list_refs() == []
     assert store.fsck() == []
-    assert sorted(os.listdir(store.tmp_dir)) == ["uploads"]
+    assert sorted(os.listdir(store.tmp_dir)) == ["leases", "uploads"]
+    assert os.listdir(os.path.join(store.tmp_dir, "leases")) == []
 
 
 def test_existing_ref_needs_force(world, tmp_path):
