@@ -47,6 +47,16 @@ def _norm(name: str) -> str:
     return name.rstrip("/")
 
 
+def _listing(f: BinaryIO) -> tarfile.TarFile:
+    """The archive's members in order: a plain tar seeks past file bodies, a compressed
+    one is streamed."""
+    if layer_tar.detect_compression(f.read(4)) == "none":
+        f.seek(0)
+        return tarfile.open(fileobj=f, mode="r:")
+    f.seek(0)
+    return tarfile.open(fileobj=layer_tar.open_layer(f), mode="r|", bufsize=layer_tar.CHUNK)
+
+
 def _compression_of(path: str) -> str:
     with open(path, "rb") as f:
         return layer_tar.detect_compression(f.read(4))
@@ -69,25 +79,17 @@ def detect(path: str) -> str:
         return COCKERIMAGE
     names: set[str] = set()
     try:
-        with open(path, "rb") as f:
-            if layer_tar.detect_compression(f.read(4)) == "none":
-                f.seek(0)
-                tf = tarfile.open(fileobj=f, mode="r:")  # seeks past file bodies
-            else:
-                f.seek(0)
-                tf = tarfile.open(fileobj=layer_tar.open_layer(f), mode="r|",
-                                  bufsize=layer_tar.CHUNK)
-            with tf:
-                for ti in tf:
-                    n = _norm(ti.name)
-                    if not n:
-                        continue
-                    if not _ARCHIVE_NAME.match(n):
-                        return ROOTFS_TAR
-                    names.add(n)
+        with open(path, "rb") as f, _listing(f) as tf:
+            for ti in tf:
+                n = _norm(ti.name)
+                if not n:
+                    continue
+                if not _ARCHIVE_NAME.match(n):
+                    return ROOTFS_TAR
+                names.add(n)
     except tarfile.TarError as e:
         raise CorruptImage(f"{path}: not a tar archive ({e})") from None
-    except layer_tar._DECOMPRESS_ERRORS as e:
+    except layer_tar.DECOMPRESS_ERRORS as e:
         raise CorruptImage(f"{path}: does not decompress ({e})") from None
     if "oci-layout" in names or "index.json" in names:
         return OCI_TAR
@@ -113,9 +115,6 @@ class ArchiveFiles:
         raise NotImplementedError
 
     def open(self, name: str) -> BinaryIO:
-        raise NotImplementedError
-
-    def size(self, name: str) -> int:
         raise NotImplementedError
 
     def read(self, name: str, limit: int = 16 << 20) -> bytes:
@@ -154,9 +153,6 @@ class DirFiles(ArchiveFiles):
         except IsADirectoryError:
             raise CorruptImage(f"{name} in {self.root} is a directory") from None
 
-    def size(self, name: str) -> int:
-        return os.path.getsize(self._path(name))
-
 
 class TarFiles(ArchiveFiles):
     """Random access into an uncompressed tar (a compressed one is first expanded into
@@ -169,18 +165,19 @@ class TarFiles(ArchiveFiles):
             try:
                 with open(path, "rb") as src, open(self.tmp, "wb") as dst:
                     shutil.copyfileobj(layer_tar.open_layer(src), dst, layer_tar.CHUNK)
-            except layer_tar._DECOMPRESS_ERRORS as e:
+            except layer_tar.DECOMPRESS_ERRORS as e:
                 self.close()
                 raise CorruptImage(f"{path}: does not decompress ({e})") from None
             path = self.tmp
         try:
-            self.tf = tarfile.open(path, "r:")
+            self.tf = tarfile.open(path, "r:")  # noqa: SIM115 (closed by close())
             self.members = {}
             for ti in self.tf:
                 n = _norm(ti.name)
                 if n:
                     self.members[n] = ti
-            self.tf.members = list(self.members.values())
+            # extractfile resolves links through this list: normalised names, one per path
+            self.tf.members = list(self.members.values())  # type: ignore[attr-defined]
         except tarfile.TarError as e:
             self.close()
             raise CorruptImage(f"{path}: not a tar archive ({e})") from None
@@ -206,12 +203,6 @@ class TarFiles(ArchiveFiles):
         if f is None:
             raise CorruptImage(f"{name} in the archive is not a file")
         return f  # type: ignore[return-value]
-
-    def size(self, name: str) -> int:
-        ti = self._member(name)
-        while ti.issym() or ti.islnk():
-            ti = self.tf._find_link_target(ti)  # stays inside the archive
-        return ti.size
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

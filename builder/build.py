@@ -36,11 +36,11 @@ from builder import cache as cachemod
 from builder import changes as changesmod
 from builder import meta, treediff
 from builder.recipe import Recipe, Step
+from builder.versioning import NewVersion
 from common.errors import CockerError, NotFound, UsageError
 from registry.layer import tar_codec as layer_tar
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
-from registry.oci.reference import Reference
 from registry.repo import image as imagemod
 from registry.repo.image import Image
 
@@ -83,7 +83,7 @@ class _State:
     new_layers: list[tuple[dict, str]] = field(default_factory=list)
 
 
-def build(store, recipe: Recipe, context: str, target: Reference, *, no_cache: bool = False,
+def build(store, recipe: Recipe, context: str, target: NewVersion, *, no_cache: bool = False,
           force: bool = False, log: Callable[[str], None] = lambda s: None,
           progress: Any = None) -> BuildResult:
     ctx = os.path.realpath(context)
@@ -135,7 +135,7 @@ def build(store, recipe: Recipe, context: str, target: Reference, *, no_cache: b
     return BuildResult(img, n, cached, built, [d["digest"] for d, _ in st.new_layers])
 
 
-def _publish(store, base: Image, recipe: Recipe, st: _State, target: Reference,
+def _publish(store, base: Image, recipe: Recipe, st: _State, target: NewVersion,
              sde: int | None, force: bool) -> Image:
     if sde is not None:
         created = meta.timestamp(sde)

@@ -14,6 +14,7 @@ import json
 import time
 from typing import Any
 
+from common.errors import CockerError
 from common.fsutil import atomic_write, flock
 from registry.oci import manifest as oci
 
@@ -46,7 +47,7 @@ class BuildCache:
         if layer is not None:
             try:
                 oci.check_descriptor(layer, "cached layer")
-            except Exception:
+            except CockerError:
                 return None
             if not self.store.has_blob(layer["digest"]):
                 return None   # collected since: build it again

@@ -23,10 +23,10 @@ from typing import Any
 from builder import changes as changesmod
 from builder import meta, treediff
 from builder.changes import Change
+from builder.versioning import NewVersion
 from common.errors import CockerError, Conflict, UsageError
 from registry.layer import tar_codec as layer_tar
 from registry.oci import reference as refmod
-from registry.oci.reference import Reference
 from registry.repo import image as imagemod
 from registry.repo.image import Image
 from registry.repo.repository import RefRecord
@@ -60,13 +60,13 @@ def base_image(store, digest: str, image_text: str) -> Image:
     return imagemod.load_record(store, RefRecord(name, version, digest))
 
 
-def commit(store, name: str, target: Reference, *, message: str | None = None,
+def commit(store, name: str, target: NewVersion, *, message: str | None = None,
            author: str | None = None, changes: list[Change] | None = None, pause: bool = False,
            force: bool = False, allow_empty: bool = False, progress: Any = None) -> CommitResult:
     from runtime.container import lifecycle, record
     c = record.load(store, name)
     state = c.state()
-    frozen = contextlib.nullcontext()
+    frozen: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if state == "running":
         if not pause:
             raise UsageError(f"container {name} is running: stop it first, or add --pause to "

@@ -60,7 +60,7 @@ def export_image(store: Store, ref: str, dest: str, fmt: str | None = None, *,
     for ext, comp in ((".tar", "none"), (".tar.gz", "gzip"), (".tgz", "gzip"),
                       (".tar.zst", "zstd")):
         if dest.endswith(ext):
-            return _to_file(dest, lambda tmp: _packed_rootfs(store, img, tmp, comp))
+            return _to_file(dest, lambda tmp, comp=comp: _packed_rootfs(store, img, tmp, comp))
     return _rootfs_dir(store, img, dest)
 
 
@@ -134,7 +134,7 @@ def _oci_dir(store: Store, img: Image, dest: str, compression: str, progress: An
 def _recompressed(store: Store, img: Image, repo: LayoutRepo, compression: str) -> str:
     """The image again in `repo` with its layers recompressed; same diff_ids and config."""
     descs = []
-    for desc, diff in zip(img.layers, img.diff_ids):
+    for desc, diff in zip(img.layers, img.diff_ids, strict=True):
         if oci.COMPRESSION_OF.get(desc["mediaType"]) == compression:
             copymod.copy_blob(store, repo, desc["digest"], desc["size"])
             descs.append(dict(desc))
@@ -152,9 +152,9 @@ def _recompressed(store: Store, img: Image, repo: LayoutRepo, compression: str) 
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         descs.append(packed.descriptor())
-    out = imagemod.publish(repo, img.name, img.version, img.config, descs, force=True,
-                           annotations=img.manifest.get("annotations") or None)
-    return out.digest
+    published = imagemod.publish(repo, img.name, img.version, img.config, descs, force=True,
+                                 annotations=img.manifest.get("annotations") or None)
+    return published.digest
 
 
 def _oci_tar(store: Store, img: Image, tmp: str, compression: str, progress: Any) -> None:
@@ -194,7 +194,7 @@ def _docker_archive(store: Store, img: Image, tmp: str) -> None:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
             _add_bytes(tf, config_name, config_raw)
             seen: set[str] = set()
-            for desc, diff in zip(img.layers, img.diff_ids):
+            for desc, diff in zip(img.layers, img.diff_ids, strict=True):
                 name = digestmod.hex_of(diff) + "/layer.tar"
                 layer_names.append(name)
                 if diff in seen:
@@ -233,7 +233,7 @@ def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def flatten(store: Store, img: Image, dest: str) -> None:
     """Apply every layer, bottom to top, into `dest` (whiteouts delete)."""
-    for i, (desc, diff) in enumerate(zip(img.layers, img.diff_ids)):
+    for i, (desc, diff) in enumerate(zip(img.layers, img.diff_ids, strict=True)):
         with store.open_blob(desc["digest"]) as f:
             got = layer_tar.unpack(f, dest, whiteouts="apply")
         if got != diff:

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from builder import archive_formats as af
+from builder.versioning import NewVersion
 from common.errors import CockerError, Conflict, CorruptImage, DigestMismatch, NotFound, UsageError
 from registry.layer import tar_codec as layer_tar
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci import reference as refmod
-from registry.oci.reference import Reference
 from registry.repo import image as imagemod
 from registry.repo.store import Store
 
@@ -53,7 +53,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def _target(ref: str | None, fallback: str | None) -> Reference:
+def _target(ref: str | None, fallback: str | None) -> NewVersion:
     text = ref or fallback
     if not text:
         raise UsageError("no REF given and the source names no image; "
@@ -61,7 +61,7 @@ def _target(ref: str | None, fallback: str | None) -> Reference:
     r = refmod.parse(text)
     if r.digest:
         raise UsageError(f"{text}: import needs name[:version], not a digest")
-    return Reference(r.name, r.version if r.version is not None else refmod.UNVERSIONED)
+    return NewVersion(r.name, r.version if r.version is not None else refmod.UNVERSIONED)
 
 
 def _parse_or_none(text: str | None) -> str | None:
@@ -130,9 +130,7 @@ def ingest_layer(store: Store, src: BinaryIO, diff_id: str, *, digest: str | Non
     digestmod.validate(diff_id)
     if size is not None:
         src = _SizedReader(src, size, what)  # type: ignore[assignment]
-    head = layer_tar._read_exact_head(src, 4)
-    kind = layer_tar.detect_compression(head)
-    stream = layer_tar._Prefixed(head, src)
+    kind, stream = layer_tar.sniff(src)
     tmp = store.new_tmp_path("import")
     try:
         with open(tmp, "wb", buffering=layer_tar.CHUNK) as out:
@@ -230,14 +228,14 @@ def _docker_candidates(files: af.ArchiveFiles) -> list[_Candidate]:
     if not isinstance(entries, list) or not entries:
         raise CorruptImage("manifest.json lists no images")
     out = []
-    for e in entries:
-        if not isinstance(e, dict) or not isinstance(e.get("Config"), str) or not isinstance(
-                e.get("Layers"), list):
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) or not isinstance(
+                entry.get("Layers"), list):
             raise CorruptImage("manifest.json: malformed entry")
-        tags = [t for t in (e.get("RepoTags") or []) if isinstance(t, str)]
+        tags = [t for t in (entry.get("RepoTags") or []) if isinstance(t, str)]
         default = next((p for p in (_parse_or_none(_strip_docker_host(t)) for t in tags) if p),
                        None)
-        out.append(_Candidate(tags, default, lambda e=e: _load_docker(files, e)))
+        out.append(_Candidate(tags, default, lambda entry=entry: _load_docker(files, entry)))
     return out
 
 
@@ -343,7 +341,7 @@ def import_image(store: Store, source: str, ref: str | None = None, *,
                         [d["digest"] for d in descs])
 
 
-def _refuse_existing(store: Store, target: Reference, force: bool) -> None:
+def _refuse_existing(store: Store, target: NewVersion, force: bool) -> None:
     if not force and store.get_ref(target.name, target.version) is not None:
         raise Conflict(f"{target} already exists in the local store; use --force to replace it")
 

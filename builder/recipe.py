@@ -256,6 +256,7 @@ class _Parser:
         raise self.fail(where, "run must be a command string or a non-empty array of strings")
 
     def _copy(self, step: Step, where: list, v: Any, used: dict) -> None:
+        srcs: Any
         if isinstance(v, list):
             if len(v) < 2 or not all(isinstance(x, str) and x for x in v):
                 raise self.fail(where, "copy = [SOURCE..., DESTINATION] needs at least two "

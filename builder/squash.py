@@ -27,16 +27,16 @@ from typing import Any
 
 from builder import meta
 from builder.treediff import OPAQUE
+from builder.versioning import NewVersion
 from common.errors import DigestMismatch, UsageError
 from registry.layer import tar_codec as layer_tar
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
-from registry.oci.reference import Reference
 from registry.repo import image as imagemod
 from registry.repo.image import Image
 
 
-def squash(store, src: str, target: Reference, *, since: str | None = None,
+def squash(store, src: str, target: NewVersion, *, since: str | None = None,
            force: bool = False, message: str | None = None, author: str | None = None,
            progress: Any = None) -> Image:
     img = imagemod.load(store, src)
@@ -82,7 +82,7 @@ def squash_layers(store, layers: list[dict], diff_ids: list[str], *, keep_whiteo
     try:
         acc = os.path.join(work, "acc")
         os.mkdir(acc)
-        for i, (desc, diff_id) in enumerate(zip(layers, diff_ids)):
+        for i, (desc, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
             if keep_whiteouts:
                 tree = os.path.join(work, f"l{i}")
                 os.mkdir(tree)

@@ -9,11 +9,23 @@ concurrent bumps cannot both win).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from common.errors import AlreadyExists, UsageError
 from registry.oci import reference as refmod
-from registry.oci.reference import Reference
 from registry.repo.repository import Repository
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """The exact name:version an image is about to be published as."""
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
 
 _NUMERIC = re.compile(r"^[vV]?\d+(\.\d+)*(-[0-9A-Za-z.-]+)?$")
 
@@ -24,7 +36,7 @@ def newest_numeric(repo: Repository, name: str) -> str | None:
 
 
 def target(repo: Repository, text: str, bump: str | None = None, *, force: bool = False,
-           default_bump: str | None = None) -> Reference:
+           default_bump: str | None = None) -> NewVersion:
     """The exact reference a new image will be published as.
 
     `default_bump` applies when `text` is a bare name and no `bump` is given (edit uses
@@ -37,12 +49,13 @@ def target(repo: Repository, text: str, bump: str | None = None, *, force: bool 
         raise UsageError(f"{text}: give either a version or --bump, not both")
     part = bump or (default_bump if ref.version is None else None)
     if part:
-        version = refmod.bump(newest_numeric(repo, ref.name), part)
-        ref = Reference(ref.name, version)
+        new = NewVersion(ref.name, refmod.bump(newest_numeric(repo, ref.name), part))
     elif ref.version is None:
         raise UsageError(f"{text}: say which version to create (name:version), "
                          "or add --bump patch|minor|major")
-    if not force and repo.get_ref(ref.name, ref.version) is not None:
-        raise AlreadyExists(f"{ref} already exists; use --force to replace it "
+    else:
+        new = NewVersion(ref.name, ref.version)
+    if not force and repo.get_ref(new.name, new.version) is not None:
+        raise AlreadyExists(f"{new} already exists; use --force to replace it "
                             "or --bump to make the next version")
-    return ref
+    return new

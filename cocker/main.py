@@ -6,6 +6,7 @@ Command groups load lazily (start-up time matters for `container run`).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 

@@ -22,6 +22,7 @@ def _run_with_services(*args, **kw):
             name, _ = brocker_json.run_file(ctx.store, spec_file)
             click.echo(name)
             return 0
+    assert _plain_run is not None  # installed only over an existing run command
     return _plain_run(*args, **kw)
 
 

@@ -16,7 +16,7 @@ from common.errors import Conflict, NotFound
 from registry.oci import digest as digestmod
 from registry.oci import reference as refmod
 from registry.repo import image as imagemod
-from registry.repo.repository import ANY
+from registry.repo.repository import ANY, RefRecord
 
 EXTENSIONS = ("cocker.commands.image_io", "cocker.commands.image_transfer",
               "cocker.commands.image_build")
@@ -67,7 +67,7 @@ def inspect_cmd(ctx, ref: str, as_json: bool) -> None:
         if cfg.get(key):
             click.echo(f"{key + ':':<12}{cfg[key]}")
     click.echo("Layers:")
-    for layer, diff in zip(img.layers, img.diff_ids):
+    for layer, diff in zip(img.layers, img.diff_ids, strict=True):
         click.echo(f"  {layer['digest']}  {human_size(layer['size']):>9}  "
                    f"{layer['mediaType'].rsplit('.', 1)[-1]}  (diff {digestmod.short(diff)})")
 
@@ -132,7 +132,7 @@ def rm_cmd(ctx, refs: tuple[str, ...], force: bool, all_versions: bool,
         return
     store = ctx.store
     sources = store.container_sources()
-    targets = []
+    targets: list[RefRecord] = []
     for text in refs:
         ref = refmod.parse(text)
         recs = store.list_refs(ref.name) if all_versions else [store.resolve(ref)]

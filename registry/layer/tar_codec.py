@@ -237,6 +237,13 @@ def _read_exact_head(stream: BinaryIO, n: int) -> bytes:
     return head
 
 
+def sniff(stream: BinaryIO) -> tuple[str, BinaryIO]:
+    """The compression of `stream` by its magic bytes, and a reader that still yields the
+    stream from its first byte (the sniffed bytes are not lost on a pipe)."""
+    head = _read_exact_head(stream, 4)
+    return detect_compression(head), io.BufferedReader(_Prefixed(head, stream), CHUNK)
+
+
 def open_layer(stream: BinaryIO) -> BinaryIO:
     """A reader of the uncompressed tar behind `stream` (gzip, zstd or plain, by magic)."""
     head = _read_exact_head(stream, 4)
@@ -250,7 +257,7 @@ def open_layer(stream: BinaryIO) -> BinaryIO:
     return raw
 
 
-_DECOMPRESS_ERRORS = (zstandard.ZstdError, zlib.error, EOFError, gzip.BadGzipFile)
+DECOMPRESS_ERRORS = (zstandard.ZstdError, zlib.error, EOFError, gzip.BadGzipFile)
 
 
 class _Counted:
@@ -279,7 +286,7 @@ def layer_diff_id(stream: BinaryIO, limits: LayerLimits | None = None) -> tuple[
             h.update(chunk)
             n += len(chunk)
             lim.check_ratio(n, counted.n)
-    except _DECOMPRESS_ERRORS as e:
+    except DECOMPRESS_ERRORS as e:
         raise CorruptImage(f"layer does not decompress: {e}") from None
     return "sha256:" + h.hexdigest(), n
 
@@ -296,7 +303,7 @@ def pack_tar_stream(stream: BinaryIO, out: BinaryIO, *, compression: str = "zstd
             if progress is not None:
                 progress.update(len(chunk))
         return w.finish()
-    except _DECOMPRESS_ERRORS as e:
+    except DECOMPRESS_ERRORS as e:
         raise CorruptImage(f"layer does not decompress: {e}") from None
     finally:
         w.abort()
@@ -630,7 +637,7 @@ class _CappedReader(io.RawIOBase):
         while got < n:  # tarfile treats a short read as the end of the data
             try:
                 data = self.src.read(n - got)
-            except _DECOMPRESS_ERRORS as e:
+            except DECOMPRESS_ERRORS as e:
                 raise CorruptImage(f"layer does not decompress: {e}") from None
             if not data:
                 break
@@ -1014,7 +1021,7 @@ def unpack_layer(stream: BinaryIO, dest: str, *, whiteouts: str = "overlay",
     counted = _Counted(stream)
     try:
         raw = open_layer(counted)  # type: ignore[arg-type]
-    except _DECOMPRESS_ERRORS as e:
+    except DECOMPRESS_ERRORS as e:
         raise CorruptImage(f"layer does not decompress: {e}") from None
     capped = _CappedReader(raw, limit, why, lim, counted)
     u = _Unpacker(dest, whiteouts, allow_devices, skip_devices, lim)
@@ -1053,7 +1060,7 @@ def unpack_layer(stream: BinaryIO, dest: str, *, whiteouts: str = "overlay",
                                    f"{shorten(current)}?)")
     except tarfile.TarError as e:
         raise CorruptImage(f"layer is not a valid tar (at {shorten(current)}): {e}") from None
-    except _DECOMPRESS_ERRORS as e:
+    except DECOMPRESS_ERRORS as e:
         raise CorruptImage(f"layer does not decompress (at {shorten(current)}): {e}") from None
     except CockerError:
         raise
