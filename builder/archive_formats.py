@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from common.errors import CorruptImage, NotFound, UnsafeArchive
 from registry.layer import tar_codec as layer_tar
+from registry.transports.legacy import names as legacy_names
 
 ROOTFS_DIR = "rootfs-dir"
 ROOTFS_TAR = "rootfs-tar"
@@ -32,7 +33,7 @@ DOCKER_ARCHIVE = "docker-archive"
 DOCKER_DIR = "docker-dir"
 FORMATS = (ROOTFS_DIR, ROOTFS_TAR, COCKERIMAGE, OCI_DIR, OCI_TAR, DOCKER_ARCHIVE, DOCKER_DIR)
 
-COCKERIMAGE_SUFFIX = ".cockerimage"
+COCKERIMAGE_SUFFIX = legacy_names.SUFFIX
 
 # Every name an OCI or docker-save archive holds; anything else means a root filesystem.
 _HEX = r"[0-9a-f]{64}"
@@ -100,12 +101,11 @@ def detect(path: str) -> str:
     return ROOTFS_TAR
 
 
-def name_from_cockerimage(path: str) -> str:
-    """`name[:version].cockerimage` -> `name:version` (no version: cocker's `_`).
-    cocker's `author=name` becomes `author/name`."""
-    base = os.path.basename(path)[: -len(COCKERIMAGE_SUFFIX)]
-    name, sep, version = base.partition(":")
-    return f"{name.replace('=', '/')}:{version if sep and version else '_'}"
+def name_from_cockerimage(path: str) -> str | None:
+    """`name[:version].cockerimage` -> `name:version` (no version: cocker's `_`), None when
+    the file is not named that way. C cocker's `author=name` becomes `author/name`."""
+    parsed = legacy_names.parse_filename(os.path.basename(path))
+    return None if parsed is None else f"{legacy_names.cocker_name(parsed[0])}:{parsed[1]}"
 
 
 class ArchiveFiles:

@@ -27,6 +27,7 @@ from registry.repo import image as imagemod
 from registry.repo.image import Image
 from registry.repo.layout import LayoutRepo, is_layout
 from registry.repo.store import Store
+from registry.transports.legacy import names as legacy_names
 
 EXPORT_FORMATS = ("oci", "docker-archive", "cockerimage", "rootfs")
 
@@ -65,11 +66,8 @@ def export_image(store: Store, ref: str, dest: str, fmt: str | None = None, *,
 
 
 def cockerimage_name(img: Image) -> str:
-    """cocker's file name: `name:version.cockerimage` (`name.cockerimage` when unversioned)."""
-    name = img.name.replace("/", "=")
-    if img.version == refmod.UNVERSIONED:
-        return name + af.COCKERIMAGE_SUFFIX
-    return f"{name}:{img.version}{af.COCKERIMAGE_SUFFIX}"
+    """C cocker's file name: `author=name:version.cockerimage` (no version part for `_`)."""
+    return legacy_names.filename(img.name, img.version)
 
 
 def _tmp_beside(dest: str) -> str:

@@ -37,6 +37,7 @@ class ImportResult:
     digest: str
     format: str
     layers: list[str] = field(default_factory=list)
+    dropped_devices: int = 0     # device nodes left out (a rootfs's /dev: the runtime makes it)
 
     @property
     def ref(self) -> str:
@@ -44,7 +45,8 @@ class ImportResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"ref": self.ref, "name": self.name, "version": self.version,
-                "digest": self.digest, "format": self.format, "layers": self.layers}
+                "digest": self.digest, "format": self.format, "layers": self.layers,
+                "dropped_devices": self.dropped_devices}
 
 
 def _now() -> str:
@@ -311,11 +313,12 @@ def import_image(store: Store, source: str, ref: str | None = None, *,
     if ref is not None:
         target = _target(ref, None)
         _refuse_existing(store, target, force)
+    dropped = 0
     if fmt in (af.ROOTFS_DIR, af.ROOTFS_TAR, af.COCKERIMAGE):
         fallback = af.name_from_cockerimage(source) if fmt == af.COCKERIMAGE else None
         target = _target(ref, fallback)
         _refuse_existing(store, target, force)
-        layer = _import_rootfs(store, source, fmt, compression, progress)
+        layer, dropped = _import_rootfs(store, source, fmt, compression, progress)
         created = _now()
         config = oci.new_config([layer.diff_id], created=created, history=[{
             "created": created,
@@ -338,7 +341,7 @@ def import_image(store: Store, source: str, ref: str | None = None, *,
                                               what=f"layer {i + 1}/{len(layers)}"))
     img = imagemod.publish(store, target.name, target.version, config, descs, force=force)
     return ImportResult(target.name, target.version, img.digest, fmt,
-                        [d["digest"] for d in descs])
+                        [d["digest"] for d in descs], dropped)
 
 
 def _refuse_existing(store: Store, target: NewVersion, force: bool) -> None:
@@ -347,22 +350,23 @@ def _refuse_existing(store: Store, target: NewVersion, force: bool) -> None:
 
 
 def _import_rootfs(store: Store, source: str, fmt: str, compression: str,
-                   progress: Any) -> layer_tar.PackedLayer:
+                   progress: Any) -> tuple[layer_tar.PackedLayer, int]:
+    """The layer, and how many device nodes were left out of it."""
     if fmt == af.ROOTFS_DIR:
         # Device nodes would make the image unusable (unpacking refuses them): a rootfs's
         # /dev is the runtime's business, as for tarballs below.
         return layer_tar.pack_into(store, source, compression=compression, progress=progress,
-                                   skip_devices=True)
+                                   skip_devices=True), 0
     # A tarball is made safe and normal by a round trip through a scratch tree: the safe
     # unpacker refuses anything hostile, the packer makes it reproducible. Whiteouts
     # (`.wh.` files, or char 0/0 nodes in a legacy cocker layer) survive as overlay form.
     scratch = tempfile.mkdtemp(prefix="import.", dir=store.tmp_dir)
     try:
         with open(source, "rb") as f:
-            layer_tar.unpack(f, os.path.join(scratch, "root"), whiteouts="overlay",
-                             skip_devices=True)
+            unpacked = layer_tar.unpack_layer(f, os.path.join(scratch, "root"),
+                                              whiteouts="overlay", skip_devices=True)
         return layer_tar.pack_into(store, os.path.join(scratch, "root"),
                                    compression=compression, overlay_upper=True,
-                                   progress=progress)
+                                   progress=progress), unpacked.skipped_devices
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -36,5 +36,13 @@ def warn(msg: str) -> None:
     click.echo(f"cocker: warning: {msg}", err=True)
 
 
+def dropped_devices_notice(ref: str, count: int) -> None:
+    """One line for the device nodes an import left out (a rootfs's /dev, as C cocker's images
+    carry it): the runtime gives every container a fresh /dev."""
+    if count:
+        click.echo(f"cocker: notice: {ref}: left out {count} device node(s) such as /dev's; "
+                   "the runtime makes /dev in every container", err=True)
+
+
 def is_tty() -> bool:
     return sys.stdout.isatty()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -408,24 +409,66 @@ def test_legacy_cockerimage_repo(machines, tmp_path, sshd):
     url = sshd.url(str(legacy_dir))
     rows = machines.json(machines.a, "image", "search", "--repo", url, "--legacy")
     assert [(r["name"], r["version"]) for r in rows] == [
-        ("calvin-tools", "1.0"), ("calvin-tools", "1.1"), ("unversioned", "_")]
+        ("calvin/tools", "1.0"), ("calvin/tools", "1.1"), ("unversioned", "_")]
     # Auto-detected without --legacy too (the directory has no oci-layout).
     rows2 = machines.json(machines.a, "image", "search", "tools", "--repo", url)
     assert len(rows2) == 2
     res = machines.json(machines.a, "image", "pull", "calvin=tools", "--repo", url, "--legacy")
-    assert res[0]["reference"] == "calvin-tools:1.1"
-    info = json.loads(machines.run(machines.a, "image", "inspect", "calvin-tools:1.1",
+    assert res[0]["reference"] == "calvin/tools:1.1"
+    info = json.loads(machines.run(machines.a, "image", "inspect", "calvin/tools:1.1",
                                    "--json").stdout)
     assert len(info["layers"]) == 1
     assert "ok:" in machines.run(machines.a, "image", "fsck").stdout
     # And back: --legacy push writes a .cockerimage (the one gzip layer, as stored).
-    machines.run(machines.a, "image", "tag", "calvin-tools:1.1", "tools:2.0")
+    machines.run(machines.a, "image", "tag", "calvin/tools:1.1", "tools:2.0")
     machines.run(machines.a, "image", "push", "tools:2.0", "--repo", url, "--legacy")
     assert (legacy_dir / "tools:2.0.cockerimage").read_bytes() == (
         legacy_dir / "calvin=tools:1.1.cockerimage").read_bytes()
     p = machines.run(machines.a, "image", "push", "tools:2.0", "--repo", url, "--legacy",
                      check=False)
     assert "already exists" in one_line_error(p)
+
+
+def test_c_cocker_images_both_ways(machines, tmp_path, sshd, busybox_rootfs):
+    """An image as C cocker's scripts make one (its layer directory, /dev nodes and all, in a
+    gzip tar named author=name:version.cockerimage in the srepo user's home) comes in by pull
+    and by import under one name, boots, and goes back out where C cocker finds it."""
+    rlayer = busybox_rootfs
+    os.makedirs(os.path.join(rlayer, "dev"), exist_ok=True)
+    for node, minor in (("null", 3), ("zero", 5), ("random", 8)):
+        os.mknod(os.path.join(rlayer, "dev", node), 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+    chome = tmp_path / "c-srepo-home"
+    chome.mkdir()
+    cimg = chome / "calvin=busybox:1.0.0.cockerimage"
+    subprocess.run(["tar", "-czf", str(cimg), *sorted(os.listdir(rlayer))], cwd=rlayer, check=True)
+    url = sshd.url(str(chome))
+
+    p = machines.run(machines.a, "image", "pull", "calvin=busybox:1.0.0", "--repo", url, "--legacy")
+    assert "calvin/busybox:1.0.0" in p.stdout
+    notices = [line for line in p.stderr.splitlines() if "notice" in line]
+    assert len(notices) == 1 and "3 device node(s)" in notices[0], p.stderr
+    p = machines.run(machines.b, "image", "import", str(cimg))        # the same file, locally
+    assert p.stdout.startswith("calvin/busybox:1.0.0 ") and "3 device node(s)" in p.stderr
+    p = machines.run(machines.a, "container", "run", "--rm", "--net", "none",
+                     "calvin/busybox:1.0.0", "sh", "-c", "echo x > /dev/null && echo booted")
+    assert p.stdout == "booted\n"
+
+    # and back: cocker's author/name is C cocker's author=name, on push and on export
+    machines.run(machines.a, "image", "tag", "calvin/busybox:1.0.0", "calvin/busybox:1.0.1")
+    machines.run(machines.a, "image", "push", "calvin/busybox:1.0.1", "--repo", url, "--legacy")
+    pushed = chome / "calvin=busybox:1.0.1.cockerimage"
+    crlayer = tmp_path / "c-rlayer"                  # C cocker's spull: tar xzf into rlayer/
+    crlayer.mkdir()
+    subprocess.run(["tar", "-xzf", str(pushed), "-C", str(crlayer)], check=True)
+    assert (crlayer / "bin" / "busybox").is_file() and (crlayer / "etc" / "motd").is_file()
+    out = tmp_path / "exported"
+    out.mkdir()
+    machines.run(machines.a, "image", "export", "calvin/busybox:1.0.1", str(out),
+                 "--format", "cockerimage")
+    assert os.listdir(out) == ["calvin=busybox:1.0.1.cockerimage"]
+    rows = machines.json(machines.a, "image", "search", "--repo", url, "--legacy")
+    assert [(r["name"], r["version"]) for r in rows] == [("calvin/busybox", "1.0.0"),
+                                                         ("calvin/busybox", "1.0.1")]
 
 
 def test_pulled_image_boots(machines, tmp_path, busybox_rootfs):

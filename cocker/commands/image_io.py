@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cocker.commands.image import image
-from cocker.output import print_json
+from cocker.output import dropped_devices_notice, print_json
 
 # Spelled out here so that loading the image group does not import the codec (start-up time).
 IMPORT_FORMATS = ("rootfs-dir", "rootfs-tar", "cockerimage", "oci-dir", "oci-tar",
@@ -37,6 +37,7 @@ def import_cmd(ctx, source: str, ref: str | None, fmt: str | None, source_ref: s
                                      progress=progress)
     finally:
         progress.close()
+    dropped_devices_notice(res.ref, res.dropped_devices)
     if as_json:
         print_json(res.as_dict())
     else:

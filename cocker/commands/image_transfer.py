@@ -15,7 +15,7 @@ import time
 import click
 
 from cocker.commands.image import image
-from cocker.output import human_size, print_json, print_table
+from cocker.output import dropped_devices_notice, human_size, print_json, print_table
 from common.errors import CockerError, NotARepository, NotFound, UsageError
 from registry import transfer
 from registry.oci import digest as digestmod
@@ -229,8 +229,19 @@ def _legacy_pull(ctx, repo_spec, refs, all_versions, force, kw, as_json, probe=F
                 with contextlib.closing(legacy.open(img)) as src, open(tmp, "wb") as f:
                     while chunk := src.read(1 << 20):
                         f.write(chunk)
-                result = legacy_srepo.import_file(store, tmp, img.name, img.version,
-                                                  created=img.mtime, force=force)
+                scan = legacy_srepo.scan_layer_tar(tmp)
+                if scan.devices:
+                    # C cocker's images carry /dev: made into an image as `image import`
+                    # makes one (devices left out), not kept byte for byte
+                    from builder import importers
+                    from builder.archive_formats import COCKERIMAGE
+                    result = importers.import_image(store, tmp, f"{img.name}:{img.version}",
+                                                    fmt=COCKERIMAGE, force=force)
+                    dropped_devices_notice(f"{img.name}:{img.version}", result.dropped_devices)
+                else:
+                    result = legacy_srepo.import_file(store, tmp, img.name, img.version,
+                                                      created=img.mtime, force=force,
+                                                      diff_id=scan.diff_id)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)

@@ -28,9 +28,10 @@ from common.errors import AlreadyExists, CockerError, NotFound, TransportError, 
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci import reference as refmod
+from registry.transports.legacy import names
 from registry.transports.ssh.sftp_repo import finish_pipelined, open_sftp
 
-SUFFIX = ".cockerimage"
+SUFFIX = names.SUFFIX
 CHUNK = 1 << 20
 
 
@@ -44,32 +45,14 @@ class LegacyImage:
 
     @property
     def name(self) -> str:
-        """The name mapped onto OCI rules (lowercase, separators for other characters)."""
-        return legacy_to_name(self.raw_name)
+        """The name in cocker's terms (`author=name` is `author/name`)."""
+        return names.cocker_name(self.raw_name)
 
     def summary(self) -> dict:
         return {"name": self.name, "version": self.version, "legacy_name": self.raw_name,
                 "file": self.filename, "size": self.size, "digest": None,
                 "created": datetime.datetime.fromtimestamp(
                     self.mtime, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-
-
-def legacy_to_name(raw: str) -> str:
-    n = re.sub(r"[^a-z0-9._/-]+", "-", raw.lower())
-    n = re.sub(r"([._-])[._-]+", r"\1", n).strip("._-/") or "image"
-    return n
-
-
-def parse_filename(fn: str) -> tuple[str, str] | None:
-    if not fn.endswith(SUFFIX) or fn.startswith("."):
-        return None
-    stem = fn[: -len(SUFFIX)]
-    name, sep, version = stem.rpartition(":")
-    if not sep:
-        name, version = stem, refmod.UNVERSIONED
-    if not name or not refmod.VERSION_RE.match(version):
-        return None
-    return name, version
 
 
 class LegacyRepo:
@@ -111,7 +94,7 @@ class LegacyRepo:
             raise TransportError(f"{self.describe()}: {e}") from None
         out = []
         for a in entries:
-            parsed = parse_filename(a.filename)
+            parsed = names.parse_filename(a.filename)
             if parsed and stat.S_ISREG(a.st_mode or 0):
                 out.append(LegacyImage(parsed[0], parsed[1], int(a.st_size or 0),
                                        float(a.st_mtime or 0), a.filename))
@@ -119,8 +102,9 @@ class LegacyRepo:
         return out
 
     def find(self, name: str, version: str | None) -> LegacyImage:
-        """By raw or mapped name; a missing version means the newest."""
-        cands = [i for i in self.list() if name in (i.raw_name, i.name)]
+        """By C cocker's name or cocker's; a missing version means the newest."""
+        cands = [i for i in self.list() if name in (i.raw_name, i.name)
+                 or names.cocker_name(name) == i.name]
         if version is not None:
             cands = [i for i in cands if i.version == version]
         if not cands:
@@ -137,9 +121,9 @@ class LegacyRepo:
 
     def upload(self, name: str, version: str, src: BinaryIO, *, force: bool = False,
                progress: Callable[[int], None] | None = None) -> str:
-        """Write `<name>:<version>.cockerimage` (tmp -> rename); refuses to replace unless
-        `force` (as cocker's spush did)."""
-        fn = f"{name}{SUFFIX}" if version == refmod.UNVERSIONED else f"{name}:{version}{SUFFIX}"
+        """Write cocker's `name:version` as C cocker's `<author=name>:<version>.cockerimage`
+        (tmp -> rename); refuses to replace unless `force` (as cocker's spush did)."""
+        fn = names.filename(name, version)
         dest = posixpath.join(self.dir, fn)
         try:
             self.sftp.stat(dest)
@@ -185,9 +169,16 @@ class _Hashing:
         return d
 
 
-def check_layer_tar(path: str) -> str:
-    """diff_id of a gzip tar, after a streaming look at every member: no absolute paths,
-    no `..`, no devices (the runtime's unpack checks again, component by component)."""
+@dataclass
+class LayerScan:
+    diff_id: str
+    devices: list[str]     # device nodes: C cocker's image scripts put /dev in the image
+
+
+def scan_layer_tar(path: str) -> LayerScan:
+    """diff_id and device nodes of a gzip tar, after a streaming look at every member: no
+    absolute paths, no `..` (the runtime's unpack checks again, component by component)."""
+    devices = []
     try:
         with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
             hr = _Hashing(gz)
@@ -198,19 +189,28 @@ def check_layer_tar(path: str) -> str:
                     if name.startswith("/") or ".." in parts:
                         raise UnsafeArchive(f"cockerimage member {name!r} escapes the root")
                     if m.isblk() or (m.ischr() and (m.devmajor, m.devminor) != (0, 0)):
-                        raise UnsafeArchive(f"cockerimage member {name!r} is a device")
+                        devices.append("/".join(parts))
             while hr.read(CHUNK):
                 pass
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise UnsafeArchive(f"not a valid cockerimage (gzip tar): {e}") from None
-    return "sha256:" + hr.h.hexdigest()
+    return LayerScan("sha256:" + hr.h.hexdigest(), devices)
+
+
+def check_layer_tar(path: str) -> str:
+    """diff_id of a gzip tar that can be kept byte for byte as a layer: no escapes, no devices."""
+    scan = scan_layer_tar(path)
+    if scan.devices:
+        raise UnsafeArchive(f"cockerimage member {scan.devices[0]!r} is a device")
+    return scan.diff_id
 
 
 def import_file(repo, path: str, name: str, version: str, *, created: float | None = None,
-                force: bool = False):
-    """Make `name:version` in `repo` (a LayoutRepo) from a downloaded .cockerimage."""
+                force: bool = False, diff_id: str | None = None):
+    """Make `name:version` in `repo` (a LayoutRepo) from a downloaded .cockerimage without
+    devices (`diff_id`: from a scan already made)."""
     from registry.repo import image as imagemod
-    diff_id = check_layer_tar(path)
+    diff_id = diff_id or check_layer_tar(path)
     layer_digest, size = digestmod.of_file(path)
     repo.ingest(path, layer_digest)
     when = datetime.datetime.fromtimestamp(created or 0, datetime.UTC).strftime(
