@@ -3,8 +3,11 @@ passphrase (paramiko raised a bare TypeError for OpenSSH-format ed25519 keys).""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -64,3 +67,52 @@ def test_passphrase_key_held_by_the_agent(sshd, encrypted_key, agent, tmp_path):
         assert conn.get_transport().is_authenticated()
     finally:
         conn.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (sshd's per-connection children), deepest last."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except OSError:
+            kids = []
+        out += kids
+        todo += kids
+    return out
+
+
+@pytest.mark.parametrize("mode", ["sftp", "smart"])
+def test_sshd_killed_mid_push(sshd, tmp_path, mode):
+    from registry.repo.store import Store
+    from tests.support.sshd import make_test_image, tar_layer
+    from tests.test_ssh_repo import mode_url
+    home = str(tmp_path / "home")
+    make_test_image(Store(home), "big", "1", [tar_layer({"blob": os.urandom(160 << 20)})])
+    url = mode_url(sshd, str(tmp_path / "remote"), mode)
+    env = dict(sshd.client_env(), COCKER_QUIET="1")
+    p = subprocess.Popen([sys.executable, "-m", "cocker.main", "--home", home, "image", "push",
+                          "big:1", "--repo", url, "--init"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        uploads = tmp_path / "remote" / "tmp" / "uploads"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and p.poll() is None:
+            if uploads.is_dir() and any(f.stat().st_size > (1 << 20) for f in uploads.iterdir()):
+                break
+            time.sleep(0.01)
+        assert p.poll() is None, "the push ended before it could be interrupted"
+        for pid in _descendants(sshd.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 3, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "127.0.0.1" in err
+    assert not (tmp_path / "remote" / "refs" / "big").exists()

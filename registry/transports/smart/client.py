@@ -48,21 +48,39 @@ Opener = Callable[[], tuple[Any, Any, Callable[[], None] | None]]
 class _Conn:
     """One byte-stream pair carrying one exchange at a time."""
 
-    def __init__(self, rfile: Any, wfile: Any, closer: Callable[[], None] | None = None) -> None:
+    def __init__(self, rfile: Any, wfile: Any, closer: Callable[[], None] | None = None,
+                 where: str = "smart repository") -> None:
         self.rfile, self.wfile, self.closer = rfile, wfile, closer
+        self.where = where  # the URL, so a lost connection names the host
         self.info: dict = {}
+
+    def lost(self, why: object) -> ConnectionLost:
+        return ConnectionLost(f"{self.where}: {why}; run the command again (a push or pull "
+                              "resumes where it stopped)")
+
+    def read_line(self) -> bytes | None:
+        try:
+            return read_line(self.rfile, MAX_REPLY_LINE)
+        except ConnectionLost as e:
+            raise self.lost(e) from None
+
+    def read_exact(self, n: int) -> bytes:
+        try:
+            return read_exact(self.rfile, n)
+        except ConnectionLost as e:
+            raise self.lost(e) from None
 
     def send(self, frame: dict) -> None:
         try:
             self.wfile.write(encode(frame))
             self.wfile.flush()
         except (OSError, ValueError, EOFError) as e:
-            raise ConnectionLost(f"connection lost: {e}") from None
+            raise self.lost(f"connection lost: {e}") from None
 
     def reply(self) -> dict:
-        line = read_line(self.rfile, MAX_REPLY_LINE)
+        line = self.read_line()
         if line is None:
-            raise ConnectionLost("the server closed the connection")
+            raise self.lost("the server closed the connection")
         frame = parse_frame(line)
         if frame.get("ok") is not True:
             raise_error(frame)
@@ -77,7 +95,7 @@ class _Conn:
         # A login shell may print a banner on stdout before the server starts: skip lines
         # that are not frames (a bounded number of them).
         for _ in range(64):
-            line = read_line(self.rfile, MAX_REPLY_LINE)
+            line = self.read_line()
             if line is None:
                 raise ConnectionLost("the server closed the connection before answering "
                                      "(is srepo-server installed and the repo path right?)")
@@ -99,13 +117,13 @@ class _Conn:
             for p in parts:
                 self.wfile.write(p)
         except (OSError, ValueError, EOFError) as e:
-            raise ConnectionLost(f"connection lost: {e}") from None
+            raise self.lost(f"connection lost: {e}") from None
 
     def flush(self) -> None:
         try:
             self.wfile.flush()
         except (OSError, ValueError, EOFError) as e:
-            raise ConnectionLost(f"connection lost: {e}") from None
+            raise self.lost(f"connection lost: {e}") from None
 
     def close(self) -> None:
         for f in (self.wfile, self.rfile):
@@ -159,7 +177,7 @@ class SmartRepo(Repository):
         self._count = 0
         self._closed = False
         self._owned: list[Any] = []
-        first = _Conn(rfile, wfile, closer)
+        first = _Conn(rfile, wfile, closer, url)
         try:
             self.server_info = first.hello(client)
         except BaseException:
@@ -204,7 +222,7 @@ class SmartRepo(Repository):
         try:
             assert self._opener is not None
             r, w, closer = self._opener()
-            c = _Conn(r, w, closer)
+            c = _Conn(r, w, closer, self.url)
             try:
                 c.hello(self._client)
             except BaseException:
@@ -358,7 +376,7 @@ class _BlobReader:
             return b""
         want = self.left if n is None or n < 0 else min(n, self.left)
         try:
-            data = read_exact(self._conn.rfile, want) if want else b""
+            data = self._conn.read_exact(want) if want else b""
         except BaseException as e:
             self._finish(e)
             raise
@@ -384,7 +402,7 @@ class _BlobReader:
         try:
             while self.left:
                 n = min(self.left, CHUNK)
-                read_exact(self._conn.rfile, n)
+                self._conn.read_exact(n)
                 self.left -= n
         except BaseException as e:
             self._finish(e)

@@ -12,6 +12,7 @@ fastest ciphers paramiko has, because bulk blob transfer is the whole point.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import shlex
 import socket
@@ -26,6 +27,10 @@ import paramiko
 from paramiko.auth_strategy import AuthFailure, AuthStrategy, InMemoryPrivateKey, Password
 
 from common.errors import AuthError, TransportError
+
+# paramiko logs what its transport thread catches (a reset connection...) at ERROR; with
+# no handler configured Python prints that to stderr beside our own one-line error.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # 8 MiB receive windows on exec channels: enough to keep a fast link busy (8 MiB per
 # round trip), while a larger one let the transport thread buffer (and copy) far ahead of

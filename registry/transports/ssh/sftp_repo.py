@@ -649,7 +649,8 @@ class _SftpUpload(BlobWriter):
                 and e.errno != errno.EPIPE:
             return self.repo._os_error(e, self.partial)
         return TransportError(f"{self.repo.describe()}: connection lost during upload of "
-                              f"{digestmod.short(self.digest)} ({e or type(e).__name__})")
+                              f"{digestmod.short(self.digest)} ({str(e) or type(e).__name__}); "
+                              "run the push again: it resumes where it stopped")
 
     def commit(self) -> None:
         if self.done:
@@ -705,6 +706,11 @@ class _SftpUpload(BlobWriter):
 
     def abort(self) -> None:
         if self.f is not None:
+            f, self.f = self.f, None
+            # An aborted upload's buffered bytes are not wanted, and once the connection is
+            # lost paramiko's close fails flushing them, leaves the file open, and fails
+            # again in its __del__ (a traceback on stderr): close without flushing.
+            f.set_pipelined(False)
+            f.flush = lambda: None  # type: ignore[method-assign]
             with contextlib.suppress(Exception):
-                self.f.close()
-            self.f = None
+                f.close()
