@@ -39,7 +39,6 @@ from builder.recipe import Recipe, Step
 from builder.versioning import NewVersion
 from common.errors import CockerError, NotFound, UsageError
 from registry.layer import tar_codec as layer_tar
-from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.repo import image as imagemod
 from registry.repo.image import Image
@@ -183,12 +182,7 @@ def _squash_new(store, base: Image, st: _State, cache, no_cache: bool, sde: int 
 # run steps ------------------------------------------------------------------------------
 def _stage_image(store, config: dict, layers: list[dict]) -> str:
     """Config and manifest blobs for an intermediate image (no ref: gc takes them later)."""
-    cbytes = oci.canonical_json(config)
-    store.put_blob_bytes(digestmod.of_bytes(cbytes), cbytes)
-    mbytes = oci.canonical_json(oci.new_manifest(cbytes, layers))
-    mdigest = digestmod.of_bytes(mbytes)
-    store.put_blob_bytes(mdigest, mbytes)
-    return mdigest
+    return imagemod.stage(store, config, layers)[0]
 
 
 def _run_layer(store, base: Image, st: _State, step: Step, log: Callable[[str], None]):

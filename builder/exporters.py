@@ -21,7 +21,6 @@ from common.fsutil import atomic_write
 from registry.layer import tar_codec as layer_tar
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
-from registry.oci import reference as refmod
 from registry.repo import copy as copymod
 from registry.repo import image as imagemod
 from registry.repo.image import Image
@@ -106,7 +105,9 @@ def _oci_dir(store: Store, img: Image, dest: str, compression: str, progress: An
             with open(os.path.join(dest, "index.json")) as f:
                 old_entries = list(json.load(f).get("manifests") or [])
     repo = LayoutRepo(dest, create=True)
-    if compression == "keep" or all(oci.COMPRESSION_OF.get(d["mediaType"]) == compression
+    if img.manifest.get("mediaType") == oci.DOCKER_MANIFEST:
+        digest = _as_oci(store, img, repo, compression)
+    elif compression == "keep" or all(oci.COMPRESSION_OF.get(d["mediaType"]) == compression
                                     for d in img.layers):
         copymod.copy(img.ref, store, repo, progress=progress)
         digest = img.digest
@@ -114,8 +115,10 @@ def _oci_dir(store: Store, img: Image, dest: str, compression: str, progress: An
         digest = _recompressed(store, img, repo, compression)
     if managed:
         return dest
-    size = repo.blob_size(digest) or 0
-    entry = oci.descriptor(oci.MANIFEST, digest, size,
+    raw = repo.read_blob(digest)
+    # The manifest's own media type: a docker schema2 image stays one, and skopeo and umoci
+    # refuse an entry that claims another type than the blob it names.
+    entry = oci.descriptor(oci.manifest_media_type(raw), digest, len(raw),
                            {oci.REF_NAME: img.version, NAME_ANNOTATION: str(img.ref)})
     kept = [e for e in old_entries
             if (e.get("annotations") or {}).get(oci.REF_NAME) != img.version]
@@ -129,13 +132,30 @@ def _oci_dir(store: Store, img: Image, dest: str, compression: str, progress: An
     return dest
 
 
+def _as_oci(store: Store, img: Image, repo: LayoutRepo, compression: str) -> str:
+    """A docker schema2 image as the OCI manifest of the same config and layer bytes: an OCI
+    layout's readers (skopeo, umoci) take only OCI manifests, as `skopeo copy` converts."""
+    if compression != "keep" and not all(
+            oci.COMPRESSION_OF.get(d["mediaType"]) == compression for d in img.layers):
+        return _recompressed(store, img, repo, compression)
+    descs = []
+    for desc in img.layers:
+        copymod.copy_blob(store, repo, desc["digest"], desc["size"])
+        descs.append({**desc, "mediaType": oci.OCI_LAYER_FOR_DOCKER.get(desc["mediaType"],
+                                                                        desc["mediaType"])})
+    return imagemod.publish(repo, img.name, img.version, store.read_blob(img.config_digest),
+                            descs, force=True,
+                            annotations=img.manifest.get("annotations") or None).digest
+
+
 def _recompressed(store: Store, img: Image, repo: LayoutRepo, compression: str) -> str:
     """The image again in `repo` with its layers recompressed; same diff_ids and config."""
     descs = []
     for desc, diff in zip(img.layers, img.diff_ids, strict=True):
         if oci.COMPRESSION_OF.get(desc["mediaType"]) == compression:
             copymod.copy_blob(store, repo, desc["digest"], desc["size"])
-            descs.append(dict(desc))
+            descs.append({**desc, "mediaType": oci.OCI_LAYER_FOR_DOCKER.get(
+                desc["mediaType"], desc["mediaType"])})
             continue
         tmp = repo.new_tmp_path("recompress")
         try:
@@ -150,7 +170,8 @@ def _recompressed(store: Store, img: Image, repo: LayoutRepo, compression: str) 
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         descs.append(packed.descriptor())
-    published = imagemod.publish(repo, img.name, img.version, img.config, descs, force=True,
+    published = imagemod.publish(repo, img.name, img.version,
+                                 store.read_blob(img.config_digest), descs, force=True,
                                  annotations=img.manifest.get("annotations") or None)
     return published.digest
 

@@ -167,10 +167,20 @@ def ingest_layer(store: Store, src: BinaryIO, diff_id: str, *, digest: str | Non
 # --------------------------------------------------------------------------------------
 
 @dataclass
+class _Raw:
+    """The bytes an OCI archive holds for its manifest and config: kept as they are, so the
+    imported image has the digest it had there."""
+
+    manifest_bytes: bytes
+    config_bytes: bytes
+    manifest: dict
+
+
+@dataclass
 class _Candidate:
     names: list[str]            # how the archive calls it (ref.name, RepoTags)
     default_ref: str | None     # what to import it as when no REF is given
-    load: Any                   # () -> (config dict, [(open(), diff_id, digest|None)])
+    load: Any                   # () -> (config, [(open(), diff_id, digest|None, size)], _Raw)
 
 
 def _blob_name(d: str) -> str:
@@ -198,7 +208,7 @@ def _oci_candidates(files: af.ArchiveFiles) -> list[_Candidate]:
     return out
 
 
-def _load_oci(files: af.ArchiveFiles, desc: dict) -> tuple[dict, list]:
+def _load_oci(files: af.ArchiveFiles, desc: dict) -> tuple[dict, list, _Raw | None]:
     raw = files.read(_blob_name(desc["digest"]))
     _verify(raw, desc, "manifest")
     m = oci.parse_manifest(raw)
@@ -217,7 +227,7 @@ def _load_oci(files: af.ArchiveFiles, desc: dict) -> tuple[dict, list]:
     diff_ids = _diff_ids(config, len(m["layers"]))
     layers = [(lambda d=d: files.open(_blob_name(d["digest"])), diff, d["digest"], d["size"])
               for d, diff in zip(m["layers"], diff_ids, strict=True)]
-    return config, layers
+    return config, layers, _Raw(raw, craw, m)
 
 
 def _docker_candidates(files: af.ArchiveFiles) -> list[_Candidate]:
@@ -248,7 +258,7 @@ def _strip_docker_host(tag: str) -> str:
     return tag
 
 
-def _load_docker(files: af.ArchiveFiles, entry: dict) -> tuple[dict, list]:
+def _load_docker(files: af.ArchiveFiles, entry: dict) -> tuple[dict, list, _Raw | None]:
     config = oci.parse_json(files.read(entry["Config"]), "image config")
     diff_ids = _diff_ids(config, len(entry["Layers"]))
     layers = []
@@ -260,7 +270,7 @@ def _load_docker(files: af.ArchiveFiles, entry: dict) -> tuple[dict, list]:
         if path.startswith("blobs/sha256/") and digestmod.is_valid("sha256:" + path[13:]):
             dig = "sha256:" + path[13:]
         layers.append((lambda p=path: files.open(p), diff, dig, None))
-    return config, layers
+    return config, layers, None
 
 
 def _verify(data: bytes, desc: dict, what: str) -> None:
@@ -332,16 +342,37 @@ def import_image(store: Store, source: str, ref: str | None = None, *,
             cand = _choose(cands, source_ref, ref)
             target = _target(ref, cand.default_ref)
             _refuse_existing(store, target, force)
-            config, layers = cand.load()
+            config, layers, raw = cand.load()
             descs = []
             for i, (opener, diff, dig, size) in enumerate(layers):
                 with opener() as stream:
                     descs.append(ingest_layer(store, stream, diff, digest=dig, size=size,
                                               compression=compression, progress=None,
                                               what=f"layer {i + 1}/{len(layers)}"))
+        if raw is not None:
+            return _publish_faithful(store, target, raw, descs, fmt, force)
     img = imagemod.publish(store, target.name, target.version, config, descs, force=force)
     return ImportResult(target.name, target.version, img.digest, fmt,
                         [d["digest"] for d in descs], dropped)
+
+
+def _publish_faithful(store: Store, target: NewVersion, raw: _Raw, descs: list[dict], fmt: str,
+                      force: bool) -> ImportResult:
+    """Keep the archive's config bytes, and its manifest bytes when every layer was kept
+    as it was (an uncompressed layer is compressed on the way in: then a new manifest,
+    with the original's annotations)."""
+    version = target.version
+    # Same digests, same bytes (a docker layer type names the same gzip as the OCI one).
+    kept = [d["digest"] for d in raw.manifest["layers"]] == [d["digest"] for d in descs]
+    if kept:
+        store.put_blob_bytes(digestmod.of_bytes(raw.config_bytes), raw.config_bytes)
+        img = imagemod.publish_manifest(store, target.name, version, raw.manifest_bytes,
+                                        force=force)
+    else:
+        img = imagemod.publish(store, target.name, version, raw.config_bytes, descs,
+                               force=force, annotations=raw.manifest.get("annotations"))
+    return ImportResult(target.name, version, img.digest, fmt,
+                        [d["digest"] for d in descs])
 
 
 def _refuse_existing(store: Store, target: NewVersion, force: bool) -> None:

@@ -34,6 +34,12 @@ COMPRESSION_OF = {
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
 }
+# A docker schema2 layer type and its OCI equivalent (same bytes).
+OCI_LAYER_FOR_DOCKER = {
+    DOCKER_LAYER_GZIP: LAYER_GZIP,
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+}
 LAYER_TYPE_FOR = {"none": LAYER_TAR, "gzip": LAYER_GZIP, "zstd": LAYER_ZSTD}
 CONFIG_TYPES = (CONFIG, DOCKER_CONFIG)
 # RFC 6838 type/subtype (with +suffix and parameters): the spec's rule for any descriptor.

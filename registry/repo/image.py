@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,20 +118,48 @@ def list_images(repo: Repository, name: str | None = None) -> list[Image]:
     return out
 
 
-def publish(repo: Repository, name: str, version: str, config: dict, layers: list[dict], *,
-            force: bool = False, annotations: dict | None = None) -> Image:
+def stage(repo: Repository, config: dict | bytes, layers: list[dict],
+          annotations: dict | None = None) -> tuple[str, bytes]:
+    """Write the config and manifest blobs of an image whose layers are in `repo`; no ref.
+    (manifest digest, manifest bytes). A config given as bytes is kept byte for byte.
+
+    The one serialiser of new manifests (canonical JSON): build, commit, import and publish
+    all come through here, so one content has one digest."""
+    config_bytes = config if isinstance(config, bytes) else oci.canonical_json(config)
+    parsed = oci.parse_json(config_bytes, "image config")
+    oci.check_diff_ids((parsed.get("rootfs") or {}).get("diff_ids"), len(layers))
+    repo.put_blob_bytes(digestmod.of_bytes(config_bytes), config_bytes)
+    manifest_bytes = oci.canonical_json(oci.new_manifest(config_bytes, layers, annotations))
+    oci.parse_manifest(manifest_bytes)
+    mdigest = digestmod.of_bytes(manifest_bytes)
+    repo.put_blob_bytes(mdigest, manifest_bytes)
+    return mdigest, manifest_bytes
+
+
+def publish(repo: Repository, name: str, version: str, config: dict | bytes,
+            layers: list[dict], *, force: bool = False,
+            annotations: dict | None = None) -> Image:
     """Write config and manifest blobs (layers must already be in `repo`), then the ref.
 
     Every door that makes an image (import, commit, build, squash) comes through here, so
     an image that could not run (a layer twice) is refused before anything is written."""
-    oci.check_diff_ids((config.get("rootfs") or {}).get("diff_ids"), len(layers),
+    try:
+        mdigest, manifest_bytes = stage(repo, config, layers, annotations)
+    except CorruptImage as e:
+        raise CorruptImage(f"{name}:{version}: {e}") from None
+    return publish_manifest(repo, name, version, manifest_bytes, force=force, digest=mdigest)
+
+
+def publish_manifest(repo: Repository, name: str, version: str, manifest_bytes: bytes, *,
+                     force: bool = False, digest: str | None = None) -> Image:
+    """Point name:version at a manifest kept byte for byte (its config and layers must be
+    in `repo` already): an imported image keeps the digest it had where it came from."""
+    manifest = oci.parse_manifest(manifest_bytes)
+    oci.check_image(manifest, f"{name}:{version}")
+    mdigest = digest or digestmod.of_bytes(manifest_bytes)
+    config = oci.parse_json(repo.read_blob(manifest["config"]["digest"]), "image config")
+    oci.check_diff_ids((config.get("rootfs") or {}).get("diff_ids"), len(manifest["layers"]),
                        f"{name}:{version}: image config")
-    config_bytes = oci.canonical_json(config)
-    repo.put_blob_bytes(digestmod.of_bytes(config_bytes), config_bytes)
-    manifest = oci.new_manifest(config_bytes, layers, annotations)
-    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    oci.parse_manifest(manifest_bytes)
-    mdigest = digestmod.of_bytes(manifest_bytes)
     repo.put_blob_bytes(mdigest, manifest_bytes)
     repo.put_ref(name, version, mdigest, expect=ANY if force else None)
     return Image(name, version, mdigest, manifest, config, len(manifest_bytes),
