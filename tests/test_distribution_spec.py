@@ -134,6 +134,17 @@ def test_end3_unknown_manifest_is_404_manifest_unknown(srv, name):
 
 
 @peers()
+def test_end3_a_reference_no_tag_can_have_is_404_manifest_unknown(srv, name):
+    """The conformance suite asks for `.INVALID_MANIFEST_NAME` and wants 404 MANIFEST_UNKNOWN."""
+    c = conn(srv)
+    image(c, name, "v1")
+    r, body = call(c, "GET", f"/v2/{name}/manifests/.INVALID_MANIFEST_NAME")
+    assert r.status == 404 and error_code(body) == "MANIFEST_UNKNOWN"
+    r, _ = call(c, "HEAD", f"/v2/{name}/manifests/.INVALID_MANIFEST_NAME")
+    assert r.status == 404
+
+
+@peers()
 def test_end2_blob_get_head_and_unknown(srv, name):
     c = conn(srv)
     data = os.urandom(5000)
