@@ -133,7 +133,7 @@ def test_end3_unknown_manifest_is_404_manifest_unknown(srv, name):
         assert r.status == 404
 
 
-@peers()
+@peers(docker_registry="distribution 2.8's router answers a plain-text 404, no error code")
 def test_end3_a_reference_no_tag_can_have_is_404_manifest_unknown(srv, name):
     """The conformance suite asks for `.INVALID_MANIFEST_NAME` and wants 404 MANIFEST_UNKNOWN."""
     c = conn(srv)
