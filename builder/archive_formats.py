@@ -8,6 +8,7 @@ Formats:
     oci-tar         the same in a tar (skopeo's oci-archive)
     docker-archive  a `docker save` tar (manifest.json + layer tars)
     docker-dir      an extracted `docker save` directory
+    skopeo-dir      skopeo's `dir:` transport (manifest.json, version, blobs named by hex)
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ OCI_DIR = "oci-dir"
 OCI_TAR = "oci-tar"
 DOCKER_ARCHIVE = "docker-archive"
 DOCKER_DIR = "docker-dir"
-FORMATS = (ROOTFS_DIR, ROOTFS_TAR, COCKERIMAGE, OCI_DIR, OCI_TAR, DOCKER_ARCHIVE, DOCKER_DIR)
+SKOPEO_DIR = "skopeo-dir"
+FORMATS = (ROOTFS_DIR, ROOTFS_TAR, COCKERIMAGE, OCI_DIR, OCI_TAR, DOCKER_ARCHIVE, DOCKER_DIR,
+           SKOPEO_DIR)
+SKOPEO_VERSION_MAGIC = b"Directory Transport Version:"
 
 COCKERIMAGE_SUFFIX = legacy_names.SUFFIX
 
@@ -58,6 +62,15 @@ def _listing(f: BinaryIO) -> tarfile.TarFile:
     return tarfile.open(fileobj=layer_tar.open_layer(f), mode="r|", bufsize=layer_tar.CHUNK)
 
 
+def _is_skopeo_dir(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "version"), "rb") as f:
+            magic = f.read(len(SKOPEO_VERSION_MAGIC))
+    except OSError:
+        return False
+    return magic == SKOPEO_VERSION_MAGIC and os.path.isfile(os.path.join(path, "manifest.json"))
+
+
 def _compression_of(path: str) -> str:
     with open(path, "rb") as f:
         return layer_tar.detect_compression(f.read(4))
@@ -68,6 +81,8 @@ def detect(path: str) -> str:
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "oci-layout")):
             return OCI_DIR
+        if _is_skopeo_dir(path):
+            return SKOPEO_DIR
         if os.path.isfile(os.path.join(path, "manifest.json")) and not os.path.isdir(
                 os.path.join(path, "etc")):
             return DOCKER_DIR
@@ -215,7 +230,7 @@ class TarFiles(ArchiveFiles):
 
 @contextlib.contextmanager
 def open_archive(path: str, fmt: str, scratch_dir: str) -> Iterator[ArchiveFiles]:
-    files: ArchiveFiles = DirFiles(path) if fmt in (OCI_DIR, DOCKER_DIR) else TarFiles(
+    files: ArchiveFiles = DirFiles(path) if fmt in (OCI_DIR, DOCKER_DIR, SKOPEO_DIR) else TarFiles(
         path, scratch_dir)
     try:
         yield files

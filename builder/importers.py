@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -208,9 +209,15 @@ def _oci_candidates(files: af.ArchiveFiles) -> list[_Candidate]:
     return out
 
 
-def _load_oci(files: af.ArchiveFiles, desc: dict) -> tuple[dict, list, _Raw | None]:
-    raw = files.read(_blob_name(desc["digest"]))
+def _load_oci(files: af.ArchiveFiles, desc: dict,
+              blob_name: Callable[[str], str] = _blob_name) -> tuple[dict, list, _Raw | None]:
+    raw = files.read(blob_name(desc["digest"]))
     _verify(raw, desc, "manifest")
+    return _load_manifest(files, raw, digestmod.short(desc["digest"]), blob_name)
+
+
+def _load_manifest(files: af.ArchiveFiles, raw: bytes, what: str,
+                   blob_name: Callable[[str], str]) -> tuple[dict, list, _Raw | None]:
     m = oci.parse_manifest(raw)
     if oci.is_index(m):
         arch = oci.go_arch()
@@ -219,15 +226,22 @@ def _load_oci(files: af.ArchiveFiles, desc: dict) -> tuple[dict, list, _Raw | No
                 and (d.get("platform") or {}).get("os", "linux") == "linux"]
         if not pick:
             raise NotFound(f"image index has no manifest for linux/{arch}")
-        return _load_oci(files, pick[0])
-    oci.check_image(m, f"manifest {digestmod.short(desc['digest'])}")
-    craw = files.read(_blob_name(m["config"]["digest"]))
+        return _load_oci(files, pick[0], blob_name)
+    oci.check_image(m, f"manifest {what}")
+    craw = files.read(blob_name(m["config"]["digest"]))
     _verify(craw, m["config"], "config")
     config = oci.parse_json(craw, "image config")
     diff_ids = _diff_ids(config, len(m["layers"]))
-    layers = [(lambda d=d: files.open(_blob_name(d["digest"])), diff, d["digest"], d["size"])
+    layers = [(lambda d=d: files.open(blob_name(d["digest"])), diff, d["digest"], d["size"])
               for d, diff in zip(m["layers"], diff_ids, strict=True)]
     return config, layers, _Raw(raw, craw, m)
+
+
+def _skopeo_candidates(files: af.ArchiveFiles) -> list[_Candidate]:
+    """skopeo's `dir:` holds one image: its manifest.json (by no digest: whatever it
+    hashes to) and blobs named by bare hex; it records no name, so REF is needed."""
+    return [_Candidate([], None, lambda: _load_manifest(
+        files, files.read("manifest.json"), "manifest.json", digestmod.hex_of))]
 
 
 def _docker_candidates(files: af.ArchiveFiles) -> list[_Candidate]:
@@ -313,10 +327,39 @@ def _listing(cands: list[_Candidate]) -> str:
 # Entry point
 # --------------------------------------------------------------------------------------
 
+STDIN = "-"
+
+
+@contextlib.contextmanager
+def _spooled(store: Store, stream: BinaryIO) -> Iterator[str]:
+    """`stream` copied into the store's scratch space (archives are read out of order),
+    removed afterwards whatever happens."""
+    tmp = store.new_tmp_path("stdin")
+    try:
+        with open(tmp, "wb") as out:
+            shutil.copyfileobj(stream, out, layer_tar.CHUNK)
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def import_image(store: Store, source: str, ref: str | None = None, *,
                  source_ref: str | None = None, compression: str = "zstd", force: bool = False,
-                 fmt: str | None = None, progress: Any = None) -> ImportResult:
-    """Import SOURCE (any format of builder.archive_formats, detected unless `fmt`)."""
+                 fmt: str | None = None, progress: Any = None,
+                 stdin: BinaryIO | None = None, label: str | None = None) -> ImportResult:
+    """Import SOURCE (any format of builder.archive_formats, detected unless `fmt`);
+    SOURCE `-` reads a tar (rootfs, OCI or docker archive) from `stdin`. `label` names
+    the source in the image's history (default: SOURCE's file name)."""
+    if source == STDIN:
+        if stdin is None:
+            raise UsageError("import from '-' needs the data on standard input")
+        if ref is None:
+            raise UsageError("import from standard input needs a REF to import as")
+        with _spooled(store, stdin) as path:
+            res = import_image(store, path, ref, source_ref=source_ref, compression=compression,
+                               force=force, fmt=fmt, progress=progress, label="-")
+        return res
     fmt = fmt or af.detect(source)
     if fmt not in af.FORMATS:
         raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(af.FORMATS)}")
@@ -332,12 +375,14 @@ def import_image(store: Store, source: str, ref: str | None = None, *,
         created = _now()
         config = oci.new_config([layer.diff_id], created=created, history=[{
             "created": created,
-            "created_by": f"cocker image import {os.path.basename(os.path.normpath(source))}"}])
+            "created_by": "cocker image import "
+                          + (label or os.path.basename(os.path.normpath(source)))}])
         config["config"] = {"Env": list(DEFAULT_ENV), "Cmd": ["/bin/sh"]}
         descs = [layer.descriptor()]
     else:
         with af.open_archive(source, fmt, store.tmp_dir) as files:
             cands = (_oci_candidates(files) if fmt in (af.OCI_DIR, af.OCI_TAR)
+                     else _skopeo_candidates(files) if fmt == af.SKOPEO_DIR
                      else _docker_candidates(files))
             cand = _choose(cands, source_ref, ref)
             target = _target(ref, cand.default_ref)
@@ -386,8 +431,9 @@ def _import_rootfs(store: Store, source: str, fmt: str, compression: str,
     if fmt == af.ROOTFS_DIR:
         # Device nodes would make the image unusable (unpacking refuses them): a rootfs's
         # /dev is the runtime's business, as for tarballs below.
-        return layer_tar.pack_into(store, source, compression=compression, progress=progress,
-                                   skip_devices=True), 0
+        packed = layer_tar.pack_into(store, source, compression=compression, progress=progress,
+                                     skip_devices=True)
+        return packed, packed.skipped_devices
     # A tarball is made safe and normal by a round trip through a scratch tree: the safe
     # unpacker refuses anything hostile, the packer makes it reproducible. Whiteouts
     # (`.wh.` files, or char 0/0 nodes in a legacy cocker layer) survive as overlay form.

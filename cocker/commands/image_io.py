@@ -9,7 +9,7 @@ from cocker.output import dropped_devices_notice, print_json
 
 # Spelled out here so that loading the image group does not import the codec (start-up time).
 IMPORT_FORMATS = ("rootfs-dir", "rootfs-tar", "cockerimage", "oci-dir", "oci-tar",
-                  "docker-archive", "docker-dir")
+                  "docker-archive", "docker-dir", "skopeo-dir")
 EXPORT_FORMATS = ("oci", "docker-archive", "cockerimage", "rootfs")
 
 
@@ -27,14 +27,15 @@ EXPORT_FORMATS = ("oci", "docker-archive", "cockerimage", "rootfs")
 def import_cmd(ctx, source: str, ref: str | None, fmt: str | None, source_ref: str | None,
                compression: str, force: bool, as_json: bool) -> None:
     """Import SOURCE as REF: a rootfs directory or tarball, an OCI layout (dir or tar),
-    a `docker save` archive or a legacy NAME[:VERSION].cockerimage (REF defaults to
-    the name in the file)."""
+    a `docker save` archive, a `skopeo copy ... dir:` directory or a legacy
+    NAME[:VERSION].cockerimage (REF defaults to the name in the file). SOURCE `-` reads
+    a tarball or archive from standard input (REF required)."""
     from builder import importers
     progress = ctx.progress()
     try:
         res = importers.import_image(ctx.store, source, ref, source_ref=source_ref,
                                      compression=compression, force=force, fmt=fmt,
-                                     progress=progress)
+                                     progress=progress, stdin=click.get_binary_stream("stdin"))
     finally:
         progress.close()
     dropped_devices_notice(res.ref, res.dropped_devices)

@@ -62,6 +62,7 @@ class PackedLayer:
     size: int
     uncompressed_size: int
     media_type: str
+    skipped_devices: int = 0  # device nodes left out under `skip_devices`
 
     def descriptor(self) -> dict:
         return oci.descriptor(self.media_type, self.digest, self.size)
@@ -490,6 +491,7 @@ def pack_dir(src: str, out: BinaryIO, *, compression: str = "zstd",
     w = _LayerWriter(out, compression, level)
     em = _TarEmitter(w, bar)
     links: dict[tuple[int, int], str] = {}
+    skipped = 0
 
     def clamp(t: float) -> int:
         t = max(0, int(t))
@@ -537,6 +539,7 @@ def pack_dir(src: str, out: BinaryIO, *, compression: str = "zstd",
                 em.header(ti)
             elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                 if skip_devices:
+                    skipped += 1
                     continue
                 ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
                 ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
@@ -545,7 +548,9 @@ def pack_dir(src: str, out: BinaryIO, *, compression: str = "zstd",
                 ti.type = tarfile.FIFOTYPE
                 em.header(ti)
         em.close()
-        return w.finish()
+        packed = w.finish()
+        packed.skipped_devices = skipped
+        return packed
     except OSError as e:
         raise disk_error(e, e.filename or src) from e
     finally:
