@@ -6,8 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -116,3 +119,67 @@ def test_sshd_killed_mid_push(sshd, tmp_path, mode):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "127.0.0.1" in err
     assert not (tmp_path / "remote" / "refs" / "big").exists()
+
+
+@pytest.fixture
+def resetting_server():
+    """A TCP server that sends an SSH banner, then resets the connection."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            with c:
+                c.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+                time.sleep(0.1)
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+
+
+def test_each_ssh_failure_is_one_line_with_exit_code_3(sshd, tmp_path, resetting_server):
+    home = str(tmp_path / "home")
+    env = dict(sshd.client_env(), COCKER_QUIET="1")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused_port = closed.getsockname()[1]
+        other_key = tmp_path / "other"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)],
+                       check=True)
+        sshd.write_ssh_config("Host *\n    IdentitiesOnly yes\n")  # only -i: no fallback
+        wrong_known = tmp_path / "known_hosts_wrong"
+        with open(str(other_key) + ".pub") as f:
+            kind, b64 = f.read().split()[:2]
+        wrong_known.write_text(f"{sshd.hostport} {kind} {b64}\n")
+        cases = [
+            ([f"ssh://root@127.0.0.1:{refused_port}/r"], "connection refused"),
+            ([f"ssh://root@127.0.0.1:{resetting_server}/r"], "reset"),
+            ([sshd.url("/r"), "-i", str(other_key)], "authentication refused"),
+        ]
+        for extra, expect in cases:
+            p = subprocess.run([sys.executable, "-m", "cocker.main", "--home", home, "image",
+                                "pull", "x:1", "--repo", *extra], env=env, capture_output=True,
+                               text=True, timeout=120)
+            assert p.returncode == 3, (extra, p.stderr)
+            lines = p.stderr.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+            assert "127.0.0.1" in lines[0] and expect in lines[0].lower(), lines[0]
+    with open(sshd.known_hosts, "w") as f:
+        f.write(wrong_known.read_text())
+    p = subprocess.run([sys.executable, "-m", "cocker.main", "--home", home, "image", "pull",
+                        "x:1", "--repo", sshd.url("/r")], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 3 and "HOST KEY MISMATCH" in p.stderr and "ssh-keygen -R" in p.stderr
