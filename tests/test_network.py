@@ -530,3 +530,32 @@ def test_a_second_store_on_the_same_default_bridge_is_told_how_to_have_its_own(n
     assert netenv.bridge in msg and "COCKER_BRIDGE=" in msg and "COCKER_BRIDGE_SUBNET=" in msg
     assert netenv.bridge in links()                 # the first store's bridge is untouched
     assert ping(netenv, a, ipaddress.ip_network(netenv.subnet)[1].exploded)
+
+
+def test_containers_on_a_network_find_each_other_by_name_and_alias(ctr_env, cocker):
+    env, run, info = ctr_env
+    netname = unique("names")
+    net.create_network(env.store, netname)
+    try:
+        a = run("--net", netname, "nbox:1.0", "sh", "-c",
+                "mkdir /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www")
+        b = run("--net", netname, "--network-alias", "db", "--network-alias", "cache",
+                "nbox:1.0", "sleep", "300")
+        r = cocker("container", "exec", b, "wget", "-qO-", f"http://{a}:8080/", check=False)
+        assert r.returncode == 0 and r.stdout.strip() == a, r.stderr
+        for alias in ("db", "cache", b):
+            r = cocker("container", "exec", a, "ping", "-c", "1", "-W", "3", alias, check=False)
+            assert r.returncode == 0 and info(b)["ip"] in r.stdout, (alias, r.stdout, r.stderr)
+        # kept in step: a container that joins later is found by those already there, and a
+        # container that leaves is gone from their /etc/hosts
+        c = run("--net", netname, "nbox:1.0", "sleep", "300")
+        r = cocker("container", "exec", a, "ping", "-c", "1", "-W", "3", c, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        cocker("container", "rm", "-f", c)
+        hosts = cocker("container", "exec", a, "cat", "/etc/hosts").stdout
+        assert c not in hosts and b in hosts and "localhost" in hosts
+    finally:
+        for c in json.loads(cocker("container", "ls", "--all", "--json").stdout):
+            if c["net"] == netname:
+                cocker("container", "rm", "-f", c["name"], check=False)
+        cocker("network", "rm", netname, check=False)

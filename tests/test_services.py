@@ -69,6 +69,21 @@ def test_two_replicas_both_answer(svc):
     assert seen == names and len(seen) == 2
 
 
+def test_replicas_find_each_other_and_the_service_by_name(svc):
+    """A replica reaches another by its container name, and the service by the service's
+    name, which is its nginx (so a request by that name is load-balanced)."""
+    home, name = svc["home"], svc["name"]
+    a, b = sorted(r["name"] for r in replicas(home, name))[:2]
+    r = cocker_in(home, "container", "exec", a, "wget", "-qO-", f"http://{b}:8080/", check=False)
+    assert r.returncode == 0 and r.stdout.strip() == b, r.stderr
+    seen = set()
+    for _ in range(6):
+        r = cocker_in(home, "container", "exec", a, "wget", "-qO-", f"http://{name}/", check=False)
+        assert r.returncode == 0, r.stderr
+        seen.add(r.stdout.strip())
+    assert seen <= {a, b} and seen
+
+
 def test_ls_and_container_ls_show_the_service(svc):
     out = json.loads(cocker_in(svc["home"], "service", "ls", "--json").stdout)
     mine = [s for s in out if s["name"] == svc["name"]]

@@ -29,6 +29,8 @@ def _spec_options(f):
         click.option("--net", default="bridge", show_default=True,
                      help="host, none (loopback only), bridge, or a network from `cocker network`."),
         click.option("--ip", help="Fixed address on the bridge network."),
+        click.option("--network-alias", "aliases", multiple=True, metavar="NAME",
+                     help="Another name the containers on its network find it by (repeatable)."),
         click.option("-p", "--publish", "ports", multiple=True,
                      help="[HOSTIP:]HOSTPORT:CTRPORT[/tcp|udp] (repeatable)."),
         click.option("-v", "--volume", "volumes", multiple=True, help="HOST:CTR[:ro] (repeatable)."),
@@ -70,7 +72,8 @@ def _make_spec(image: str, command: tuple[str, ...], tty: bool, kw: dict):
         ip=kw["ip"], ports=list(kw["ports"]), volumes=list(kw["volumes"]), env=list(kw["env"]),
         workdir=kw["workdir"], cpus=kw["cpus"], cpu_quota=kw["cpu_quota"], memory=kw["memory"],
         pids_limit=kw["pids_limit"], tty=tty, labels=labels, restart=kw["restart"],
-        user=kw["user"], userns="" if kw["userns"] == "host" else kw["userns"])
+        user=kw["user"], userns="" if kw["userns"] == "host" else kw["userns"],
+        aliases=list(kw["aliases"]))
 
 
 @container.command("create", context_settings=_ARGS)

@@ -36,7 +36,7 @@ from runtime.container.spec import ContainerSpec, check_net, merge_env
 from runtime.fs import layers, mounts
 from runtime.fs.rmtree import rmtree, rmtree_detached
 from runtime.fs.state_file import write_json
-from runtime.net import network
+from runtime.net import names, network
 from runtime.process import monitor, userns
 from runtime.process.plan import Plan
 from runtime.process.startup import StartFailed
@@ -71,6 +71,11 @@ def create(store: Store, spec: ContainerSpec, *, durable: bool = True) -> Contai
     hostname = spec.hostname or name[:63].replace("_", "-")
     if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,62})", hostname):
         raise UsageError(f"invalid hostname {hostname!r}")
+    for alias in spec.aliases:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,62})", alias):
+            raise UsageError(f"invalid network alias {alias!r}")
+    if spec.aliases and net in HOST_NETS:
+        raise UsageError(f"--network-alias needs a bridge network, not --net {net}")
     if spec.restart not in ("no", "always", "on-failure", "unless-stopped"):
         raise UsageError(f"--restart {spec.restart!r}: no, always, on-failure or unless-stopped")
     if spec.userns not in ("", "auto"):
@@ -92,7 +97,7 @@ def create(store: Store, spec: ContainerSpec, *, durable: bool = True) -> Contai
         "workdir": spec.workdir or cfg.get("WorkingDir") or "/",
         "user": spec.user if spec.user is not None else (cfg.get("User") or ""),
         "hostname": hostname,
-        "net": net, "ip": spec.ip, "ports": list(spec.ports),
+        "net": net, "ip": spec.ip, "ports": list(spec.ports), "aliases": list(spec.aliases),
         "volumes": list(spec.volumes),
         "cpus": spec.cpus, "cpu_quota": spec.cpu_quota, "memory": spec.memory,
         "pids_limit": spec.pids_limit,
@@ -135,9 +140,15 @@ def plan_for(c: Container, detached: bool) -> tuple[Plan, Cgroup]:
     volumes = [mounts.parse_volume(v) for v in r.get("volumes", [])]
     cg = c.cgroup()
     net = c.net
+    hostname = r.get("hostname") or c.name[:63]
+    if net not in HOST_NETS:
+        # its /etc/hosts: the others on its network by name, kept in step (net/names.py)
+        hosts = c.store.paths.container_hosts(c.name)
+        names.prepare(hosts, hostname)
+        volumes.append((hosts, "/etc/hosts", False))
     return Plan(
         name=c.name, cdir=c.dir, argv=list(r["argv"]), env=list(r["env"]),
-        workdir=r.get("workdir") or "/", hostname=r.get("hostname") or c.name[:63],
+        workdir=r.get("workdir") or "/", hostname=hostname,
         lowerdir=lowerdir, volumes=volumes, own_netns=net != "host",
         cgroup_dirs=list(cg.dirs.values()), tty=bool(r.get("tty")), detached=detached,
         user=r.get("user") or "", home=c.store.home,
@@ -181,7 +192,8 @@ def _start(store, name: str, *, detached: bool, stdio=None, before_go=None,
         try:
             if plan.network:
                 ep = network.connect(store, plan.network, c.name, f"/proc/{pid}/ns/net",
-                                     ip=r.get("ip"))
+                                     ip=r.get("ip"), aliases=[plan.hostname,
+                                                              *r.get("aliases", [])])
                 state["ip"] = ep["ip"]
                 state["endpoint"] = ep
                 write_json(os.path.join(c.dir, "state.json"), state)

@@ -36,6 +36,7 @@ class ContainerSpec:
     restart: str = "no"
     user: str | None = None
     userns: str = ""            # "auto": container root maps to a slice of cocker's subuids
+    aliases: list[str] = field(default_factory=list)   # more names on its network (names.py)
 
 
 def merge_env(image_env: list[str], extra: list[str], tty: bool) -> list[str]:

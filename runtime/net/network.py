@@ -9,6 +9,8 @@
 - Each endpoint is a veth pair: the host side on the bridge, the peer created directly inside
   the target namespace as eth0 with its address, lo up and a default route via the gateway.
 - Outbound NAT and port mappings are iptables rules in cocker's own chains (runtime/net/nat.py).
+- Containers on a network find each other by name and alias: their /etc/hosts files are kept
+  in step with its endpoints (runtime/net/names.py).
 
 Locking: the store's network lock (IPAM, endpoint and port tables) and then the host lock (bridges,
 subnets, chains shared by every store on the host), always in that order.
@@ -20,10 +22,10 @@ import contextlib
 import ipaddress
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from common.errors import AlreadyExists, Conflict, NotFound, PermissionDenied, UsageError
-from runtime.net import hostns, ipam, nat, portmap
+from runtime.net import hostns, ipam, names, nat, portmap
 from runtime.net import netns as ns
 from runtime.net.netns import delete_netns, new_netns, setup_none  # noqa: F401  (public API)
 
@@ -217,9 +219,10 @@ def _info(store, rec: dict, brief: bool = False) -> dict:
 # ---- endpoints --------------------------------------------------------------------------
 
 def connect(store, network: str, owner: str, netns_path: str, ip: str | None = None,
-            ifname: str = "eth0") -> dict:
+            ifname: str = "eth0", aliases: Sequence[str] = ()) -> dict:
     """Attach the namespace at `netns_path` (e.g. /proc/PID/ns/net) to `network`:
-    {"ip", "prefixlen", "gateway", "veth", "network", "bridge"}."""
+    {"ip", "prefixlen", "gateway", "veth", "network", "bridge"}. The others on the network
+    find it by `owner` and `aliases` (names.py)."""
     ipam.validate_network_name(network)
     ipam.validate_ifname(ifname)
     if not owner:
@@ -245,7 +248,8 @@ def connect(store, network: str, owner: str, netns_path: str, ip: str | None = N
         veth = ipam.veth_name(store, rec, owner)
         # Recorded before the kernel work: after a crash, cleanup_owner finds the veth.
         rec["endpoints"][owner] = {"ip": addr, "veth": veth, "ifname": ifname, "netns": netns_path,
-                                   "netns_id": ino, "created": int(time.time())}
+                                   "netns_id": ino, "created": int(time.time()),
+                                   "aliases": [a for a in aliases if a != owner]}
         try:
             ipam.save(store, rec)
             for _ in range(8):
@@ -259,6 +263,7 @@ def connect(store, network: str, owner: str, netns_path: str, ip: str | None = N
                     ipam.save(store, rec)
             else:
                 raise AlreadyExists(f"no free veth name for {owner}")
+            _sync_names(store, rec)
         except BaseException as e:
             if not isinstance(e, AlreadyExists):    # never delete a name someone else holds
                 ns.delete_link(veth)
@@ -287,6 +292,12 @@ def disconnect(store, network: str, owner: str) -> None:
             elif dropped_rules:
                 _gc_host()
             ipam.save(store, rec)
+            _sync_names(store, rec)
+
+
+def _sync_names(store, rec: dict) -> None:
+    """Every container on the network sees the network's endpoints in its /etc/hosts."""
+    names.sync({o: store.paths.container_hosts(o) for o in rec["endpoints"]}, rec["endpoints"])
 
 
 def _alive(ep: dict) -> bool:

@@ -289,7 +289,9 @@ def create(store, spec: ServiceSpec, *, start_monitor: bool = True) -> dict:
             nspath = network.new_netns(netns_name(spec.name))
             undo.push("nginx's network namespace", lambda: network.delete_netns(netns_name(spec.name)))
             rec["nginx"]["netns_path"] = nspath
-            ep = network.connect(store, netname, nginx_owner(spec.name), nspath)
+            # the service's name is its nginx's: replicas reach the service through it
+            ep = network.connect(store, netname, nginx_owner(spec.name), nspath,
+                                 aliases=[spec.name])
             undo.push("nginx's network endpoint",
                       lambda: network.disconnect(store, netname, nginx_owner(spec.name)))
             rec["nginx"]["ip"] = ep["ip"]
@@ -518,7 +520,8 @@ def revive_frontend(store, rec: dict) -> None:
         network.unpublish(store, owner)
         network.disconnect(store, rec["network"], owner)      # the endpoint of a lost namespace
         nspath = network.new_netns(netns_name(name))
-        ep = network.connect(store, rec["network"], owner, nspath, ip=rec["nginx"].get("ip"))
+        ep = network.connect(store, rec["network"], owner, nspath, ip=rec["nginx"].get("ip"),
+                             aliases=[name])
         rec["nginx"].update(netns_path=nspath, ip=ep["ip"])
         if rec.get("publish"):
             network.publish(store, owner, ep["ip"], [f"{p}:{NGINX_PORT}" for p in rec["publish"]])
