@@ -28,18 +28,20 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from builder import cache as cachemod
 from builder import changes as changesmod
-from builder import meta, treediff
+from builder import meta, treediff, versioning
+from builder import recipe as recipemod
 from builder.recipe import Recipe, Step
 from builder.versioning import NewVersion
 from common.errors import CockerError, NotFound, UsageError
 from registry.layer import tar_codec as layer_tar
 from registry.oci import manifest as oci
+from registry.oci import reference as refmod
 from registry.repo import image as imagemod
 from registry.repo.image import Image
 
@@ -80,6 +82,34 @@ class _State:
     history: list[dict]           # entries added by this build; "created" filled in at the end
     times: list[float]            # build times of the layers this build added (cached or new)
     new_layers: list[tuple[dict, str]] = field(default_factory=list)
+
+
+def parse_build_args(items: Iterable[str]) -> dict[str, str]:
+    """`--build-arg K=V` values as a dict (a later K wins)."""
+    args: dict[str, str] = {}
+    for a in items:
+        k, sep, v = a.partition("=")
+        if not sep or not k:
+            raise UsageError(f"--build-arg {a!r}: expected KEY=VALUE")
+        args[k] = v
+    return args
+
+
+def build_recipe(store, context: str, *, recipe_path: str | None = None, tag: str | None = None,
+                 bump: str | None = None, build_args: Iterable[str] = (), no_cache: bool = False,
+                 force: bool = False, log: Callable[[str], None] = lambda s: None) -> BuildResult:
+    """What `cocker image build` does: load the recipe (CONTEXT/cocker-build.toml unless
+    recipe_path), pick the version to publish (tag, else the recipe's tag; bump replaces its
+    version), build it."""
+    path = recipe_path or os.path.join(context, "cocker-build.toml")
+    recipe = recipemod.load(path, parse_build_args(build_args))
+    ref = tag or recipe.tag
+    if not ref:
+        raise UsageError(f"{path}: no tag in the recipe; give --tag NAME[:VERSION]")
+    if bump and not tag:
+        ref = refmod.parse(ref).name
+    target = versioning.target(store, ref, bump, force=force)
+    return build(store, recipe, context, target, no_cache=no_cache, force=force, log=log)
 
 
 def build(store, recipe: Recipe, context: str, target: NewVersion, *, no_cache: bool = False,

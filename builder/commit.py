@@ -17,11 +17,12 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from builder import changes as changesmod
-from builder import meta, treediff
+from builder import meta, treediff, versioning
 from builder.changes import Change
 from builder.versioning import NewVersion
 from common.errors import CockerError, Conflict, UsageError
@@ -58,6 +59,18 @@ def base_image(store, digest: str, image_text: str) -> Image:
     except CockerError:
         name, version = "unknown", digest
     return imagemod.load_record(store, RefRecord(name, version, digest))
+
+
+def commit_to(store, name: str, ref: str, *, bump: str | None = None,
+              change_texts: Iterable[str] = (), message: str | None = None,
+              author: str | None = None, pause: bool = False, force: bool = False,
+              allow_empty: bool = False, progress: Any = None) -> CommitResult:
+    """What `cocker container commit NAME REF` does: parse the --change texts, pick the
+    version REF (or --bump) names, commit."""
+    changes = [changesmod.parse_change(c) for c in change_texts]
+    target = versioning.target(store, ref, bump, force=force)
+    return commit(store, name, target, message=message, author=author, changes=changes,
+                  pause=pause, force=force, allow_empty=allow_empty, progress=progress)
 
 
 def commit(store, name: str, target: NewVersion, *, message: str | None = None,

@@ -25,7 +25,7 @@ import stat
 import tempfile
 from typing import Any
 
-from builder import meta
+from builder import meta, versioning
 from builder.treediff import OPAQUE
 from builder.versioning import NewVersion
 from common.errors import DigestMismatch, UsageError
@@ -34,6 +34,16 @@ from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.repo import image as imagemod
 from registry.repo.image import Image
+
+
+def squash_to(store, src: str, newref: str, *, bump: str | None = None,
+              since: str | None = None, force: bool = False, message: str | None = None,
+              progress: Any = None) -> Image:
+    """What `cocker image squash REF NEWREF` does: pick the version NEWREF (or --bump) names,
+    squash into it."""
+    target = versioning.target(store, newref, bump, force=force)
+    return squash(store, src, target, since=since, force=force, message=message,
+                  progress=progress)
 
 
 def squash(store, src: str, target: NewVersion, *, since: str | None = None,

@@ -29,14 +29,10 @@ def commit_cmd(ctx, name: str, ref: str, message: str | None, author: str | None
                allow_empty: bool, as_json: bool) -> None:
     """Make the container's filesystem changes ONE new layer on top of its image, published
     as REF. The container and its image stay as they are."""
-    from builder import changes as changesmod
     from builder import commit as commitmod
-    from builder import versioning
-    parsed = [changesmod.parse_change(c) for c in changes]
-    target = versioning.target(ctx.store, ref, bump, force=force)
-    res = commitmod.commit(ctx.store, name, target, message=message, author=author,
-                           changes=parsed, pause=pause, force=force, allow_empty=allow_empty,
-                           progress=_progress(ctx))
+    res = commitmod.commit_to(ctx.store, name, ref, bump=bump, change_texts=changes,
+                              message=message, author=author, pause=pause, force=force,
+                              allow_empty=allow_empty, progress=_progress(ctx))
     if as_json:
         print_json(res.summary())
         return

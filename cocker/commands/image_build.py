@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from cocker.commands.image import image
@@ -34,29 +32,10 @@ def build_cmd(ctx, context: str, recipe_path: str | None, tag: str | None, bump:
     """Build an image from a declarative recipe (TOML): `from` an image version, then ordered
     `run`/`copy`/config steps, cached step by step. Exit 0 only when the image was published."""
     from builder import build as buildmod
-    from builder import recipe as recipemod
-    from builder import versioning
-    from common.errors import UsageError
-    from registry.oci import reference as refmod
-    args: dict[str, str] = {}
-    for a in build_args:
-        k, sep, v = a.partition("=")
-        if not sep or not k:
-            raise UsageError(f"--build-arg {a!r}: expected KEY=VALUE")
-        args[k] = v
-    path = recipe_path or os.path.join(context, "cocker-build.toml")
-    recipe = recipemod.load(path, args)
-    ref = tag or recipe.tag
-    if not ref:
-        raise UsageError(f"{path}: no tag in the recipe; give --tag NAME[:VERSION]")
-    if bump and not tag:
-        ref = refmod.parse(ref).name     # --bump replaces the recipe tag's version
-
-    target = versioning.target(ctx.store, ref, bump, force=force)
-    log = _err if as_json else click.echo
     # A failing step's output was logged as it came; BuildFailed then exits non-zero.
-    res = buildmod.build(ctx.store, recipe, context, target, no_cache=no_cache, force=force,
-                         log=log)
+    res = buildmod.build_recipe(ctx.store, context, recipe_path=recipe_path, tag=tag, bump=bump,
+                                build_args=build_args, no_cache=no_cache, force=force,
+                                log=_err if as_json else click.echo)
     s = res.summary()
     if as_json:
         print_json(s)
@@ -114,10 +93,8 @@ def squash_cmd(ctx, ref: str, newref: str, since: str | None, bump: str | None,
                message: str | None, force: bool, as_json: bool) -> None:
     """Merge REF's layers (all, or those above BASE) into one, published as NEWREF."""
     from builder import squash as squashmod
-    from builder import versioning
-    target = versioning.target(ctx.store, newref, bump, force=force)
-    img = squashmod.squash(ctx.store, ref, target, since=since, force=force, message=message,
-                           progress=_progress(ctx))
+    img = squashmod.squash_to(ctx.store, ref, newref, bump=bump, since=since, force=force,
+                              message=message, progress=_progress(ctx))
     s = img.summary()
     if as_json:
         print_json({k: s[k] for k in ("reference", "digest", "layers")})
