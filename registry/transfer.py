@@ -17,6 +17,7 @@ from typing import Any
 from common.errors import CockerError, NotFound
 from registry.oci import reference as refmod
 from registry.repo import image as imagemod
+from registry.repo.convert import convert
 from registry.repo.copy import CopyResult, copy
 from registry.repo.progress import Progress
 from registry.repo.repository import RefRecord, Repository
@@ -51,9 +52,13 @@ def _copy_all(src: Repository, dst: Repository, recs: list[RefRecord], *, force:
 
 
 def push(store: Store, spec: str | None, refs: Iterable[str], *, all_versions: bool,
-         force: bool, jobs: int, progress: Progress, **options: Any) -> list[CopyResult]:
-    """Send versions of the store to the repository `spec` (only the blobs it lacks)."""
-    recs = select(store, refs, all_versions)
+         force: bool, jobs: int, progress: Progress, compression: str | None = None,
+         fmt: str | None = None, **options: Any) -> list[CopyResult]:
+    """Send versions of the store to the repository `spec` (only the blobs it lacks),
+    recompressed to `compression` and/or as manifest format `fmt` when asked (for readers
+    without zstd or OCI manifests; layers already right keep their digests)."""
+    recs = [convert(store, r, compression=compression, fmt=fmt)
+            for r in select(store, refs, all_versions)]
     with open_repo(spec, store, **options) as repo:
         return _copy_all(store, repo, recs, force=force, jobs=jobs, progress=progress)
 

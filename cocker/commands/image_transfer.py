@@ -87,11 +87,17 @@ def _report(ctx, verb: str, results: list, as_json: bool, started: float) -> Non
 @click.option("--init", is_flag=True, help="Create the repository if the path is not one.")
 @click.option("--legacy", is_flag=True,
               help="Write a cocker 0.x `<name>:<version>.cockerimage` file instead.")
+@click.option("--compression", type=click.Choice(["gzip", "zstd"]),
+              help="Recompress layers that are not this already (gzip for clients without "
+                   "zstd); layers already right keep their digests.")
+@click.option("--format", "fmt", type=click.Choice(["oci", "v2s2"]),
+              help="Manifest format on the remote: OCI, or docker schema 2 for older "
+                   "registries and engines (its layers are gzip).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
 @remote_options
 @click.pass_obj
-def push_cmd(ctx, refs, repo_spec, all_versions, force, init, legacy, as_json, identity,
-             accept_new, mode, remote_command, jobs) -> None:
+def push_cmd(ctx, refs, repo_spec, all_versions, force, init, legacy, compression, fmt,
+             as_json, identity, accept_new, mode, remote_command, jobs) -> None:
     """Send image versions to a repository (only the blobs it lacks)."""
     started = time.monotonic()
     if _is_legacy(ctx, repo_spec, legacy):
@@ -99,7 +105,8 @@ def push_cmd(ctx, refs, repo_spec, all_versions, force, init, legacy, as_json, i
         _legacy_push(ctx, repo_spec, recs, force, _ssh_kw(identity, accept_new, None, None))
         return
     results = transfer.push(ctx.store, repo_spec, refs, all_versions=all_versions, force=force,
-                            jobs=jobs, progress=ctx.progress(),
+                            jobs=jobs, progress=ctx.progress(), compression=compression,
+                            fmt=fmt,
                             **_ssh_kw(identity, accept_new, mode, remote_command, init))
     _report(ctx, "pushed", results, as_json, started)
 

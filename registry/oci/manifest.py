@@ -21,6 +21,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 
 MANIFEST_TYPES = (MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (INDEX, DOCKER_LIST)
@@ -31,6 +32,7 @@ COMPRESSION_OF = {
     LAYER_GZIP: "gzip",
     LAYER_ZSTD: "zstd",
     DOCKER_LAYER_GZIP: "gzip",
+    DOCKER_LAYER_TAR: "none",
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
 }
