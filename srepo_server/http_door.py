@@ -615,6 +615,14 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "MANIFEST_BLOB_UNKNOWN",
                            f"manifest names blobs that are not in {name}",
                            {"missing": missing[:20]})
+        # A descriptor whose size lies would make every client that trusts it misbehave.
+        descs = m["manifests"] if oci.is_index(m) else [m["config"], *m["layers"]]
+        for i, desc in enumerate(descs):
+            have = self.app.repo.blob_size(desc["digest"])
+            if have is not None and have != desc["size"]:
+                raise ApiError(400, "MANIFEST_INVALID",
+                               f"descriptor {i} ({desc['digest']}) says {desc['size']} bytes, "
+                               f"the blob has {have}")
 
     def _tag_precondition(self, ref: str) -> object:
         """The compare-and-swap a client asks for on a tag: `If-None-Match: *` (the tag

@@ -107,3 +107,16 @@ def _peer(s: socket.socket):
         return s.getpeername()
     except OSError:
         return None
+
+
+def test_a_descriptor_whose_size_lies_is_invalid(door):
+    c = conn(door)
+    cfg, layer = _small_manifest(c)
+    m = oci.new_manifest(cfg, [oci.descriptor(oci.LAYER_GZIP, layer)])
+    m["layers"][0]["size"] = len(layer) + 1000
+    r, answer = call(c, "PUT", "/v2/shape/manifests/liar", oci.canonical_json(m),
+                     {"Content-Type": oci.MANIFEST})
+    assert r.status == 400 and error_code(answer) == "MANIFEST_INVALID"
+    assert f"says {len(layer) + 1000} bytes, the blob has {len(layer)}" in error_message(answer)
+    r, _ = call(c, "GET", "/v2/shape/manifests/liar")
+    assert r.status == 404

@@ -576,16 +576,6 @@ class HttpRepo(Repository):
         if resp.status not in (200, 201, 202):
             self._fail(resp, body, f"PUT manifest {remote}:{ref}")
 
-    def flush(self) -> None:
-        """Push manifests still held back (uploaded as blobs but not yet tagged) by digest."""
-        with self._cache_lock:
-            held = list(self._pending.items())
-        for (remote, d), (data, mt) in held:
-            with self._cache_lock:
-                still = self._pending.pop((remote, d), None)
-            if still:
-                self._put_manifest(remote, d, data, mt)
-
     def delete_ref(self, name: str, version: str, expect: object = ANY) -> None:
         refmod.validate_version(version)
         current = self.get_ref(name, version)
@@ -818,7 +808,7 @@ class _HttpUpload(BlobWriter):
             mt = _is_manifest(data)
             if mt:
                 # A registry wants a manifest after everything it names, and the copy routine
-                # sends blobs in parallel: hold it until put_ref (or flush) pushes the tree.
+                # sends blobs in parallel: hold it until put_ref pushes the tree.
                 repo._remember(self.digest, data, mt)
                 with repo._cache_lock:
                     repo._pending[(self.remote, self.digest)] = (data, mt)
