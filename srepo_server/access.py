@@ -21,7 +21,8 @@ options may be separated by commas, as OpenSSH writes them, or by spaces):
 and defaults to `read`. `srepo-prefixes` is a comma-separated list of name patterns the key is
 limited to: a name matches `team/*` when it starts with `team/` (`*` spans `/`), or an exact
 name such as `tools`; without it the key may touch every name. Blobs are content-addressed
-and shared between images, so a key that may read can fetch any blob whose digest it knows.
+and shared between images, but a key limited to some names downloads only the blobs those
+names have (their manifests reach them): knowing a digest is not enough.
 
 The file is re-read when it changes, so keys are handed out or revoked without a restart.
 A line that does not parse stops the server at start-up (and is logged and skipped on a

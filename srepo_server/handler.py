@@ -27,6 +27,7 @@ from registry.repo.repository import ANY, BlobWriter
 from registry.wire import framing
 from srepo_server import http_store
 from srepo_server.access import Access
+from srepo_server.blob_links import BlobLinks
 
 SERVER = "srepo-server 0.1.0"
 
@@ -61,6 +62,7 @@ class _Handler:
         # Blobs this connection asked about or sent, kept from any gc until it closes: a
         # push relies on blobs it was told exist (registry.repo.gc).
         self.lease: BlobLease | None = None
+        self._links: BlobLinks | None = None
         self.ops = {
             "hello": self.op_hello, "list": self.op_list, "get-ref": self.op_get_ref,
             "resolve": self.op_resolve, "missing": self.op_missing,
@@ -292,6 +294,8 @@ class _Handler:
     def op_get_blob(self, req: dict) -> str:
         self._require("read")
         d = self._digest(req)
+        if not self._may_read_blob(d):
+            raise NotFound(f"blob {d} not found")  # what an absent blob gets: nothing leaks
         offset = self._field(req, "offset", int, required=False) or 0
         length = self._field(req, "length", int, required=False)
         try:
@@ -308,6 +312,17 @@ class _Handler:
             self._reply(size=size, offset=offset, length=n)
             self._send_range(f, offset, n)
         return f"{digestmod.short(d)} {n}B"
+
+    def _may_read_blob(self, d: str) -> bool:
+        """A key limited to some names (or a namespace) reads only the blobs those names
+        have, as on the HTTP door: knowing a digest is not enough."""
+        if self.access.prefixes is None and self.ns is None:
+            return True
+        if self._links is None:
+            self._links = BlobLinks(self.repo)
+        names = [n for n in http_store.names(self.repo)
+                 if self._local(n) is not None and self.access.can("read", n)]
+        return any(self._links.linked(n, d) for n in names)
 
     def _send_range(self, f: Any, offset: int, n: int) -> None:
         """Exactly n bytes of f from offset; sendfile(2) when writing to a plain fd."""

@@ -7,13 +7,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 
 import pytest
 
+from common.errors import NotFound
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
+from registry.oci import reference as refmod
+from registry.repo.copy import copy
 from registry.repo.layout import LayoutRepo
+from registry.transports.smart.client import SmartRepo
 from tests.support.http_calls import call, conn, error_code, error_message, push_blob
 from tests.support.http_servers import TOKEN, SrepoHttp, make_image
 
@@ -246,3 +251,31 @@ def test_tag_writes_compare_and_swap(door):
     # Without a precondition a tag still moves, as registries do.
     r, _ = call(c, "PUT", "/v2/cas/app/manifests/1.0", cfgs[0], {"Content-Type": oci.MANIFEST})
     assert r.status == 201
+
+
+def test_a_key_limited_to_some_names_downloads_only_their_blobs_over_ssh(tmp_path):
+    """The same rule on the smart protocol (srepo-server --stdio, the SSH doors' handler)."""
+    root = str(tmp_path / "remote")
+    repo = LayoutRepo(root, create=True)
+    team = make_image(repo, "team/app", "1", extra_layers=[b"team's layer"])
+    secret = make_image(repo, "secret/app", "1", extra_layers=[b"the secret layer"])
+    secret_layer = json.loads(repo.read_blob(secret))["layers"][1]["digest"]
+    team_layer = json.loads(repo.read_blob(team))["layers"][1]["digest"]
+    argv = [sys.executable, "-m", "srepo_server.main", "--stdio", "--root", root,
+            "--perms", "read", "--prefixes", "team/*"]
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        with SmartRepo(p.stdout, p.stdin, closer=lambda: p.wait(10)) as r:
+            assert r.read_blob(team_layer)
+            with pytest.raises(NotFound):
+                r.read_blob(secret_layer)
+            with pytest.raises(NotFound):
+                r.read_blob(secret)  # the manifest is a blob too
+            back = LayoutRepo(str(tmp_path / "back"), create=True)
+            copy(refmod.parse("team/app:1"), r, back)
+            assert back.fsck() == []
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
