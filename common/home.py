@@ -56,6 +56,10 @@ class Home:
     def container_record(self, name: str) -> str:
         return os.path.join(self.container(name), "container.json")
 
+    def container_restarts(self, name: str) -> str:
+        """Who stopped it and how often it was restarted (runtime/container/restart_policy.py)."""
+        return os.path.join(self.container(name), "restart.json")
+
     def container_hosts(self, name: str) -> str:
         """The container's /etc/hosts (runtime/net/names.py keeps it in step)."""
         return os.path.join(self.container(name), "hosts")

@@ -325,3 +325,77 @@ def test_tcp_without_token_serves_root_only(daemon):
     p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url],
                        capture_output=True, text=True, timeout=60)
     assert p.stdout == "200"
+
+
+def test_restart_policies_survive_daemon_and_host_restarts(daemon, dhome):
+    from registry.repo.store import Store
+    env = {"COCKER_HOME": dhome}
+    fail, always, unless = unique_name("rfail"), unique_name("ralw"), unique_name("runl")
+
+    def info(name: str) -> dict:
+        return json.loads(run_cocker("container", "inspect", name, "--json", env=env).stdout)
+
+    def restarts(name: str) -> int:
+        try:
+            with open(Store(dhome).paths.container_restarts(name)) as f:
+                return int(json.load(f).get("count", 0))
+        except FileNotFoundError:
+            return 0
+
+    try:
+        for name, policy, cmd in ((fail, "on-failure:2", ["sh", "-c", "sleep 0.3; exit 3"]),
+                                  (always, "always", ["sleep", "300"]),
+                                  (unless, "unless-stopped", ["sleep", "300"])):
+            run_cocker("container", "run", "-d", "--name", name, "--restart", policy,
+                       "web:1.0", *cmd, env=env)
+        # on-failure:2 -- restarted twice, then left exited with its code
+        wait_for(lambda: restarts(fail) == 2 and info(fail)["status"] == "exited", timeout=40)
+        time.sleep(2.5)
+        assert restarts(fail) == 2 and info(fail)["exit_code"] == 3
+        # always -- killed, it comes back
+        first = info(always)["pid"]
+        run_cocker("container", "kill", always, env=env)
+        wait_for(lambda: info(always)["status"] == "running" and info(always)["pid"] != first)
+        # stopped by hand: left stopped while the daemon runs
+        run_cocker("container", "stop", "-t", "2", always, unless, env=env)
+        time.sleep(2.5)
+        assert info(always)["status"] == "exited" and info(unless)["status"] == "exited"
+        # the daemon restarts: `always` comes back even so (as docker's), `unless-stopped` not
+        daemon.stop()
+        daemon.start()
+        wait_for(lambda: info(always)["status"] == "running")
+        time.sleep(2.5)
+        assert info(unless)["status"] == "exited"
+        # the host restarts: with the daemon down, the container's monitor and processes
+        # vanish as in a power cut; the daemon's start brings it back
+        run_cocker("container", "start", unless, env=env)
+        daemon.stop()
+        full = json.loads(run_cocker("container", "inspect", unless, "--json", env=env).stdout)
+        for pid in (full["pid"], full.get("workload_pid")):
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: info(unless)["status"] == "dead")
+        daemon.start()
+        wait_for(lambda: info(unless)["status"] == "running")
+    finally:
+        if daemon.proc is None or daemon.proc.poll() is not None:
+            daemon.start()
+        for name in (fail, always, unless):
+            run_cocker("container", "rm", "-f", name, check=False, env=env)
+
+
+def test_container_restart(daemon, dhome):
+    env = {"COCKER_HOME": dhome}
+    name = unique_name("rst")
+    try:
+        run_cocker("container", "run", "-d", "--name", name, "web:1.0", "sleep", "300", env=env)
+        before = json.loads(run_cocker("container", "inspect", name, "--json", env=env).stdout)
+        t0 = time.monotonic()
+        assert run_cocker("container", "restart", "-t", "1", name, env=env).stdout == f"{name}\n"
+        after = json.loads(run_cocker("container", "inspect", name, "--json", env=env).stdout)
+        assert after["status"] == "running" and after["pid"] != before["pid"]
+        assert time.monotonic() - t0 < 20      # `sleep` ignores SIGTERM as PID 1: -t 1 then KILL
+        p = run_cocker("container", "restart", "nosuch", check=False, env=env)
+        assert p.returncode != 0 and p.stderr.count("\n") == 1 and "nosuch" in p.stderr
+    finally:
+        run_cocker("container", "rm", "-f", name, check=False, env=env)

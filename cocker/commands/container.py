@@ -48,8 +48,8 @@ def _spec_options(f):
         click.option("--memory", "-m", help="Memory limit, e.g. 64m, 1g."),
         click.option("--pids-limit", type=click.IntRange(1), help="At most this many processes."),
         click.option("--restart", default="no", show_default=True,
-                     type=click.Choice(["no", "always", "on-failure", "unless-stopped"]),
-                     help="Kept in the record for the daemon."),
+                     metavar="no|always|on-failure[:N]|unless-stopped",
+                     help="Carried out by `cocker daemon`, also after its or the host's restart."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -163,6 +163,19 @@ def stop_cmd(ctx, names: tuple[str, ...], timeout: float) -> None:
     from runtime.container import lifecycle
     for n in names:
         lifecycle.stop(ctx.store, n, timeout=timeout)
+        click.echo(n)
+
+
+@container.command("restart")
+@click.argument("names", nargs=-1, required=True)
+@click.option("-t", "--time", "timeout", type=float, default=10.0, show_default=True,
+              help="Seconds between SIGTERM and SIGKILL.")
+@click.pass_obj
+def restart_cmd(ctx, names: tuple[str, ...], timeout: float) -> None:
+    """Stop (SIGTERM, then SIGKILL after the timeout) and start again in the background."""
+    from runtime.container import lifecycle
+    for n in names:
+        lifecycle.restart(ctx.store, n, timeout=timeout)
         click.echo(n)
 
 

@@ -23,6 +23,7 @@ from registry.repo import image as imagemod
 from registry.repo.repository import RefRecord
 from registry.repo.store import Store
 from runtime.cgroup.group import Cgroup, validate_limits
+from runtime.container import restart_policy
 from runtime.container.record import (
     HOST_NETS,
     Container,
@@ -76,8 +77,7 @@ def create(store: Store, spec: ContainerSpec, *, durable: bool = True) -> Contai
             raise UsageError(f"invalid network alias {alias!r}")
     if spec.aliases and net in HOST_NETS:
         raise UsageError(f"--network-alias needs a bridge network, not --net {net}")
-    if spec.restart not in ("no", "always", "on-failure", "unless-stopped"):
-        raise UsageError(f"--restart {spec.restart!r}: no, always, on-failure or unless-stopped")
+    restart_policy.parse(spec.restart)
     if spec.userns not in ("", "auto"):
         raise UsageError(f"--userns {spec.userns!r}: host or auto")
     if spec.userns == "auto":
@@ -250,6 +250,7 @@ def start(store, name: str, *, attach: bool = False) -> int | None:
     """Start a created or stopped container in the background. With `attach`, stay connected
     (pty when it has one, else its log) and return its exit code."""
     c = load(store, name)
+    restart_policy.started_by_hand(store.paths.container_restarts(name))
     if attach and c.record.get("tty"):
         return _run_tty(store, name)
     if not attach:
@@ -443,8 +444,10 @@ def kill(store, name: str, sig: int = signal.SIGKILL) -> None:
 
 
 def stop(store, name: str, timeout: float = 10) -> None:
-    """SIGTERM the workload; after `timeout` seconds SIGKILL everything left in the container."""
+    """SIGTERM the workload; after `timeout` seconds SIGKILL everything left in the container.
+    A stop by hand: its restart policy does not bring it back (restart_policy.py)."""
     c = load(store, name)
+    restart_policy.stopped_by_hand(store.paths.container_restarts(name))
     if c.state() != "running":
         return
     wpid = c.workload_pid()
@@ -456,6 +459,19 @@ def stop(store, name: str, timeout: float = 10) -> None:
     if _wait_unlocked(c, timeout):
         return
     _force_down(c)
+
+
+def restart(store, name: str, timeout: float = 10) -> None:
+    """`container restart`: stop (SIGTERM, SIGKILL after `timeout`), then start in the
+    background."""
+    stop(store, name, timeout=timeout)
+    start(store, name)
+
+
+def restart_by_policy(store, name: str) -> None:
+    """The daemon carrying out the container's --restart policy (counted, not by hand)."""
+    _start(store, name, detached=True)
+    restart_policy.note_restart(store.paths.container_restarts(name))
 
 
 def _force_down(c: Container) -> None:

@@ -26,8 +26,8 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from common.errors import AlreadyExists, CockerError, PermissionDenied, UsageError
-from runtime.daemon import peer, routes
+from common.errors import AlreadyExists, CockerError, PermissionDenied, RuntimeFailure, UsageError
+from runtime.daemon import peer, restarts, routes
 
 DEFAULT_SOCKET = "/run/cocker/cocker.sock"
 MAX_BODY = 4 * 1024 * 1024
@@ -217,6 +217,15 @@ def serve(home: str, socket_path: str = DEFAULT_SOCKET, listen: str | None = Non
             threading.Thread(target=s.serve_forever, daemon=True).start()
             started.append(s)
         stop = threading.Event()
+
+        def restart_one(name: str) -> None:
+            try:
+                routes.worker(home, "container_restart_policy", {"name": name})
+            except (routes.HttpError, subprocess.SubprocessError) as e:
+                raise RuntimeFailure(str(e)) from None
+        policies = threading.Thread(target=restarts.keep_policies, args=(home, stop, restart_one),
+                                    daemon=True)
+        policies.start()
         me = os.getpid()
 
         def on_signal(*_) -> None:
@@ -229,6 +238,7 @@ def serve(home: str, socket_path: str = DEFAULT_SOCKET, listen: str | None = Non
             ready()
         while not stop.wait(1):
             pass
+        policies.join(30)
     finally:
         for s in started:
             s.shutdown()

@@ -54,6 +54,13 @@ def container_start(store: Store, a: dict) -> dict:
     return record.load(store, a["name"]).info()
 
 
+def container_restart_policy(store: Store, a: dict) -> dict:
+    """The daemon restarting a container as its --restart policy says."""
+    from runtime.container import lifecycle
+    lifecycle.restart_by_policy(store, a["name"])
+    return {"name": a["name"], "restarted": True}
+
+
 def container_stop(store: Store, a: dict) -> dict:
     from runtime.container import lifecycle, record
     from runtime.services import manager as services
@@ -141,6 +148,7 @@ def ensure_monitors(store: Store, a: dict) -> dict:
 
 OPS: dict[str, Callable[[Store, dict], Any]] = {
     f.__name__: f for f in (container_create, container_run, container_start, container_stop,
+                            container_restart_policy,
                             container_kill, container_rm, brocker_container_run, service_create,
                             service_add, service_scale, service_update, service_rm, ensure_monitors)
 }
