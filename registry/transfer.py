@@ -1,6 +1,7 @@
-"""What `cocker image push / pull / copy / search` and `image rm --repo` do, one function per
-command: open the repository a spec names (a configured name or a URL), pick the versions, and
-run the one copy routine. The command line only parses and prints.
+"""What `cocker image push / pull / copy / search`, `image rm --repo`, `repo add` and `repo gc`
+do, one function per command: open the repository a spec names (a configured name or a URL),
+pick the versions, and run the one copy routine (or the repository's own operation). The
+command line only parses and prints.
 
 `options` are the transport options of registry.transports.remotes.open_repo (identity,
 accept_new, mode, remote_command, init).
@@ -14,14 +15,15 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from common.errors import CockerError, NotFound
+from common.errors import CockerError, NotFound, UsageError
 from registry.oci import reference as refmod
 from registry.repo import image as imagemod
 from registry.repo.convert import convert
 from registry.repo.copy import CopyResult, copy
 from registry.repo.progress import Progress
-from registry.repo.repository import RefRecord, Repository
+from registry.repo.repository import SERVER_GC, RefRecord, Repository
 from registry.repo.store import Store
+from registry.transports import remotes
 from registry.transports.remotes import open_repo
 
 LOCAL = "local"  # `image copy --from/--to local`: the store itself
@@ -131,3 +133,30 @@ def remove_remote(store: Store, spec: str, refs: Iterable[str], all_versions: bo
             repo.delete_ref(rec.name, rec.version, expect=rec.digest)
             removed.append(f"{rec} from {repo.describe()}")
     return removed
+
+
+def add_repository(store: Store, name: str, url: str, *, default: bool = False,
+                   force: bool = False, init: bool = False, check: bool = False,
+                   legacy: bool = False, **options: Any) -> dict[str, Any]:
+    """Remember `url` as `name` (`cocker repo add`); with init or check, reach it first (init
+    creates the repository there), so a typo is refused before it is saved."""
+    if init or check:
+        if legacy:
+            with remotes.open_legacy(url, None, **options):
+                pass
+        else:
+            with open_repo(url, None, init=init, **options):
+                pass
+    return remotes.add_repo(store, name, url, default=default, force=force,
+                            identity=options.get("identity"), mode=options.get("mode"),
+                            remote_command=options.get("remote_command"), legacy=legacy)
+
+
+def gc_remote(store: Store, spec: str | None, *, grace: float, dry_run: bool = False,
+              **options: Any) -> tuple[int, int, str]:
+    """`cocker repo gc`: the repository's own mark and sweep; (blobs, bytes, which repo)."""
+    with open_repo(spec, store, **options) as repo:
+        if SERVER_GC not in repo.capabilities():
+            raise UsageError(f"{repo.describe()} does not support gc (gc a registry on its server)")
+        removed, freed = repo.gc(grace=grace, dry_run=dry_run)
+        return removed, freed, repo.describe()

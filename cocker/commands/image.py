@@ -12,11 +12,10 @@ import importlib.util
 import click
 
 from cocker.output import human_size, print_json, print_table
-from common.errors import Conflict, NotFound
 from registry.oci import digest as digestmod
 from registry.oci import reference as refmod
 from registry.repo import image as imagemod
-from registry.repo.repository import ANY, RefRecord
+from registry.repo import local_refs
 
 EXTENSIONS = ("cocker.commands.image_io", "cocker.commands.image_transfer",
               "cocker.commands.image_build")
@@ -101,18 +100,8 @@ def history_cmd(ctx, ref: str, as_json: bool) -> None:
 @click.pass_obj
 def tag_cmd(ctx, src: str, dst: str, force: bool) -> None:
     """Give an image version another name:version (cocker's `version`/`copy_image`)."""
-    store = ctx.store
-    rec = store.resolve(refmod.parse(src))
-    target = refmod.parse(dst)
-    if target.version is None:
-        raise refmod.InvalidReference(f"{dst}: the new reference needs a version")
-    if target.digest:
-        raise refmod.InvalidReference(f"{dst}: cannot tag to a digest")
-    try:
-        store.put_ref(target.name, target.version, rec.digest, expect=ANY if force else None)
-    except Conflict:
-        raise Conflict(f"{target} already exists; use --force to move it") from None
-    click.echo(f"{target}  {rec.digest}")
+    target, digest = local_refs.tag(ctx.store, src, dst, force=force)
+    click.echo(f"{target}  {digest}")
 
 
 @image.command("rm")
@@ -130,26 +119,7 @@ def rm_cmd(ctx, refs: tuple[str, ...], force: bool, all_versions: bool,
         from cocker.commands.image_transfer import remote_rm
         remote_rm(ctx, refs, repo_spec, all_versions)
         return
-    store = ctx.store
-    sources = store.container_sources()
-    targets: list[RefRecord] = []
-    for text in refs:
-        ref = refmod.parse(text)
-        recs = store.list_refs(ref.name) if all_versions else [store.resolve(ref)]
-        if not recs:
-            raise NotFound(f"image {ref.name} not found")
-        targets += recs
-    leaving = {str(r) for r in targets}
-    for rec in targets:
-        kept = [r for r in store.list_refs() if r.digest == rec.digest and str(r) not in leaving]
-        # a container made from this very version, or one whose image would be left unnamed
-        users = sorted(c for c, (image, d) in sources.items()
-                       if d == rec.digest and (image == str(rec) or not kept))
-        if users and not force:
-            raise Conflict(f"{rec} is in use: container(s) {', '.join(users)} were created from "
-                           "it; remove them first or use --force")
-    for rec in targets:
-        store.delete_ref(rec.name, rec.version, expect=rec.digest)
+    for rec in local_refs.remove(ctx.store, refs, all_versions=all_versions, force=force):
         click.echo(f"removed {rec}")
 
 
@@ -160,14 +130,11 @@ def rm_cmd(ctx, refs: tuple[str, ...], force: bool, all_versions: bool,
 @click.pass_obj
 def gc_cmd(ctx, dry_run: bool, grace: float) -> None:
     """Drop blobs and layer trees that no image or container uses."""
-    store = ctx.store
-    n, freed = store.gc(grace=grace, dry_run=dry_run)
-    trees = 0
-    if importlib.util.find_spec("runtime.fs.layers") is not None:
-        from runtime.fs import layers as layertrees
-        trees = layertrees.gc(store, dry_run=dry_run)
+    from runtime.fs import store_gc
+    done = store_gc.collect(ctx.store, grace=grace, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {n} blob(s), {human_size(freed)}; {trees} layer tree(s)")
+    click.echo(f"{verb} {done.blobs} blob(s), {human_size(done.bytes)}; "
+               f"{done.layer_trees} layer tree(s)")
 
 
 @image.command("fsck")

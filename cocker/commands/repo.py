@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from cocker.output import human_size, print_json, print_table
-from common.errors import UsageError
-from registry.repo.repository import SERVER_GC
+from registry import transfer
 from registry.transports import remotes as reposmod
 
 
@@ -34,19 +33,17 @@ def repo() -> None:
 def add_cmd(ctx, name, url, make_default, init, identity, accept_new, mode, remote_command,
             legacy, check, force) -> None:
     """Remember URL as NAME (the first repo added becomes the default)."""
-    if init or check:
-        opener = reposmod.open_legacy if legacy else reposmod.open_repo
-        kw = {"identity": identity, "accept_new": accept_new, "remote_command": remote_command}
-        if mode:
-            kw["mode"] = mode
-        if not legacy:
-            kw["init"] = init
-        with opener(url, None, **kw):
-            pass
-    entry = reposmod.add_repo(ctx.store, name, url, default=make_default, force=force,
-                              identity=identity, mode=mode, remote_command=remote_command,
-                              legacy=legacy)
+    entry = transfer.add_repository(ctx.store, name, url, default=make_default, force=force,
+                                    init=init, check=check, legacy=legacy,
+                                    **_remote_kw(identity, accept_new, mode, remote_command))
     click.echo(f"added repo {name} -> {entry['url']}")
+
+
+def _remote_kw(identity, accept_new, mode, remote_command) -> dict:
+    kw = {"identity": identity, "accept_new": accept_new, "remote_command": remote_command}
+    if mode:
+        kw["mode"] = mode
+    return kw
 
 
 @repo.command("ls")
@@ -86,12 +83,8 @@ def rm_cmd(ctx, name) -> None:
 @click.pass_obj
 def gc_cmd(ctx, repo_spec, grace, dry_run, identity, accept_new, mode, remote_command) -> None:
     """Drop blobs no ref of REPO reaches (and stale partial uploads)."""
-    kw = {"identity": identity, "accept_new": accept_new, "remote_command": remote_command}
-    if mode:
-        kw["mode"] = mode
-    with reposmod.open_repo(repo_spec, ctx.store, **kw) as r:
-        if SERVER_GC not in r.capabilities():
-            raise UsageError(f"{r.describe()} does not support gc (gc a registry on its server)")
-        removed, freed = r.gc(grace=grace, dry_run=dry_run)
+    removed, freed, where = transfer.gc_remote(
+        ctx.store, repo_spec, grace=grace, dry_run=dry_run,
+        **_remote_kw(identity, accept_new, mode, remote_command))
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {removed} blob(s), {human_size(freed)} from {r.describe()}")
+    click.echo(f"{verb} {removed} blob(s), {human_size(freed)} from {where}")
