@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from common.fsutil import atomic_write
 from registry.oci import digest as digestmod
 from registry.oci import reference as refmod
+from registry.repo import layout_paths as lp
 from registry.repo.layout import LayoutRepo
 from srepo_server import http_store as hs
 
@@ -38,15 +39,15 @@ class BlobLinks:
     def _marker(self, kind: str, name: str, digest: str) -> str:
         refmod.validate_name(name)
         # '@' keeps a marker apart from a sub-name's directory (a name part may be hex).
-        return os.path.join(self.repo.root, "srepo", kind, *name.split("/"),
+        return os.path.join(self.repo.root, kind, *name.split("/"),
                             "@" + digestmod.hex_of(digestmod.validate(digest)))
 
     # changes -----------------------------------------------------------------------------
     def link(self, name: str, digests: Iterable[str]) -> None:
         for d in digests:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._marker("unlinked", name, d))
-            p = self._marker("links", name, d)
+                os.unlink(self._marker(lp.BLOB_UNLINKS, name, d))
+            p = self._marker(lp.BLOB_LINKS, name, d)
             if not os.path.exists(p):
                 atomic_write(p, b"")
 
@@ -54,18 +55,18 @@ class BlobLinks:
         """Stop serving `digest` through `name`; False when it was not linked there."""
         if not self.linked(name, digest):
             return False
-        atomic_write(self._marker("unlinked", name, digest), b"")
+        atomic_write(self._marker(lp.BLOB_UNLINKS, name, digest), b"")
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._marker("links", name, digest))
+            os.unlink(self._marker(lp.BLOB_LINKS, name, digest))
         return True
 
     # questions ---------------------------------------------------------------------------
     def linked(self, name: str, digest: str) -> bool:
         if not self.repo.has_blob(digest):
             return False
-        if os.path.exists(self._marker("unlinked", name, digest)):
+        if os.path.exists(self._marker(lp.BLOB_UNLINKS, name, digest)):
             return False
-        if os.path.exists(self._marker("links", name, digest)):
+        if os.path.exists(self._marker(lp.BLOB_LINKS, name, digest)):
             return True
         return digest in self._reachable(name)
 
@@ -98,20 +99,3 @@ class BlobLinks:
                 self._cache.clear()
             self._cache[name] = (stamp, seen)
         return seen
-
-    # upkeep ------------------------------------------------------------------------------
-    def prune(self) -> int:
-        """Drop markers of blobs the pool no longer holds (after gc); returns how many."""
-        removed = 0
-        for kind in ("links", "unlinked"):
-            top = os.path.join(self.repo.root, "srepo", kind)
-            for dirpath, _, files in os.walk(top, topdown=False):
-                for fn in files:
-                    if fn.startswith("@") and not self.repo.has_blob("sha256:" + fn[1:]):
-                        with contextlib.suppress(OSError):
-                            os.unlink(os.path.join(dirpath, fn))
-                            removed += 1
-                if dirpath != top:
-                    with contextlib.suppress(OSError):
-                        os.rmdir(dirpath)
-        return removed

@@ -11,7 +11,6 @@ import click
 from common.errors import UsageError
 from registry.repo.layout import LayoutRepo
 from srepo_server import http_store
-from srepo_server.blob_links import BlobLinks
 from srepo_server.http_uploads import (
     MAX_BYTES_PER_OWNER,
     MAX_SESSIONS_PER_OWNER,
@@ -109,8 +108,6 @@ def gc_command(ctx: click.Context, gc_root: str | None, grace: float, dry_run: b
         raise click.UsageError("gc needs --root PATH")
     repo = LayoutRepo(root)
     removed, freed = http_store.gc(repo, grace=grace, dry_run=dry_run)
-    if not dry_run:
-        BlobLinks(repo).prune()
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {removed} blob(s), {freed} bytes")
 

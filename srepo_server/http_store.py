@@ -22,6 +22,7 @@ from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci import reference as refmod
 from registry.repo import gc as gcmod
+from registry.repo import layout_paths as lp
 from registry.repo.layout import LayoutRepo
 from registry.repo.repository import ANY
 
@@ -281,6 +282,8 @@ def gc(repo: LayoutRepo, grace: float, dry_run: bool = False) -> tuple[int, int]
         for name, d in _walk_markers(_meta(repo, "deleted")):
             if not repo.has_blob(d):
                 _remove_marker(repo, "deleted", name, d)
+        for kind in (lp.BLOB_LINKS, lp.BLOB_UNLINKS):
+            _prune_gone_blob_markers(os.path.join(repo.root, kind), repo)
         rtop = _meta(repo, "referrers")
         for dirpath, _, files in os.walk(rtop, topdown=False):
             for fn in files:
@@ -291,3 +294,16 @@ def gc(repo: LayoutRepo, grace: float, dry_run: bool = False) -> tuple[int, int]
                 with contextlib.suppress(OSError):
                     os.rmdir(dirpath)
     return result
+
+
+def _prune_gone_blob_markers(top: str, repo: LayoutRepo) -> None:
+    """Drop the door's per-name blob markers (srepo_server.blob_links) of blobs gc removed,
+    so a blob pushed again later is not linked to names that had it before."""
+    for dirpath, _, files in os.walk(top, topdown=False):
+        for fn in files:
+            if fn.startswith("@") and not repo.has_blob("sha256:" + fn[1:]):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, fn))
+        if dirpath != top:
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)

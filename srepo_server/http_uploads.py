@@ -24,6 +24,7 @@ import uuid as uuidmod
 from dataclasses import dataclass, field
 
 from common.fsutil import atomic_write, disk_error, fsync_dir
+from registry.repo import layout_paths as lp
 from registry.repo.layout import LayoutRepo
 from srepo_server.http_store import ApiError
 
@@ -62,7 +63,7 @@ class Uploads:
     def __init__(self, repo: LayoutRepo, limits: Limits | None = None) -> None:
         self.repo = repo
         self.limits = limits or Limits()
-        self.dir = os.path.join(repo.tmp_dir, "http-uploads")
+        self.dir = os.path.join(repo.root, lp.HTTP_UPLOADS)
         os.makedirs(self.dir, exist_ok=True)
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()

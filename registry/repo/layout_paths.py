@@ -13,4 +13,7 @@ LEASES = "tmp/leases"          # blobs a push in flight relies on (one file per 
 DIGEST_PINS = "srepo/digests"  # <name>/@sha256:<hex>: manifests pushed by digest only
 REFERRERS = "srepo/referrers"  # <subject hex>/<hex>: descriptors of manifests with a subject
 DELETED = "srepo/deleted"      # <name>/@sha256:<hex>: manifests deleted by digest under a name
+BLOB_LINKS = "srepo/links"     # <name>/@<hex>: blobs uploaded or mounted to a name (HTTP door)
+BLOB_UNLINKS = "srepo/unlinked"  # <name>/@<hex>: blobs deleted from a name (HTTP door)
+HTTP_UPLOADS = "tmp/http-uploads"  # <uuid> and <uuid>.json: the HTTP door's upload sessions
 PIN_PREFIX = "@"
