@@ -36,11 +36,13 @@ fi
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
-# Editable, so the checkout is the code; re-pointed when the checkout moves (a fresh CI clone).
+# Editable, so the checkout is the code; re-installed when the checkout moves (a fresh CI clone)
+# or pyproject.toml changes (a new dependency), which the marker records.
 marker="$venv/.cocker-source"
-if [ "$(cat "$marker" 2>/dev/null)" != "$here" ] || ! "$venv/bin/python" -c "import paramiko, pyroute2, tqdm, click, zstandard, pytest, pytest_timeout, selenium" 2>/dev/null; then
+want="$here $(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)"
+if [ "$(cat "$marker" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -m pip check >/dev/null 2>&1; then
     "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]" 2> >(grep -v "^WARNING: Location" >&2)
-    echo "$here" > "$marker"
+    echo "$want" > "$marker"
 fi
 ln -sf "$venv/bin/cocker" /usr/local/bin/cocker
 ln -sf "$venv/bin/srepo-server" /usr/local/bin/srepo-server
