@@ -35,6 +35,7 @@ from registry.repo import copy as copymod
 from registry.repo import image as imagemod
 from registry.repo.layout import LayoutRepo
 from registry.wire import framing
+from tests.support.sshd import sshd  # noqa: F401 - the fixture
 from runtime.fs import layers as layersmod
 from tests.support.codec import entry, listing, make_tar, snapshot
 
@@ -293,44 +294,175 @@ def test_corpus_through_import(store, tmp_path, small_limits):
     assert store.fsck() == []
 
 
-def _layout_with_layer(root: str, blob: bytes) -> LayoutRepo:
-    """A directory repository whose image 'corpus:1' has `blob` as its only layer (the
-    diff_id claimed is the raw blob's, as a lazy attacker would)."""
+def _claimed_diff_id(blob: bytes) -> str:
+    """What an attacker's config would claim: the real diff_id when there is one."""
+    try:
+        return layer_tar.layer_diff_id(io.BytesIO(blob), limits.LayerLimits(max_ratio=0))[0]
+    except CockerError:
+        return digestmod.of_bytes(blob)
+
+
+def _plant(repo: LayoutRepo, name: str, manifest: dict) -> None:
+    """A ref to a manifest the repository's own checks would refuse, written behind its
+    back (as a hostile server would serve it)."""
+    data = json.dumps(manifest).encode()
+    d = digestmod.of_bytes(data)
+    with open(os.path.join(repo.root, "blobs", "sha256", digestmod.hex_of(d)), "wb") as f:
+        f.write(data)
+    path = repo.ref_path(name, "1")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(d + "\n")
+
+
+def hostile_remote(root: str) -> tuple[LayoutRepo, list[str]]:
+    """A directory repository serving each corpus layer as image `<its name>:1`, plus manifests
+    that lie: a wrong layer size, a layer listed twice, an unknown layer type."""
     repo = LayoutRepo(root, create=True)
-    d = digestmod.of_bytes(blob)
-    repo.put_blob_bytes(d, blob)
-    cfg = oci.canonical_json(oci.new_config([d]))
-    repo.put_blob_bytes(digestmod.of_bytes(cfg), cfg)
-    m = json.dumps(oci.new_manifest(cfg, [oci.descriptor(oci.LAYER_ZSTD, d, len(blob))])).encode()
-    repo.put_blob_bytes(digestmod.of_bytes(m), m)
-    repo.put_ref("corpus", "1", digestmod.of_bytes(m))
-    return repo
+    names = []
+    manifests = []
+    for name, blob in CORPUS.items():
+        d = digestmod.of_bytes(blob)
+        repo.put_blob_bytes(d, blob)
+        cfg = oci.canonical_json(oci.new_config([_claimed_diff_id(blob)]))
+        repo.put_blob_bytes(digestmod.of_bytes(cfg), cfg)
+        m = oci.new_manifest(cfg, [oci.descriptor(oci.LAYER_ZSTD, d, len(blob))])
+        data = json.dumps(m).encode()
+        repo.put_blob_bytes(digestmod.of_bytes(data), data)
+        repo.put_ref(name, "1", digestmod.of_bytes(data))
+        names.append(name)
+        manifests.append(m)
+    m = json.loads(json.dumps(manifests[0]))
+    m["layers"][0]["size"] -= 1
+    _plant(repo, "wrong-size", m)
+    m = json.loads(json.dumps(manifests[1]))
+    m["layers"].append(m["layers"][0])
+    _plant(repo, "layer-twice", m)
+    m = json.loads(json.dumps(manifests[2]))
+    m["layers"][0]["mediaType"] = "application/x-evil"
+    _plant(repo, "unknown-type", m)
+    # The liars first: once the honest image's blob is stored, a lie about it is moot.
+    return repo, ["wrong-size", "layer-twice", "unknown-type"] + names
 
 
-def test_corpus_through_pull_and_run_preparation(store, tmp_path, small_limits):
-    """Pull each hostile image from a directory repository, then materialise its layers
-    as `run` does: a project error at worst, and no layer tree or scratch left behind."""
-    for i, (name, blob) in enumerate(CORPUS.items()):
-        remote = _layout_with_layer(str(tmp_path / f"remote{i}"), blob)
+def pull_and_prepare(remote, store, names: list[str]) -> dict[str, str]:
+    """Pull each image, then materialise its layers as `run` does: a project error at
+    worst, the store's refs unchanged by a refused pull, no layer tree left by a refused
+    unpack. Returns what happened to each (for the report)."""
+    outcome = {}
+    for name in names:
         before = _store_state(store)
         try:
-            copymod.copy(refmod.parse("corpus:1"), remote, store, dest_ref=refmod.parse(
-                f"corpus:{i}"))
-        except CockerError:
+            copymod.copy(refmod.parse(f"{name}:1"), remote, store)
+        except CockerError as e:
             assert _store_state(store) == before, name
+            outcome[name] = f"pull refused: {type(e).__name__}"
             continue
-        img = imagemod.load(store, f"corpus:{i}")
+        img = imagemod.load(store, f"{name}:1")
         trees_before = set(os.listdir(store.layers_dir)) if os.path.isdir(
             store.layers_dir) else set()
         try:
             layersmod.ensure_layers(store, img)
-        except CockerError:
+            outcome[name] = "ran"
+        except CockerError as e:
             now = set(os.listdir(store.layers_dir))
             assert {n for n in now - trees_before if not n.startswith(".lock-")} == set(), name
+            outcome[name] = f"run refused: {type(e).__name__}"
     assert store.fsck() == []
+    return outcome
+
+
+def test_corpus_through_pull_from_a_directory(store, tmp_path, small_limits):
+    remote, names = hostile_remote(str(tmp_path / "remote"))
+    outcome = pull_and_prepare(remote, store, names)
+    assert outcome["wrong-size"].startswith("pull refused")
+    assert outcome["layer-twice"].startswith("pull refused")
+    assert outcome["unknown-type"] == "run refused: CorruptImage"
+    assert outcome["zstd-bomb"] == "run refused: UnsafeArchive"
+    assert outcome["duplicate-files"] == "ran"
+
+
+@pytest.mark.parametrize("mode", ["sftp", "smart"])
+def test_corpus_through_pull_over_ssh(store, tmp_path, small_limits, sshd, mode):
+    from registry.transports.remotes import open_repo
+    from tests.test_ssh_repo import mode_url
+    _, names = hostile_remote(str(tmp_path / "remote"))
+    kw = dict(identity=sshd.client_key, known_hosts=sshd.known_hosts, config_path=None)
+    with open_repo(mode_url(sshd, str(tmp_path / "remote"), mode), **kw) as remote:
+        outcome = pull_and_prepare(remote, store, names)
+    assert outcome["wrong-size"].startswith("pull refused")
+    assert outcome["layer-twice"].startswith("pull refused")
+    assert outcome["zstd-bomb"] == "run refused: UnsafeArchive"
 
 
 def test_corpus_is_what_it_says():
     assert len(CORPUS) >= 30
     with pytest.raises(tarfile.TarError), tarfile.open(fileobj=io.BytesIO(CORPUS["not-a-tar"])):
         pass
+
+
+# ---------------------------------------------------------------------------------------
+# The HTTP door's request handling
+# ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def door(tmp_path_factory):
+    from tests.support.http_servers import SrepoHttp
+    work = tmp_path_factory.mktemp("door")
+    root = str(work / "repo")
+    LayoutRepo(root, create=True)
+    server = SrepoHttp(root, str(work))
+    yield server
+    server.stop()
+
+
+SEGMENT = st.sampled_from(["v2", "_catalog", "blobs", "manifests", "uploads", "tags", "list",
+                           "referrers", "app", "a" * 300, "..", "%2e%2e", "sha256:" + "0" * 64,
+                           "sha256:xyz", "", "%00", "\u00e9"]) | st.text(max_size=12)
+HEADER = st.tuples(st.sampled_from(["Content-Type", "Content-Length", "Authorization", "Range",
+                                    "Content-Range", "Transfer-Encoding", "X-Junk", "Accept"]),
+                   st.sampled_from(["", "-1", "99999999999999999999", "bytes=0-", "Bearer x",
+                                    "Basic !!", "chunked", oci.MANIFEST, "0-10", "a" * 2000])
+                   | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126),
+                             max_size=40))
+
+
+def _request_bytes(method: str, segments: list[str], headers: list, body: bytes) -> bytes:
+    path = "/" + "/".join(segments)
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers]
+    if not any(k == "Content-Length" for k, _ in headers):
+        lines.append(f"Content-Length: {len(body)}")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + b"\r\n\r\n" + body
+
+
+def _exchange(port: int, raw: bytes) -> bytes:
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        try:
+            s.sendall(raw)
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the door may answer and close before reading a body it refuses
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+    return out
+
+
+@FUZZ
+@given(st.sampled_from(["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS", "BREW"]),
+       st.lists(SEGMENT, min_size=1, max_size=7), st.lists(HEADER, max_size=4),
+       st.binary(max_size=200) | st.builds(lambda n: b"[" * n + b"]" * n,
+                                           st.integers(0, 50_000)))
+def test_http_door_request_handling(door, method, segments, headers, body):
+    """Any request: a well-formed answer below 500 (or 501 for a method the door does not
+    implement), never a crash, and the door keeps serving."""
+    reply = _exchange(door.port, _request_bytes(method, segments, headers, body))
+    if reply:
+        status = int(reply.split(b" ", 2)[1])
+        assert status < 500 or status == 501, reply[:300]
+    assert door.proc.poll() is None
