@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import tarfile
 import tempfile
 
@@ -34,10 +35,13 @@ from registry.oci import reference as refmod
 from registry.repo import copy as copymod
 from registry.repo import image as imagemod
 from registry.repo.layout import LayoutRepo
+from registry.transports.remotes import open_repo
 from registry.wire import framing
-from tests.support.sshd import sshd  # noqa: F401 - the fixture
 from runtime.fs import layers as layersmod
 from tests.support.codec import entry, listing, make_tar, snapshot
+from tests.support.http_servers import SrepoHttp
+from tests.support.sshd import sshd
+from tests.test_ssh_repo import mode_url
 
 LONG = os.environ.get("COCKER_FUZZ_LONG", "") not in ("", "0")
 EXAMPLES = 4000 if LONG else 40
@@ -384,8 +388,6 @@ def test_corpus_through_pull_from_a_directory(store, tmp_path, small_limits):
 
 @pytest.mark.parametrize("mode", ["sftp", "smart"])
 def test_corpus_through_pull_over_ssh(store, tmp_path, small_limits, sshd, mode):
-    from registry.transports.remotes import open_repo
-    from tests.test_ssh_repo import mode_url
     _, names = hostile_remote(str(tmp_path / "remote"))
     kw = dict(identity=sshd.client_key, known_hosts=sshd.known_hosts, config_path=None)
     with open_repo(mode_url(sshd, str(tmp_path / "remote"), mode), **kw) as remote:
@@ -407,7 +409,6 @@ def test_corpus_is_what_it_says():
 
 @pytest.fixture(scope="module")
 def door(tmp_path_factory):
-    from tests.support.http_servers import SrepoHttp
     work = tmp_path_factory.mktemp("door")
     root = str(work / "repo")
     LayoutRepo(root, create=True)
@@ -437,7 +438,6 @@ def _request_bytes(method: str, segments: list[str], headers: list, body: bytes)
 
 
 def _exchange(port: int, raw: bytes) -> bytes:
-    import socket
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         try:
             s.sendall(raw)
