@@ -4,6 +4,7 @@ pusher wrote runs as script. A screenshot stays in the test's temp dir."""
 
 import gzip
 import io
+import json
 import os
 import tarfile
 import urllib.request
@@ -155,3 +156,38 @@ def test_web_page_refuses_bad_paths_with_a_page(door):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=30)
     assert e.value.code == 405
+
+
+def _push_blob(door, name: str, data: bytes) -> str:
+    d = digestmod.of_bytes(data)
+    status, _, body = request(f"{door.url}/v2/{name}/blobs/uploads/?digest={d}", "POST", data,
+                              {"Content-Type": "application/octet-stream"})
+    assert status == 201, body
+    return d
+
+
+def test_web_page_shows_a_signature_pushed_as_a_referrer(door):
+    _, headers, _ = request(f"{door.url}/v2/team/app/manifests/1.10.0", "HEAD",
+                            headers={"Accept": oci.MANIFEST})
+    subject = headers["Docker-Content-Digest"]
+    empty = _push_blob(door, "team/app", b"{}")
+    sig = _push_blob(door, "team/app", b"signature bytes")
+    art = {"schemaVersion": 2, "mediaType": oci.MANIFEST,
+           "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
+           "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty,
+                      "size": 2},
+           "layers": [{"mediaType": "application/octet-stream", "digest": sig, "size": 15}],
+           "subject": {"mediaType": oci.MANIFEST, "digest": subject,
+                       "size": int(headers["Content-Length"])},
+           "annotations": {"signed-by": "<b>ci</b>"}}
+    raw = json.dumps(art).encode()
+    status, _, body = request(f"{door.url}/v2/team/app/manifests/{digestmod.of_bytes(raw)}",
+                              "PUT", raw, {"Content-Type": oci.MANIFEST})
+    assert status == 201, body
+    status, _, page = request(door.url + "/image/team/app:1.10.0")
+    assert status == 200
+    assert b"application/vnd.dev.cosign.artifact.sig.v1+json" in page
+    assert b"&lt;b&gt;ci&lt;/b&gt;" in page and b"<b>ci</b>" not in page
+    # the other versions have none
+    status, _, page = request(door.url + "/image/team/app:1.9.0")
+    assert b"cosign" not in page
