@@ -126,3 +126,19 @@ def test_commit_falls_back_to_a_diff_with_redirect_dir_and_metacopy(store, busyb
     assert "hello from cocker" in text and "root:x:0:0" in text and "www" not in text.split()
     assert text.split()[-1] == "600"
     assert not our_mounts(store.home)
+
+
+def test_commit_refuses_a_layer_the_image_already_has(store, busybox_image, cocker,
+                                                      cleanup_containers):
+    """Changes identical to a layer below would stack that layer twice: overlay refuses
+    such an image at run (ELOOP), so commit refuses it first, in one line."""
+    same = "echo same > /dup && touch -d @1000000000 /dup"
+    code, _ = run_in(store, "busybox:1.0", same, name=f"d1{os.getpid()}", rm=False)
+    assert code == 0
+    cocker("container", "commit", f"d1{os.getpid()}", "dup:1")
+    code, _ = run_in(store, "dup:1", "rm /dup && " + same, name=f"d2{os.getpid()}", rm=False)
+    assert code == 0
+    p = cocker("container", "commit", f"d2{os.getpid()}", "dup:2", check=False)
+    assert p.returncode == 1 and "layer 2" in p.stderr and "twice" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert store.get_ref("dup", "2") is None
