@@ -39,23 +39,12 @@ def create_cmd(ctx, name, image, replicas, publish, port, subnet, restart, env, 
     """Create service NAME: a network, nginx, and --replicas containers of --image.
 
     Everything after `--` is the replicas' command."""
-    from common.errors import UsageError
     from runtime.services import manager as services
-    from runtime.services.state import DEFAULT_PORT, ServiceSpec
-    for e in env:
-        if "=" not in e:
-            raise UsageError(f"-e {e!r}: expected KEY=VALUE")
-    spec = ServiceSpec(name=name, image=image, replicas=replicas, port=port or DEFAULT_PORT,
-                       publish=list(publish), subnet=subnet, command=list(command) or None,
-                       entrypoint=[entrypoint] if entrypoint else None, env=list(env),
-                       volumes=list(volumes), workdir=workdir, cpus=cpus, cpu_quota=cpu_quota,
-                       memory=memory, pids_limit=pids_limit, restart=restart)
-    if port is not None:
-        # an explicit --port must agree with --publish's CTRPORT
-        services.parse_publish(spec)
-        if spec.port != port:
-            raise UsageError(f"--port {port} disagrees with --publish's container port {spec.port}")
-    rec = services.create(ctx.store, spec)
+    rec = services.create_from_options(
+        ctx.store, name, image, replicas=replicas, publish=list(publish), port=port,
+        subnet=subnet, restart=restart, env=list(env), volumes=list(volumes), workdir=workdir,
+        entrypoint=entrypoint, cpus=cpus, cpu_quota=cpu_quota, memory=memory,
+        pids_limit=pids_limit, command=list(command))
     _report(rec, as_json)
 
 

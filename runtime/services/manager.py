@@ -246,6 +246,32 @@ class _Undo:
         return failed
 
 
+def create_from_options(store, name: str, image: str, *, replicas: int = 1,
+                        publish: list[str] | None = None, port: int | None = None,
+                        subnet: str | None = None, restart: str = "always",
+                        env: list[str] | None = None, volumes: list[str] | None = None,
+                        workdir: str | None = None, entrypoint: str | None = None,
+                        cpus: str | None = None, cpu_quota: int | None = None,
+                        memory: str | None = None, pids_limit: int | None = None,
+                        command: list[str] | None = None) -> dict:
+    """What `cocker service create` does: a spec from its options (an explicit port must
+    agree with --publish's container port), then create()."""
+    for e in env or []:
+        if "=" not in e:
+            raise UsageError(f"-e {e!r}: expected KEY=VALUE")
+    spec = ServiceSpec(name=name, image=image, replicas=replicas, port=port or st.DEFAULT_PORT,
+                       publish=list(publish or []), subnet=subnet, command=command or None,
+                       entrypoint=[entrypoint] if entrypoint else None, env=list(env or []),
+                       volumes=list(volumes or []), workdir=workdir, cpus=cpus,
+                       cpu_quota=cpu_quota, memory=memory, pids_limit=pids_limit,
+                       restart=restart)
+    if port is not None:
+        parse_publish(spec)  # sets spec.port from --publish
+        if spec.port != port:
+            raise UsageError(f"--port {port} disagrees with --publish's container port {spec.port}")
+    return create(store, spec)
+
+
 def create(store, spec: ServiceSpec, *, start_monitor: bool = True) -> dict:
     """Create a service and everything it needs; all or nothing. Returns its record."""
     spec.validate()
