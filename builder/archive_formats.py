@@ -59,7 +59,7 @@ def _listing(f: BinaryIO) -> tarfile.TarFile:
         f.seek(0)
         return tarfile.open(fileobj=f, mode="r:")
     f.seek(0)
-    return tarfile.open(fileobj=layer_tar.open_layer(f), mode="r|", bufsize=layer_tar.CHUNK)
+    return tarfile.open(fileobj=layer_tar.open_bounded(f), mode="r|", bufsize=layer_tar.CHUNK)
 
 
 def _is_skopeo_dir(path: str) -> bool:
@@ -179,10 +179,14 @@ class TarFiles(ArchiveFiles):
             self.tmp = os.path.join(scratch_dir, f"archive.{os.getpid()}.{id(self)}.tar")
             try:
                 with open(path, "rb") as src, open(self.tmp, "wb") as dst:
-                    shutil.copyfileobj(layer_tar.open_layer(src), dst, layer_tar.CHUNK)
+                    shutil.copyfileobj(layer_tar.open_bounded(src, scratch_dir), dst,
+                                       layer_tar.CHUNK)
             except layer_tar.DECOMPRESS_ERRORS as e:
                 self.close()
                 raise CorruptImage(f"{path}: does not decompress ({e})") from None
+            except BaseException:
+                self.close()  # a refused (or interrupted) expansion leaves no scratch file
+                raise
             path = self.tmp
         try:
             self.tf = tarfile.open(path, "r:")  # noqa: SIM115 (closed by close())

@@ -14,7 +14,7 @@ import tarfile
 import pytest
 import zstandard
 
-from builder import treediff
+from builder import importers, treediff
 from common.errors import CockerError, UnsafeArchive
 from registry.layer import limits
 from registry.layer import tar_codec as layer_tar
@@ -222,3 +222,24 @@ def test_treediff_walks_deeper_than_the_recursion_limit(tmp_path):
             assert f.read() == "newer"
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=True)
+
+
+def test_compressed_archive_bomb_is_refused_without_filling_scratch(store, tmp_path,
+                                                                    monkeypatch):
+    """An oci-archive is expanded into scratch before its blobs are read: bounded too."""
+    monkeypatch.delenv(limits.ALLOW_RATIO, raising=False)
+    monkeypatch.setenv(limits.RATIO_GRACE, "4M")
+    ti, _ = entry("oci-layout", size=64 * MiB)
+    buf = io.BytesIO()
+    with zstandard.ZstdCompressor().stream_writer(buf, closefd=False) as w:
+        w.write(ti.tobuf(format=tarfile.PAX_FORMAT))
+        for _ in range(64):
+            w.write(bytes(MiB))
+        w.write(bytes(1024))
+    bomb = tmp_path / "image.oci.tar.zst"
+    bomb.write_bytes(buf.getvalue())
+    with pytest.raises(UnsafeArchive, match="compression bomb"):
+        importers.import_image(store, str(bomb), "bomb:1", fmt="oci-tar")
+    assert not [n for n in os.listdir(store.tmp_dir) if n.startswith("archive.")]
+    with pytest.raises(UnsafeArchive, match="compression bomb"):
+        importers.import_image(store, str(bomb), "bomb:1")  # format detection reads it too

@@ -274,6 +274,44 @@ class _Counted:
         return data
 
 
+class _Bounded(io.RawIOBase):
+    """The uncompressed bytes behind a (possibly compressed) stream, refused past the
+    limits' ratio, and past `budget` bytes when one is given."""
+
+    def __init__(self, stream: BinaryIO, limits: LayerLimits, budget: tuple[int, str] | None
+                 ) -> None:
+        self.counted = _Counted(stream)
+        self.raw = open_layer(self.counted)  # type: ignore[arg-type]
+        self.limits, self.budget = limits, budget
+        self.n = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        try:
+            data = self.raw.read(len(b))
+        except DECOMPRESS_ERRORS as e:
+            raise CorruptImage(f"does not decompress: {e}") from None
+        self.n += len(data)
+        self.limits.check_ratio(self.n, self.counted.n)
+        if self.budget is not None and self.n > self.budget[0]:
+            raise UnsafeArchive(f"expands past {self.budget[0]} bytes ({self.budget[1]}); "
+                                "refused as a size bomb")
+        b[:len(data)] = data
+        return len(data)
+
+
+def open_bounded(stream: BinaryIO, dest: str | None = None,
+                 limits: LayerLimits | None = None) -> BinaryIO:
+    """Like open_layer, for data that is not unpacked by this codec but read or copied
+    elsewhere (archives, listings): the compression-ratio guard applies, and with `dest`
+    the free space of its filesystem (minus the reserve) bounds the bytes."""
+    lim = limits or LayerLimits.from_env()
+    budget = lim.byte_budget(dest) if dest is not None else None
+    return io.BufferedReader(_Bounded(stream, lim, budget), CHUNK)  # type: ignore[return-value]
+
+
 def layer_diff_id(stream: BinaryIO, limits: LayerLimits | None = None) -> tuple[str, int]:
     """diff_id and uncompressed size of a (possibly compressed) layer stream; a stream
     that expands past the limits' ratio is refused before it is read to the end."""

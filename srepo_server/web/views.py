@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.errors import CockerError, NotFound
-from registry.layer.tar_codec import open_layer
+from registry.layer.tar_codec import open_bounded
 from registry.oci import digest as digestmod
 from registry.oci import reference as refmod
 from registry.repo import image as imagemod
@@ -171,7 +171,7 @@ def layer_files(repo: Repository, name: str, digest: str) -> LayerListing:
     listing = LayerListing(name, digest, users[digest])
     try:
         with repo.open_blob(digest) as blob, \
-                tarfile.open(fileobj=open_layer(blob), mode="r|") as tf:
+                tarfile.open(fileobj=open_bounded(blob), mode="r|") as tf:
             for ti in tf:
                 if len(listing.files) >= MAX_FILES:
                     listing.truncated = True
