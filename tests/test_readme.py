@@ -232,8 +232,8 @@ def shell_in_container(tour: Tour, tc: TourCommand) -> None:
 def attach_and_detach(tour: Tour, tc: TourCommand) -> None:
     with tour.terminal(tc) as term:
         time.sleep(1)
-        term.keys("C-c")
-        term.exit_status()
+        term.keys("C-p", "C-q")
+        assert term.exit_status() == 0, term.screen()
     status = json.loads(tour.cocker("container", "inspect", "web", "--json").stdout)["status"]
     assert status == "running"                     # detaching leaves it running
 

@@ -96,16 +96,20 @@ def create_cmd(ctx, image: str, command: tuple[str, ...], tty: bool, interactive
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin connected.")
 @click.option("-t", "--tty", is_flag=True, help="Give it a pty.")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; print the name.")
+@click.option("--detach-keys", default="ctrl-p,ctrl-q", show_default=True, metavar="KEYS",
+              help="With -it: the keys that detach (it keeps running; --rm removes it later).")
 @click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False),
               help="Take the container from a brocker JSON file.")
 @click.argument("image", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def run_cmd(ctx, image: str | None, command: tuple[str, ...], rm: bool, interactive: bool,
-            tty: bool, detach: bool, spec_file: str | None, **kw) -> int:
+            tty: bool, detach: bool, detach_keys: str, spec_file: str | None, **kw) -> int:
     """Create and start a container; in the foreground its exit code is cocker's."""
     from common.errors import UsageError
     from runtime.container import lifecycle, record
+    from runtime.tty.detach_keys import parse as parse_keys
+    keys = parse_keys(detach_keys)
     if spec_file:
         if importlib.util.find_spec("runtime.brocker.files") is None:
             raise UsageError("run -f is not supported in this installation")
@@ -119,7 +123,8 @@ def run_cmd(ctx, image: str | None, command: tuple[str, ...], rm: bool, interact
         spec = _make_spec(image, command, tty, kw)
     if detach and not spec.name:
         spec.name = record.new_name(ctx.store)
-    code = lifecycle.run(ctx.store, spec, rm=rm, detach=detach, interactive=interactive or tty)
+    code = lifecycle.run(ctx.store, spec, rm=rm, detach=detach, interactive=interactive or tty,
+                         detach_keys=keys)
     if detach:
         click.echo(spec.name)
         return code
@@ -145,11 +150,14 @@ def _fast_exit(code: int) -> None:
 @click.command("start")
 @click.argument("name")
 @click.option("-a", "--attach", is_flag=True, help="Stay connected; exit with its code.")
+@click.option("--detach-keys", default="ctrl-p,ctrl-q", show_default=True, metavar="KEYS",
+              help="With --attach: the keys that detach.")
 @click.pass_obj
-def start_cmd(ctx, name: str, attach: bool) -> int:
+def start_cmd(ctx, name: str, attach: bool, detach_keys: str) -> int:
     """Start (boot) a created or stopped container."""
     from runtime.container import lifecycle
-    code = lifecycle.start(ctx.store, name, attach=attach)
+    from runtime.tty.detach_keys import parse as parse_keys
+    code = lifecycle.start(ctx.store, name, attach=attach, detach_keys=parse_keys(detach_keys))
     return code or 0
 
 
@@ -274,11 +282,15 @@ def exec_cmd(ctx, interactive: bool, tty: bool, env: tuple[str, ...], workdir: s
 
 @container.command("attach")
 @click.argument("name")
+@click.option("--detach-keys", default="ctrl-p,ctrl-q", show_default=True, metavar="KEYS",
+              help="The keys that detach, e.g. ctrl-x,x (each ctrl-KEY or one character).")
 @click.pass_obj
-def attach_cmd(ctx, name: str) -> int:
-    """Connect to a running container's terminal (detach: ctrl-p ctrl-q)."""
+def attach_cmd(ctx, name: str, detach_keys: str) -> int:
+    """Connect to a running container: its terminal, or without one its output (stdout and
+    stderr). The detach keys leave it running."""
     from runtime.container import session
-    code = session.attach(ctx.store, name)
+    from runtime.tty.detach_keys import parse as parse_keys
+    code = session.attach(ctx.store, name, keys=parse_keys(detach_keys))
     return code or 0
 
 

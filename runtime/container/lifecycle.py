@@ -246,13 +246,15 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def start(store, name: str, *, attach: bool = False) -> int | None:
+def start(store, name: str, *, attach: bool = False,
+          detach_keys: bytes = attachmod.DETACH_KEYS) -> int | None:
     """Start a created or stopped container in the background. With `attach`, stay connected
-    (pty when it has one, else its log) and return its exit code."""
+    (pty when it has one, else its log) and return its exit code (0 when detached)."""
     c = load(store, name)
     restart_policy.started_by_hand(store.paths.container_restarts(name))
     if attach and c.record.get("tty"):
-        return _run_tty(store, name)
+        code = _run_tty(store, name, keys=detach_keys)
+        return 0 if code is None else code
     if not attach:
         _start(store, name, detached=True)
         return None
@@ -262,7 +264,10 @@ def start(store, name: str, *, attach: bool = False) -> int | None:
     return wait(store, name)
 
 
-def _run_tty(store, name: str, autoremove: bool = False) -> int:
+def _run_tty(store, name: str, autoremove: bool = False,
+             keys: bytes = attachmod.DETACH_KEYS) -> int | None:
+    """Start it on this terminal; its exit code, or None when the user detached (it keeps
+    running, and with `autoremove` its monitor removes it when it ends)."""
     holder: dict = {}
 
     def connect_first(c: Container) -> None:
@@ -270,9 +275,9 @@ def _run_tty(store, name: str, autoremove: bool = False) -> int:
         attachmod.send_winsize(holder["sock"])     # the pty has its size before the shell starts
 
     c, _ = _start(store, name, detached=True, before_go=connect_first, autoremove=autoremove)
-    code = attachmod.session(holder["sock"])
+    code = attachmod.session(holder["sock"], keys=keys)
     if code is None:               # detached by the user (ctrl-p ctrl-q): it keeps running
-        return 0
+        return None
     # the exit frame comes before the supervisor's last breath: wait for it to finish tearing
     # down (with autoremove, the container may be gone already)
     _wait_unlocked(c, 30)
@@ -280,17 +285,22 @@ def _run_tty(store, name: str, autoremove: bool = False) -> int:
 
 
 def run(store, spec: ContainerSpec, *, rm: bool = False, detach: bool = False,
-        interactive: bool = False) -> int:
+        interactive: bool = False, detach_keys: bytes = attachmod.DETACH_KEYS) -> int:
     """create + start; in the foreground, return the command's exit code."""
     c = create(store, spec, durable=not rm)
     name = c.name
     clean = False
+    detached_by_user = False
     try:
         if detach:
             _start(store, name, detached=True, autoremove=rm)
             return 0
         if spec.tty:
-            return _run_tty(store, name, autoremove=rm)
+            code = _run_tty(store, name, autoremove=rm, keys=detach_keys)
+            if code is None:        # it keeps running; with --rm its monitor removes it later
+                detached_by_user = True
+                return 0
+            return code
         stdin = 0 if interactive else os.open(os.devnull, os.O_RDONLY)
         try:
             code = _foreground(store, name, (stdin, 1, 2), volatile=rm)
@@ -307,7 +317,7 @@ def run(store, spec: ContainerSpec, *, rm: bool = False, detach: bool = False,
             rm = True
         raise
     finally:
-        if rm and (not detach or c.state() != "running"):
+        if rm and not detached_by_user and (not detach or c.state() != "running"):
             with contextlib.suppress(CockerError):
                 remove(store, name, force=True, background=clean)
 

@@ -27,11 +27,14 @@ def exec_(store: Store, name: str, argv: list[str], *, tty: bool = False,
                          cgroup_dirs=list(c.cgroup().dirs.values()), user=c.record.get("user") or "")
 
 
-def attach(store: Store, name: str) -> int | None:
+def attach(store: Store, name: str, keys: bytes = attachmod.DETACH_KEYS) -> int | None:
+    """Its terminal, or without one its output, until it exits (its code) or the user
+    detaches (None)."""
     c = load(store, name)
     if c.state() != "running":
         raise Conflict(f"container {name} is not running")
     if not c.record.get("tty"):
-        attachmod.follow_log(c, from_start=False)
+        if attachmod.watch_log(c, keys):
+            return None
         return c.exit_code
-    return attachmod.session(attachmod.connect(c))
+    return attachmod.session(attachmod.connect(c), keys=keys)

@@ -7,8 +7,13 @@ The helper waits for the command and exits with its code; the caller relays a pt
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
+import socket
+import stat
+import struct
 
 from common.errors import Conflict
 from runtime import syscalls as sc
@@ -18,6 +23,8 @@ from runtime.process.startup import FORWARDED, StartFailed, describe, say
 from runtime.tty.attach import copy_winsize, relay_pty
 
 NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
+TIOCGPTPEER = 0x5441        # open the slave of a master without a path (Linux 4.13)
+TIOCSPTLCK = 0x40045431     # (un)lock a pty slave (unlockpt)
 
 
 def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: bool = False,
@@ -48,26 +55,31 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
         except FileNotFoundError:
             pass
     err_r, err_w = os.pipe()
-    master = slave = -1
-    if tty:
-        master, slave = os.openpty()
-        if os.isatty(0):
-            copy_winsize(0, master)
+    master = -1
+    # with a tty, the helper opens the pty on the container's own devpts (so `tty` inside
+    # names it) and hands the master back over this socket
+    pty_parent, pty_child = socket.socketpair() if tty else (None, None)
     pid = sc.fork()
     if pid == 0:
         _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user,
-                slave, err_w)
+                pty_child, err_w)
     os.close(err_w)
     for fd in cg_fds:
         os.close(fd)
     for _, fd in nsfds:
         os.close(fd)
     os.close(rootfd)
-    if slave >= 0:
-        os.close(slave)
+    if pty_parent is not None and pty_child is not None:
+        pty_child.close()
+        with pty_parent:
+            _, fds, _, _ = socket.recv_fds(pty_parent, 16, 1)
+        if fds:
+            master = fds[0]
+            if os.isatty(0):
+                copy_winsize(0, master)
     with os.fdopen(err_r, "rb") as f:
         msg = f.read().decode(errors="replace").strip()
-    if tty and not msg:
+    if master >= 0 and not msg:
         relay_pty(master)
     if master >= 0:
         os.close(master)
@@ -107,7 +119,24 @@ def _waitpid(pid: int) -> int:
         return os.WEXITSTATUS(status)
 
 
-def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, slave,
+def _open_container_pty(pty_sock: socket.socket) -> int:
+    """A pty on the devpts mounted at /dev/pts of the root we are in (the container's): the
+    master goes to the caller over `pty_sock`, the slave is returned."""
+    master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(master)
+        if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != (5, 2):
+            raise OSError(errno.ENOTTY, "the container's /dev/pts/ptmx is not a pty multiplexer")
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+        socket.send_fds(pty_sock, [b"m"], [master])
+    finally:
+        os.close(master)
+        pty_sock.close()
+    return slave
+
+
+def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, pty_sock,
             err_w) -> None:
     try:
         cg_ns = -1
@@ -117,11 +146,9 @@ def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, s
                 continue
             sc.setns(fd, sc.CLONE_NEWUSER if ns == "user" else sc.NS_FLAGS[ns])
         mapped = any(ns == "user" for ns, _ in nsfds)
-        if tty:
-            import fcntl  # noqa: F401 - set_ctty needs them after the chroot, where the
-            import termios  # noqa: F401 - host's python library is out of reach
         os.fchdir(rootfd)
         os.chroot(".")
+        slave = _open_container_pty(pty_sock) if pty_sock is not None else -1
         child = sc.fork()
         if child == 0:
             _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, cg_ns,

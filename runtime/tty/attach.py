@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import selectors
 import signal
 import socket
@@ -19,9 +20,10 @@ from collections.abc import Iterator
 
 from common.errors import Conflict
 from common.fsutil import write_all
+from runtime.tty import detach_keys
 from runtime.tty.frames import T_DATA, T_EXIT, T_WINSIZE, FrameReader, connect_unix, frame
 
-DETACH_KEYS = b"\x10\x11"      # ctrl-p ctrl-q, as docker
+DETACH_KEYS = detach_keys.parse(detach_keys.DEFAULT)    # ctrl-p ctrl-q, as docker
 
 
 def connect(c) -> socket.socket:
@@ -73,9 +75,9 @@ def _write_out(data: bytes) -> None:
     write_all(sys.stdout.fileno(), data)
 
 
-def session(sock: socket.socket, stdin: int = 0) -> int | None:
+def session(sock: socket.socket, stdin: int = 0, keys: bytes = DETACH_KEYS) -> int | None:
     """Relay the terminal to the container until it exits (its exit code) or the user detaches
-    with ctrl-p ctrl-q (None)."""
+    with the detach keys, ctrl-p ctrl-q by default (None)."""
     reader = FrameReader()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -99,7 +101,7 @@ def session(sock: socket.socket, stdin: int = 0) -> int | None:
         sel.register(stdin, selectors.EVENT_READ, "stdin")
     except (ValueError, OSError, PermissionError):
         stdin_open = False              # e.g. /dev/null under some runners: nothing to send
-    prev = b""
+    matcher = detach_keys.DetachMatcher(keys)
     code: int | None = None
     try:
         with raw_terminal(stdin):
@@ -115,10 +117,14 @@ def session(sock: socket.socket, stdin: int = 0) -> int | None:
                             sel.unregister(stdin)
                             stdin_open = False
                             continue
-                        if is_tty and DETACH_KEYS in prev[-1:] + data:
-                            return None
-                        prev = data
-                        sock.sendall(frame(T_DATA, data))
+                        if is_tty:
+                            data, detach = matcher.feed(data)
+                            if detach:
+                                if data:
+                                    sock.sendall(frame(T_DATA, data))
+                                return None
+                        if data:
+                            sock.sendall(frame(T_DATA, data))
                     else:
                         data = sock.recv(65536)
                         if not data:
@@ -189,9 +195,52 @@ def log_size(c) -> int:
         return 0
 
 
-def follow_log(c, from_start: bool = True, follow: bool = True, offset: int | None = None) -> None:
+@contextlib.contextmanager
+def keys_without_echo(fd: int) -> Iterator[bool]:
+    """Keys arrive one by one and are not echoed, output stays as it is (no raw mode: a log's
+    newlines still start a line), ctrl-c still interrupts."""
+    if not os.isatty(fd):
+        yield False
+        return
+    old = termios.tcgetattr(fd)
+    new = termios.tcgetattr(fd)
+    new[0] &= ~(termios.IXON | termios.IXOFF)    # ctrl-q must reach us, not flow control
+    new[3] &= ~(termios.ICANON | termios.ECHO)
+    new[6][termios.VMIN], new[6][termios.VTIME] = 1, 0
+    try:
+        termios.tcsetattr(fd, termios.TCSANOW, new)
+        yield True
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
+
+
+def watch_log(c, keys: bytes = DETACH_KEYS, stdin: int = 0) -> bool:
+    """`attach` to a container without a pty: relay its output (stdout and stderr, as logged)
+    from now on until it stops (False) or the user types the detach keys (True). There is no
+    stdin to give it: other keys are dropped."""
+    with keys_without_echo(stdin) as watching:
+        if not watching:
+            follow_log(c, from_start=False)
+            return False
+        matcher = detach_keys.DetachMatcher(keys)
+        detached = False
+
+        def typed() -> bool:
+            nonlocal detached
+            while select.select([stdin], [], [], 0)[0]:
+                data = os.read(stdin, 1024)
+                if not data or matcher.feed(data)[1]:
+                    detached = True
+                    return True
+            return False
+        follow_log(c, from_start=False, stop=typed)
+        return detached
+
+
+def follow_log(c, from_start: bool = True, follow: bool = True, offset: int | None = None,
+               stop=None) -> None:
     """Print the container's log (from `offset`, else its start or its end); with `follow`,
-    keep printing until the container stops."""
+    keep printing until the container stops (or `stop()` says so)."""
     path = os.path.join(c.dir, "log")
     try:
         f = open(path, "rb")
@@ -214,7 +263,7 @@ def follow_log(c, from_start: bool = True, follow: bool = True, offset: int | No
                     if not chunk:
                         break
                     _write_out(chunk)
-            if not alive:
+            if not alive or (stop is not None and stop()):
                 return
             time.sleep(0.05)
     finally:

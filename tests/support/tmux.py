@@ -69,7 +69,7 @@ class TmuxTerminal:
         lines = text.split("\n")
         for i, chunk in enumerate(lines):
             if chunk:
-                self._tmux("send-keys", "-l", chunk)
+                self._tmux("send-keys", "-l", "--", chunk)
             if i < len(lines) - 1:
                 self._tmux("send-keys", "Enter")
 
