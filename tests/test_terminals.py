@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support.runtime import cli_path, cname, rt, rt_home  # noqa: F401  (fixtures)
+from tests.support.runtime import cli_path, cname, rt, rt_home
 from tests.support.tmux import TmuxTerminal
 
 pytestmark = pytest.mark.root
