@@ -108,7 +108,7 @@ def main() -> None:
         big = big_layer(st, args.size_mb << 20)
         smalls = [small_layer(st, os.urandom(200 << 10)) for _ in range(3)]
         v1 = publish(st, "bench", "1.0", [big] + smalls)
-        v2 = publish(st, "bench", "1.1", [big] + smalls + [small_layer(st, os.urandom(1 << 20))])
+        publish(st, "bench", "1.1", [big] + smalls + [small_layer(st, os.urandom(1 << 20))])
         blobs = [v1.digest, v1.config_digest] + [x["digest"] for x in v1.layers]
         total = sum(st.blob_size(d) for d in blobs)
         print(f"image: {len(blobs)} blobs, {total / 1e6:.1f} MB", flush=True)

@@ -120,8 +120,11 @@ def main() -> None:
                     subprocess.run(ssh_cmd + [f"cat {raw_dir}/b{i}"], stdout=f, check=True,
                                    env=ssh_env)
 
-        t0 = time.monotonic(); raw_push(); results["raw push"] = time.monotonic() - t0
-        t0 = time.monotonic(); raw_pull(os.path.join(base, "rawpull"))
+        t0 = time.monotonic()
+        raw_push()
+        results["raw push"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        raw_pull(os.path.join(base, "rawpull"))
         results["raw pull"] = time.monotonic() - t0
 
         door_url = door.url()

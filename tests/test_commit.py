@@ -35,7 +35,7 @@ def test_commit_added_changed_deleted_and_replaced_dir(store, busybox_image, coc
                             "--author", "Ann <ann@example.org>", "--change", "ENV MODE=prod",
                             "--change", 'CMD ["/bin/cat", "/added"]', "--json").stdout)
     assert out["reference"] == "bb:0.1.0" and out["method"] == "upper"
-    assert out["layers"][:1] == [l["digest"] for l in busybox_image.layers]
+    assert out["layers"][:1] == [layer["digest"] for layer in busybox_image.layers]
     assert len(out["layers"]) == 2
     # boot the new version: every kind of change is there, deleted files stay deleted
     code, text = run_in(store, "bb:0.1.0",
@@ -94,7 +94,7 @@ def test_commit_nothing_changed_and_config_only(store, busybox_image, cocker,
     out = json.loads(cocker("container", "commit", name, "same:1", "--change", "WORKDIR /tmp",
                             "--json").stdout)
     assert out["method"] == "config only" and out["new_layer"] is None
-    assert out["layers"] == [l["digest"] for l in busybox_image.layers]
+    assert out["layers"] == [layer["digest"] for layer in busybox_image.layers]
     p = cocker("container", "commit", name, "same:2", "--change", "BOGUS x", check=False)
     assert p.returncode != 0 and "unknown instruction" in p.stderr
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -74,7 +75,7 @@ def test_file_replacing_a_symlink_does_not_write_through_it(arena):
     arena.unpack([entry("f", "symlink", link=os.path.join(arena.sentinel_dir, "file")),
                   entry("f", data=b"overwritten")])
     arena.check_untouched()
-    assert open(os.path.join(arena.dest, "f"), "rb").read() == b"overwritten"
+    assert Path(os.path.join(arena.dest, "f")).read_bytes() == b"overwritten"
 
 
 @pytest.mark.parametrize("link", ["../sentinel/file", "/ABS", "up/file"])

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -141,14 +142,14 @@ def test_concurrent_imports_into_one_store(home, busybox_rootfs, tmp_path):
         assert json.loads(out)["digest"].startswith("sha256:")
     results = [p.communicate(timeout=120) + (p.returncode,) for p in same]
     assert sorted(r[2] for r in results) in ([0, 0], [0, 1])  # one may lose the race...
-    for out, err, rc in results:
+    for _out, err, rc in results:
         if rc:
             assert "already exists" in err and err.count("\n") == 1  # ...cleanly
     store = Store(home)
     refs = {f"{r.name}:{r.version}" for r in store.list_refs()}
     assert refs == {f"par:{i}" for i in range(4)} | {"small:1", "race:1"}
     assert store.fsck() == []
-    index = json.load(open(os.path.join(home, "index.json")))
+    index = json.loads(Path(os.path.join(home, "index.json")).read_text())
     assert len(index["manifests"]) == len(refs)
 
 

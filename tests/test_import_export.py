@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -113,7 +114,7 @@ def test_docker_dir_and_cli_format_lists(world, tmp_path):
 
 def test_plain_oci_layout_names_the_version(world, tmp_path):
     out = exporters.export_image(world.store, "bb:1.0", str(tmp_path / "l"), "oci")
-    index = json.load(open(os.path.join(out, "index.json")))
+    index = json.loads(Path(os.path.join(out, "index.json")).read_text())
     (m,) = index["manifests"]
     assert m["annotations"]["org.opencontainers.image.ref.name"] == "1.0"
     assert m["annotations"][importers.NAME_ANNOTATION] == "bb:1.0"
@@ -123,11 +124,11 @@ def test_plain_oci_layout_names_the_version(world, tmp_path):
 def test_docker_25_style_layout_names_itself(world, tmp_path):
     layout = exporters.export_image(world.store, "bb:1.0", str(tmp_path / "l"), "oci")
     index_path = os.path.join(layout, "index.json")
-    index = json.load(open(index_path))
+    index = json.loads(Path(index_path).read_text())
     index["manifests"][0]["annotations"] = {
         "org.opencontainers.image.ref.name": "latest",
         "io.containerd.image.name": "docker.io/library/busybox:latest"}
-    open(index_path, "w").write(json.dumps(index))
+    Path(index_path).write_text(json.dumps(index))
     assert importers.import_image(_fresh(tmp_path), layout).ref == "busybox:latest"
 
 
@@ -195,9 +196,9 @@ def test_failed_imports_leave_no_ref(world, tmp_path):
     layout = exporters.export_image(world.store, "bb:1.0", str(tmp_path / "l"), "oci")
     layer = imagemod.load(world.store, "bb:1.0").layers[0]["digest"].split(":")[1]
     p = os.path.join(layout, "blobs", "sha256", layer)
-    data = bytearray(open(p, "rb").read())
+    data = bytearray(Path(p).read_bytes())
     data[len(data) // 2] ^= 0xFF
-    open(p, "wb").write(bytes(data))
+    Path(p).write_bytes(bytes(data))
     with pytest.raises(CockerError):
         importers.import_image(store, layout, "bad:2")
     assert store.list_refs() == []

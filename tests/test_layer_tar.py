@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -144,8 +145,8 @@ def test_duplicate_entries_last_wins(tmp_path):
     ])
     out = str(tmp_path / "out")
     layer_tar.unpack(io.BytesIO(blob), out)
-    assert open(os.path.join(out, "f"), "rb").read() == b"second"
-    assert open(os.path.join(out, "d"), "rb").read() == b"now a file"
+    assert Path(os.path.join(out, "f")).read_bytes() == b"second"
+    assert Path(os.path.join(out, "d")).read_bytes() == b"now a file"
     assert not os.path.islink(os.path.join(out, "s"))
 
 

@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+from pathlib import Path
 
 import pytest
 
@@ -30,10 +31,10 @@ def test_publish_list_resolve_newest(tmp_path):
     assert [x.version for x in repo.list_refs("app")] and {x.name for x in repo.list_refs()} == {"app", "app/sub"}
     assert {x.version for x in repo.list_refs("app")} == {"1.9.1", "1.10.0", "_"}
     assert repo.resolve(parse("app")).version == "1.10.0"
-    index = json.load(open(tmp_path / "r" / "index.json"))
+    index = json.loads(Path(tmp_path / "r" / "index.json").read_text())
     names = sorted(m["annotations"][oci.REF_NAME] for m in index["manifests"])
     assert names == ["app/sub:1.0", "app:1.10.0", "app:1.9.1", "app:_"]
-    assert json.load(open(tmp_path / "r" / "oci-layout")) == {"imageLayoutVersion": "1.0.0"}
+    assert json.loads(Path(tmp_path / "r" / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
 
 
 def test_not_a_repo(tmp_path):
@@ -143,7 +144,7 @@ def test_concurrent_publishers(tmp_path):
         assert p.exitcode == 0
     repo = LayoutRepo(root)
     assert {r.version for r in repo.list_refs("race")} == {f"1.{i}" for i in range(8)}
-    assert len(json.load(open(os.path.join(root, "index.json")))["manifests"]) == 8
+    assert len(json.loads(Path(os.path.join(root, "index.json")).read_text())["manifests"]) == 8
     assert repo.fsck() == []
 
 
@@ -155,7 +156,7 @@ def test_index_follows_each_ref_change_and_heals(tmp_path):
     repo.delete_ref("x", "2")
 
     def names():
-        index = json.load(open(tmp_path / "index.json"))
+        index = json.loads(Path(tmp_path / "index.json").read_text())
         return [(m["annotations"][oci.REF_NAME], m["digest"]) for m in index["manifests"]]
     assert names() == [("x:1", a.digest), ("y:1", a.digest)]
     (tmp_path / "index.json").write_text("{torn")  # unreadable: rebuilt from the refs

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -152,7 +153,7 @@ def _connect_worker(home, network, owner, path, q):
     from runtime.net import network as n
     try:
         q.put((owner, n.connect(Store(home), network, owner, path)["ip"]))
-    except Exception as e:  # reported to the parent
+    except Exception as e:  # noqa: BLE001 (any failure is reported to the parent)
         q.put((owner, f"error: {e}"))
 
 
@@ -219,8 +220,8 @@ def test_default_bridge_and_nat_come_and_go(netenv):
     assert netenv.bridge in links()
     masq = [r for r in netenv.rules() if "MASQUERADE" in r and f"-s {netenv.subnet}" in r]
     assert masq and f"! -o {netenv.bridge}" in masq[0]  # not for intra-bridge traffic
-    assert open("/proc/sys/net/ipv4/ip_forward").read().strip() == "1"
-    assert open(f"/proc/sys/net/ipv4/conf/{netenv.bridge}/route_localnet").read().strip() == "1"
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    assert Path(f"/proc/sys/net/ipv4/conf/{netenv.bridge}/route_localnet").read_text().strip() == "1"
     eb = netenv.connect("bridge", "b", b)
     assert ping(netenv, a, eb["ip"])
     net.disconnect(netenv.store, "bridge", "a")

@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -83,7 +84,7 @@ def test_net_none_and_host(rt, cname):
     assert "lo" in ifaces and "eth0" not in ifaces and "UP" in p.stdout
     p = cli("container", "run", "--rm", "--name", cname, "--net", "host", "busybox:1.0",
             "cat", "/proc/net/dev")
-    host = open("/proc/net/dev").read()
+    host = Path("/proc/net/dev").read_text()
     assert len(p.stdout.splitlines()) == len(host.splitlines())
 
 

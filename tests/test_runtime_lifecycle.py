@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -90,15 +91,15 @@ def test_cgroup_limits_saved_and_applied(rt, cname):
         base = "/sys/fs/cgroup"
         if os.path.exists(f"{base}/cgroup.controllers"):
             d = f"{base}/cocker/{cname}"
-            assert open(f"{d}/memory.max").read().strip() == str(64 << 20)
-            assert open(f"{d}/pids.max").read().strip() == "20"
-            assert open(f"{d}/cpu.max").read().split()[0] == "50000"
+            assert Path(f"{d}/memory.max").read_text().strip() == str(64 << 20)
+            assert Path(f"{d}/pids.max").read_text().strip() == "20"
+            assert Path(f"{d}/cpu.max").read_text().split()[0] == "50000"
         else:
-            assert open(f"{base}/memory/cocker/{cname}/memory.limit_in_bytes").read().strip() \
+            assert Path(f"{base}/memory/cocker/{cname}/memory.limit_in_bytes").read_text().strip() \
                 == str(64 << 20)
-            assert open(f"{base}/pids/cocker/{cname}/pids.max").read().strip() == "20"
-            assert open(f"{base}/cpu/cocker/{cname}/cpu.cfs_quota_us").read().strip() == "50000"
-            assert open(f"{base}/cpuset/cocker/{cname}/cpuset.cpus").read().strip() == "0"
+            assert Path(f"{base}/pids/cocker/{cname}/pids.max").read_text().strip() == "20"
+            assert Path(f"{base}/cpu/cocker/{cname}/cpu.cfs_quota_us").read_text().strip() == "50000"
+            assert Path(f"{base}/cpuset/cocker/{cname}/cpuset.cpus").read_text().strip() == "0"
         if n == 0:
             p = cli("container", "exec", cname, "sh", "-c",
                     "for i in $(seq 40); do sleep 5 & done 2>&1; echo done", check=False)
@@ -173,10 +174,10 @@ def test_paused_freezes(rt, cname):
     with lifecycle.paused(store, cname) as c:
         assert c.info()["paused"] is True
         upper = os.path.join(c.upper_dir, "tmp", "tick")
-        first = open(upper).read()
+        first = Path(upper).read_text()
         time.sleep(0.3)
-        assert open(upper).read() == first
-    assert wait_for(lambda: open(upper).read() != first, 5)
+        assert Path(upper).read_text() == first
+    assert wait_for(lambda: Path(upper).read_text() != first, 5)
     lifecycle.stop(store, cname, timeout=2)
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -169,7 +170,7 @@ def test_missing_batch_and_sizes(served, local):
 def test_get_blob_offset_and_early_close(served, local):
     make_image(local, "a", "1", sizes=(3 << 20,))
     layer = max(local.all_blobs(), key=local.blob_size)
-    data = open(local.blob_path(layer), "rb").read()
+    data = Path(local.blob_path(layer)).read_bytes()
     with served.client() as r:
         copy(parse("a:1"), local, r)
         with r.open_blob(layer, 1000) as f:

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,7 +87,7 @@ def test_round_trip_between_two_machines(machines, tmp_path, mode):
     assert res[0]["blobs_sent"] == 4 and res[0]["published"]
     remote = LayoutRepo(str(tmp_path / "remote"))
     assert remote.fsck() == [] and [str(r) for r in remote.list_refs()] == ["app:1.0"]
-    index = json.load(open(tmp_path / "remote" / "index.json"))
+    index = json.loads(Path(tmp_path / "remote" / "index.json").read_text())
     assert [m["annotations"]["org.opencontainers.image.ref.name"]
             for m in index["manifests"]] == ["app:1.0"]
     # Delete locally on machine A, pull on both.
@@ -295,12 +296,12 @@ def test_four_clients_push_versions_concurrently(machines, tmp_path, mode):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i, h in enumerate(homes)]
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
     remote = LayoutRepo(str(tmp_path / "remote"))
     assert sorted(str(r) for r in remote.list_refs("app")) == [f"app:2.{i}" for i in range(4)]
     assert remote.fsck() == []
-    index = json.load(open(tmp_path / "remote" / "index.json"))
+    index = json.loads(Path(tmp_path / "remote" / "index.json").read_text())
     assert len(index["manifests"]) == 5
     for i in range(4):
         machines.run(machines.a, "image", "pull", f"app:2.{i}", "--repo", url)
@@ -348,7 +349,7 @@ def test_ssh_config_alias_honoured(machines, tmp_path, sshd):
 def test_proxyjump(machines, tmp_path, sshd, sshd_factory):
     jump = sshd_factory()
     with open(jump.dir + "/authorized_keys", "w") as f:
-        f.write(open(sshd.client_key + ".pub").read())
+        f.write(Path(sshd.client_key + ".pub").read_text())
     with open(sshd.known_hosts, "a") as f:
         f.write(jump.host_key_line())
     sshd.write_ssh_config(f"""Host target

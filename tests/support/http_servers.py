@@ -101,8 +101,8 @@ class SrepoHttp:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
-                                     stderr=open(os.path.join(self.workdir, "server.err"), "ab"))
+        with open(os.path.join(self.workdir, "server.err"), "ab") as err:
+            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stderr=err)
         wait_port(self.port, self.proc)
 
     def kill9(self) -> None:
@@ -140,9 +140,10 @@ class DockerRegistry:
                 "http": {"addr": f"127.0.0.1:{self.port}",
                          "debug": {"addr": "", "prometheus": {"enabled": False}}},
             }))  # YAML is a superset of JSON
-        self.proc = subprocess.Popen([DOCKER_REGISTRY, "serve", cfg], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL,
-                                     stderr=open(os.path.join(self.dir, "err.log"), "ab"))
+        with open(os.path.join(self.dir, "err.log"), "ab") as err:
+            self.proc = subprocess.Popen([DOCKER_REGISTRY, "serve", cfg],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=err)
         wait_port(self.port, self.proc)
 
     @property
@@ -267,9 +268,10 @@ class TokenRegistry:
                 "auth": {"token": {"realm": realm, "service": "test-registry",
                                    "issuer": "test-issuer", "rootcertbundle": bundle}},
             }))
-        self.proc = subprocess.Popen([DOCKER_REGISTRY, "serve", cfg], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL,
-                                     stderr=open(os.path.join(self.dir, "err.log"), "ab"))
+        with open(os.path.join(self.dir, "err.log"), "ab") as err:
+            self.proc = subprocess.Popen([DOCKER_REGISTRY, "serve", cfg],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=err)
         wait_port(self.port, self.proc)
 
     @property

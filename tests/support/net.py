@@ -125,7 +125,7 @@ class NetEnv:
 
     def rules(self) -> list[str]:
         """This store's iptables rules (they carry its tag)."""
-        return [l for l in iptables_dump().splitlines() if f"ck:{self.tag()}:" in l]
+        return [rule for rule in iptables_dump().splitlines() if f"ck:{self.tag()}:" in rule]
 
     def leftovers(self) -> list[str]:
         """What of this test is still on the host: rules, bridges, veths, namespaces."""

@@ -58,13 +58,12 @@ class SrepoDoor:
                           known_hosts=self.known_hosts, config_path=None, **kw)
 
     def start(self) -> None:
-        log = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "srepo_server.main", "--root", self.root,
-             "--ssh", f"{self.host}:{self.port}", "--host-key", self.host_key,
-             "--authorized-keys", self.authorized_keys],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        log.close()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "srepo_server.main", "--root", self.root,
+                 "--ssh", f"{self.host}:{self.port}", "--host-key", self.host_key,
+                 "--authorized-keys", self.authorized_keys],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

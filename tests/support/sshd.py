@@ -146,10 +146,9 @@ SetEnv PATH={path_env}
 LogLevel ERROR
 {extra_config}
 """)
-    log = open(s.log, "wb")
-    s.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", config], stdout=log, stderr=log,
-                              stdin=subprocess.DEVNULL)
-    log.close()
+    with open(s.log, "wb") as log:
+        s.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", config], stdout=log, stderr=log,
+                                  stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if s.proc.poll() is not None:
