@@ -30,7 +30,11 @@ HELP = ("Exit status: 0 success; 1 error (not found, conflict, permission...); 2
 
 
 def exit_code_for(e: BaseException) -> int:
-    """The exit status for an error that reached the command line."""
+    """The exit status for an error that reached the command line. An error may carry its own
+    (a workload that could not start exits 125/126/127, as with docker)."""
+    own = vars(e).get("exit_code")
+    if isinstance(own, int):
+        return own
     for cls, code in _TABLE:
         if isinstance(e, cls):
             return code

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from tests.conftest import run_cocker
+from tests.support.net import unique, unique_subnet
 
 # each replica serves its own hostname (= its container name) with busybox httpd
 HTTPD = ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
@@ -28,6 +30,10 @@ def make_home(base: str) -> str:
     home = os.path.join(base, "home")
     rootfs = make_busybox_rootfs(os.path.join(base, "rootfs"))
     env = {"COCKER_HOME": home, "COCKER_QUIET": "1"}
+    # the store's own default bridge: a lone container never meets another store's cocker0
+    os.makedirs(os.path.join(home, "config"), exist_ok=True)
+    with open(os.path.join(home, "config", "network.json"), "w") as f:
+        json.dump({"bridge": unique("cks"), "subnet": unique_subnet()}, f)
     run_cocker("image", "import", rootfs, "web:1.0", env=env)
     with open(os.path.join(rootfs, "etc", "motd"), "w") as f:
         f.write("version 2\n")
