@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from cocker.commands.image import image
@@ -35,7 +37,7 @@ def import_cmd(ctx, source: str, ref: str | None, fmt: str | None, source_ref: s
     try:
         res = importers.import_image(ctx.store, source, ref, source_ref=source_ref,
                                      compression=compression, force=force, fmt=fmt,
-                                     progress=progress, stdin=click.get_binary_stream("stdin"))
+                                     progress=progress, stdin=sys.stdin.buffer)
     finally:
         progress.close()
     dropped_devices_notice(res.ref, res.dropped_devices)
