@@ -35,6 +35,7 @@ MNT_DETACH = 2
 UMOUNT_NOFOLLOW = 8
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -107,6 +108,26 @@ def sethostname(name: str) -> None:
 def prctl(option: int, arg2: int = 0) -> None:
     _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0),
                        ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl")
+
+
+def set_dumpable(on: bool) -> None:
+    """Off: /proc/<pid> of this process belongs to root and refuses ptrace-mode access, so no
+    process of a container can reach its host python (exe, fds, environ, mem) before it execs
+    (CVE-2016-9962). execve of the workload turns it on again."""
+    prctl(PR_SET_DUMPABLE, 1 if on else 0)
+
+
+CLOSE_RANGE_CLOEXEC = 4
+NR_CLOSE_RANGE = 436      # the same number on x86_64 and aarch64
+
+
+def cloexec_from(first: int) -> None:
+    """Mark every fd >= `first` close-on-exec (close_range with CLOSE_RANGE_CLOEXEC, kernel
+    5.11): nothing the host opened, whatever its number, survives into the container's
+    command (CVE-2024-21626), while the error pipe stays usable until the exec itself."""
+    _check(_libc.syscall(ctypes.c_long(NR_CLOSE_RANGE), ctypes.c_uint(first),
+                         ctypes.c_uint(0xFFFFFFFF), ctypes.c_uint(CLOSE_RANGE_CLOEXEC)),
+           "close_range")
 
 
 def set_pdeathsig(sig: int) -> None:

@@ -50,6 +50,17 @@ def _spec_options(f):
         click.option("--restart", default="no", show_default=True,
                      metavar="no|always|on-failure[:N]|unless-stopped",
                      help="Carried out by `cocker daemon`, also after its or the host's restart."),
+        click.option("--init", is_flag=True,
+                     help="PID 1 is a small init (tini) that reaps and forwards signals."),
+        click.option("--privileged", is_flag=True,
+                     help="Every capability, no seccomp filter, /proc and /sys unmasked."),
+        click.option("--cap-add", multiple=True, help="Add a capability (NET_ADMIN, ALL...)."),
+        click.option("--cap-drop", multiple=True, help="Drop a capability (or ALL)."),
+        click.option("--security-opt", multiple=True,
+                     help="seccomp=unconfined, seccomp=FILE.json or no-new-privileges."),
+        click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
+        click.option("--device", "devices", multiple=True,
+                     help="HOST[:CTR]: give the container a host device node (repeatable)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -73,7 +84,10 @@ def _make_spec(image: str, command: tuple[str, ...], tty: bool, kw: dict):
         workdir=kw["workdir"], cpus=kw["cpus"], cpu_quota=kw["cpu_quota"], memory=kw["memory"],
         pids_limit=kw["pids_limit"], tty=tty, labels=labels, restart=kw["restart"],
         user=kw["user"], userns="" if kw["userns"] == "host" else kw["userns"],
-        aliases=list(kw["aliases"]))
+        aliases=list(kw["aliases"]), init=kw["init"], privileged=kw["privileged"],
+        cap_add=list(kw["cap_add"]), cap_drop=list(kw["cap_drop"]),
+        security_opt=list(kw["security_opt"]), read_only=kw["read_only"],
+        devices=list(kw["devices"]))
 
 
 @container.command("create", context_settings=_ARGS)
@@ -259,9 +273,13 @@ def inspect_cmd(ctx, name: str, as_json: bool) -> None:
                 "command", "created", "exit_code", "oom_killed", "labels", "dir"):
         click.echo(f"{key + ':':<12}{info.get(key) if info.get(key) not in (None, [], {}) else '-'}")
     rec = info["record"]
-    for key in ("volumes", "env", "workdir", "cpus", "cpu_quota", "memory", "pids_limit"):
+    for key in ("volumes", "env", "workdir", "user", "cpus", "cpu_quota", "memory", "pids_limit"):
         if rec.get(key):
             click.echo(f"{key + ':':<12}{rec[key]}")
+    changed = {k: v for k, v in info["security"].items()
+               if v not in (False, [], "default")}
+    click.echo(f"{'security:':<12}" + (" ".join(f"{k}={v}" for k, v in changed.items())
+                                       or "default confinement"))
 
 
 @container.command("exec", context_settings=_ARGS)
@@ -269,15 +287,17 @@ def inspect_cmd(ctx, name: str, as_json: bool) -> None:
 @click.option("-t", "--tty", is_flag=True, help="Give the command a pty.")
 @click.option("-e", "--env", "env", multiple=True, help="KEY=VALUE (repeatable).")
 @click.option("-w", "--workdir", help="Working directory inside.")
+@click.option("-u", "--user", help="uid[:gid] or a user of the image (default: the container's).")
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
 def exec_cmd(ctx, interactive: bool, tty: bool, env: tuple[str, ...], workdir: str | None,
-             name: str, command: tuple[str, ...]) -> int:
-    """Run COMMAND inside a running container; cocker exits with its code."""
+             user: str | None, name: str, command: tuple[str, ...]) -> int:
+    """Run COMMAND inside a running container, under its confinement; cocker exits with its
+    code."""
     from runtime.container import session
     return session.exec_(ctx.store, name, list(command), tty=tty, env=list(env),
-                            workdir=workdir, interactive=interactive)
+                         workdir=workdir, interactive=interactive, user=user)
 
 
 @container.command("attach")

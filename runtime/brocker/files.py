@@ -58,6 +58,15 @@ CONTAINER_FIELDS: dict[str, tuple[tuple, str]] = {
     "port": ((int,), "a port number"),
     "env": ((list, dict), "a list of KEY=VALUE strings or an object"),
     "hostname": (_STR, "a string"),
+    # cocker's opt-ins out of the default confinement, named as the CLI's flags
+    "user": (_STR, "a string (uid[:gid] or name[:group])"),
+    "init": ((bool,), "true or false"),
+    "privileged": ((bool,), "true or false"),
+    "read-only": ((bool,), "true or false"),
+    "cap-add": ((str, list), "a string or a list of strings"),
+    "cap-drop": ((str, list), "a string or a list of strings"),
+    "security-opt": ((str, list), "a string or a list of strings"),
+    "device": ((str, list), "a string or a list of strings"),
 }
 
 
@@ -132,6 +141,15 @@ def _env(v: list | dict | None) -> list[str]:
     return list(v)
 
 
+def _strings(v: str | list | None) -> list[str]:
+    if v is None:
+        return []
+    items = [v] if isinstance(v, str) else v
+    if not all(isinstance(x, str) for x in items):
+        raise UsageError(f"expected a string or a list of strings, not {v!r}")
+    return list(items)
+
+
 def _publish(v: str | list | None) -> list[str]:
     if v is None:
         return []
@@ -190,6 +208,10 @@ class BrockerContainer:
     port: int | None               # the port it serves on (default: the service's)
     copies: list[str] = field(default_factory=list)   # files to copy into its /app
 
+    @property
+    def name(self) -> str:
+        return self.spec.name or ""       # always set: a brocker file's name or one made up
+
 
 def container_spec(data: dict, *, store=None, what: str = "container JSON",
                    default_image: str | None = None) -> BrockerContainer:
@@ -230,7 +252,13 @@ def container_spec(data: dict, *, store=None, what: str = "container JSON",
             volumes.append(f"{src}:/app/{os.path.basename(src)}:ro")
     spec = ContainerSpec(image=image, name=name, command=command, env=_env(data.get("env")),
                          ports=_publish(data.get("publish")), volumes=volumes,
-                         hostname=data.get("hostname"))
+                         hostname=data.get("hostname"), user=data.get("user"),
+                         init=bool(data.get("init")), privileged=bool(data.get("privileged")),
+                         read_only=bool(data.get("read-only")),
+                         cap_add=_strings(data.get("cap-add")),
+                         cap_drop=_strings(data.get("cap-drop")),
+                         security_opt=_strings(data.get("security-opt")),
+                         devices=_strings(data.get("device")))
     return BrockerContainer(spec, service, port, copies)
 
 
@@ -246,7 +274,7 @@ def container_spec_from_file(path: str, store=None):
     if store is None:
         store = _default_store()
     bc = container_spec(read_json(path), store=store, what=path)
-    stage_files(store, bc.spec.name, bc.copies)
+    stage_files(store, bc.name, bc.copies)
     return bc.spec, bc.service
 
 
@@ -264,14 +292,14 @@ def run_file(store, path: str, *, rm: bool = False, detach: bool = True,
     with a `service-name` joins that service (always in the background); one without runs
     like any container. Returns (container name, exit code when run in the foreground)."""
     bc = container_spec(read_json(path), store=store, what=path)
-    stage_files(store, bc.spec.name, bc.copies)
+    stage_files(store, bc.name, bc.copies)
     try:
         if bc.service:
             services.join(store, bc.service, bc.spec, bc.port)
-            return bc.spec.name, None
+            return bc.name, None
         code = lifecycle.run(store, bc.spec, rm=rm, detach=detach, interactive=interactive)
     except BaseException:
-        if not os.path.exists(os.path.join(store.containers_dir, bc.spec.name)):
-            remove_app_dir(store, bc.spec.name)
+        if not os.path.exists(os.path.join(store.containers_dir, bc.name)):
+            remove_app_dir(store, bc.name)
         raise
-    return bc.spec.name, None if detach else code
+    return bc.name, None if detach else code

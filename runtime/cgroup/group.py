@@ -17,13 +17,14 @@ from common.errors import RuntimeFailure, UsageError
 
 ROOT = "/sys/fs/cgroup"
 PARENT = "cocker"
-V1_CONTROLLERS = ("cpuset", "cpu", "memory", "pids", "freezer")
-# v1 groups every container gets: memory (usage, OOM detection), pids (the count, and the
-# process list kill_all reads) and freezer (pause, commit --pause). cpuset and cpu only limit;
+V1_CONTROLLERS = ("cpuset", "cpu", "memory", "pids", "freezer", "devices")
+# v1 groups every container gets: devices (which nodes it may open), memory (usage, OOM
+# detection), pids (the count, and the process list kill_all reads) and freezer (pause,
+# commit --pause). cpuset and cpu only limit;
 # each costs a mkdir, an attach and an rmdir at every start (cpuset also copying its parent's
 # cpus and mems), so a container gets them only with --cpus / --cpu-quota. Without them its
 # processes share the cpu and cpuset groups of whoever started it.
-V1_ALWAYS = ("memory", "pids", "freezer")
+V1_ALWAYS = ("memory", "pids", "freezer", "devices")
 PERIOD_US = 100_000
 
 _SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,

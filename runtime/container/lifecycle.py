@@ -23,7 +23,7 @@ from registry.repo import image as imagemod
 from registry.repo.repository import RefRecord
 from registry.repo.store import Store
 from runtime.cgroup.group import Cgroup, validate_limits
-from runtime.container import restart_policy
+from runtime.container import restart_policy, security
 from runtime.container.record import (
     HOST_NETS,
     Container,
@@ -38,8 +38,8 @@ from runtime.fs import layers, mounts
 from runtime.fs.rmtree import rmtree, rmtree_detached
 from runtime.fs.state_file import write_json
 from runtime.net import names, network
-from runtime.process import monitor, userns
-from runtime.process.plan import Plan
+from runtime.process import kernel_views, monitor, userns
+from runtime.process.plan import INIT_PATH, Plan
 from runtime.process.startup import StartFailed
 from runtime.syscalls import process_start_time
 from runtime.tty import attach as attachmod
@@ -82,6 +82,10 @@ def create(store: Store, spec: ContainerSpec, *, durable: bool = True) -> Contai
         raise UsageError(f"--userns {spec.userns!r}: host or auto")
     if spec.userns == "auto":
         userns.check_kernel()
+    opt_ins = security.record_fields(
+        privileged=spec.privileged, cap_add=list(spec.cap_add), cap_drop=list(spec.cap_drop),
+        security_opt=list(spec.security_opt), read_only=spec.read_only,
+        devices=list(spec.devices), init=spec.init)
     layers.ensure_layers(store, img)
     labels = dict(cfg.get("Labels") or {})
     labels.update(spec.labels or {})
@@ -93,7 +97,7 @@ def create(store: Store, spec: ContainerSpec, *, durable: bool = True) -> Contai
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "layers": img.diff_ids,
         "argv": argv,
-        "env": merge_env(list(cfg.get("Env") or []), spec.env, spec.tty),
+        "env": merge_env(list(cfg.get("Env") or []), spec.env, spec.tty, hostname),
         "workdir": spec.workdir or cfg.get("WorkingDir") or "/",
         "user": spec.user if spec.user is not None else (cfg.get("User") or ""),
         "hostname": hostname,
@@ -103,6 +107,7 @@ def create(store: Store, spec: ContainerSpec, *, durable: bool = True) -> Contai
         "pids_limit": spec.pids_limit,
         "tty": bool(spec.tty), "labels": labels, "restart": spec.restart,
         "spec": asdict(spec),
+        **opt_ins,
     }
     try:
         os.mkdir(cdir, 0o700)
@@ -146,17 +151,24 @@ def plan_for(c: Container, detached: bool) -> tuple[Plan, Cgroup]:
         hosts = c.store.paths.container_hosts(c.name)
         names.prepare(hosts, hostname)
         volumes.append((hosts, "/etc/hosts", False))
+    argv = list(r["argv"])
+    init = None
+    if r.get("init"):
+        init = security.init_binary()
+        argv = [INIT_PATH, "--", *argv]
     return Plan(
-        name=c.name, cdir=c.dir, argv=list(r["argv"]), env=list(r["env"]),
+        name=c.name, cdir=c.dir, argv=argv, env=list(r["env"]),
         workdir=r.get("workdir") or "/", hostname=hostname,
         lowerdir=lowerdir, volumes=volumes, own_netns=net != "host",
         cgroup_dirs=list(cg.dirs.values()), tty=bool(r.get("tty")), detached=detached,
         user=r.get("user") or "", home=c.store.home,
         network=None if net in HOST_NETS else net, published=bool(r.get("ports")),
-        idmap=_idmap(r)), cg
+        confinement=security.confinement_for(c.store.paths, r),
+        privileged=bool(r.get("privileged")), read_only=bool(r.get("read_only")),
+        init_binary=init, devices=security.devices_for(r), idmap=_idmap(r)), cg
 
 
-def _idmap(record: dict) -> userns.IdMap | None:
+def _idmap(record: dict[str, Any]) -> userns.IdMap | None:
     u = record.get("userns") or {}
     if u.get("mode") != "auto":
         return None
@@ -166,7 +178,7 @@ def _idmap(record: dict) -> userns.IdMap | None:
 def _start(store, name: str, *, detached: bool, stdio=None, before_go=None,
            foreground: bool = False, volatile: bool = False,
            autoremove: bool = False) -> tuple[Container, int]:
-    """Start the container; returns it and the supervisor's pid once the workload exec'd."""
+    """Start the container; returns it and the monitor's pid once the workload exec'd."""
     require_root()
     c = load(store, name)
     with locked(c.dir):
@@ -182,16 +194,26 @@ def _start(store, name: str, *, detached: bool, stdio=None, before_go=None,
         cg.create(cpus=r.get("cpus"), cpu_quota=r.get("cpu_quota"), memory=r.get("memory"),
                   pids_limit=r.get("pids_limit"))
         try:
+            if "devices" in cg.dirs and not plan.privileged:
+                kernel_views.restrict_devices_v1(cg.dirs["devices"],
+                                                 tuple(d.cgroup_rule for d in plan.devices))
+        except BaseException:
+            cg.remove()
+            raise
+        try:
             launched = monitor.spawn(plan, stdio, reparent_to_caller=foreground)
         except BaseException:
             cg.remove()
             raise
         pid = launched.pid
-        state: dict[str, Any] = {"status": "running", "pid": pid, "pid_start": process_start_time(pid),
-                 "started_at": time.time(), "ip": None, "network": plan.network}
+        state: dict[str, Any] = {
+            "status": "running", "pid": pid, "pid_start": process_start_time(pid),
+            "init_pid": launched.init_pid, "started_at": time.time(), "ip": None,
+            "network": plan.network}
         try:
             if plan.network:
-                ep = network.connect(store, plan.network, c.name, f"/proc/{pid}/ns/net",
+                ep = network.connect(store, plan.network, c.name,
+                                     f"/proc/{launched.init_pid}/ns/net",
                                      ip=r.get("ip"), aliases=[plan.hostname,
                                                               *r.get("aliases", [])])
                 state["ip"] = ep["ip"]

@@ -31,6 +31,12 @@ from runtime.syscalls import process_start_time
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 HOST_NETS = ("host", "none")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# the opt-ins out of the default confinement, as the record keeps them and inspect shows them
+# (a record older than them has the defaults)
+SECURITY_DEFAULTS: dict[str, Any] = {
+    "privileged": False, "cap_add": [], "cap_drop": [], "seccomp": "default",
+    "no_new_privileges": False, "read_only": False, "devices": [], "init": False,
+}
 
 _ADJ = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry",
         "nimble", "proud", "quiet", "rapid", "sharp", "tidy", "vivid", "witty", "zesty", "bold")
@@ -180,7 +186,13 @@ class Container:
         out["dir"] = self.dir
         out["upper_dir"] = self.upper_dir
         out["workload_pid"] = self.workload_pid() if out["status"] == "running" else None
+        out["user"] = self.record.get("user") or ""
+        out["security"] = self.security()
         return out
+
+    def security(self) -> dict[str, Any]:
+        """The container's opt-ins (a seccomp profile shows as its file, not its text)."""
+        return {k: self.record.get(k, v) for k, v in SECURITY_DEFAULTS.items()}
 
 
 def children_by_scan(ppid: int) -> list[int]:

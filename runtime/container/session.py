@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from common.errors import Conflict, UsageError
 from registry.repo.store import Store
+from runtime.container import security
 from runtime.container.record import load, require_root
 from runtime.container.spec import merge_env
 from runtime.process import nsexec
@@ -12,8 +13,9 @@ from runtime.tty import attach as attachmod
 
 def exec_(store: Store, name: str, argv: list[str], *, tty: bool = False,
           env: list[str] | None = None, workdir: str | None = None,
-          interactive: bool = False) -> int:
-    """Run `argv` inside the running container (its namespaces and cgroup); the exit code."""
+          interactive: bool = False, user: str | None = None) -> int:
+    """Run `argv` inside the running container (its namespaces and cgroup, under its
+    confinement and, unless `user` names another, as its user); the exit code."""
     require_root()
     if not argv:
         raise UsageError("exec needs a command")
@@ -24,7 +26,9 @@ def exec_(store: Store, name: str, argv: list[str], *, tty: bool = False,
     full_env = merge_env(list(c.record.get("env") or []), list(env or []), tty)
     return nsexec.run_in(wpid, argv, env=full_env, workdir=workdir or c.record.get("workdir") or "/",
                          tty=tty, interactive=interactive or tty,
-                         cgroup_dirs=list(c.cgroup().dirs.values()), user=c.record.get("user") or "")
+                         cgroup_dirs=list(c.cgroup().dirs.values()),
+                         user=user if user is not None else c.record.get("user") or "",
+                         confine=security.confinement_for(store.paths, c.record))
 
 
 def attach(store: Store, name: str, keys: bytes = attachmod.DETACH_KEYS) -> int | None:

@@ -37,9 +37,21 @@ class ContainerSpec:
     user: str | None = None
     userns: str = ""            # "auto": container root maps to a slice of cocker's subuids
     aliases: list[str] = field(default_factory=list)   # more names on its network (names.py)
+    # opt-ins out of the default confinement (runtime.container.security)
+    privileged: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    security_opt: list[str] = field(default_factory=list)
+    read_only: bool = False
+    devices: list[str] = field(default_factory=list)
+    init: bool = False
 
 
-def merge_env(image_env: list[str], extra: list[str], tty: bool) -> list[str]:
+def merge_env(image_env: list[str], extra: list[str], tty: bool,
+              hostname: str | None = None) -> list[str]:
+    """The environment of the container's processes: the image's Env, then -e values, then
+    what the runtime adds when they lack it: PATH, HOSTNAME, TERM (with a tty) and
+    container=cocker. HOME comes from the user's passwd entry at exec time."""
     env: dict[str, str] = {}
     for e in image_env:
         k, _, v = e.partition("=")
@@ -54,9 +66,11 @@ def merge_env(image_env: list[str], extra: list[str], tty: bool) -> list[str]:
             v = os.environ[k]
         env[k] = v
     env.setdefault("PATH", DEFAULT_PATH)
-    env.setdefault("HOME", "/root")
+    if hostname:
+        env.setdefault("HOSTNAME", hostname)
     if tty:
         env.setdefault("TERM", "xterm")
+    env.setdefault("container", "cocker")
     return [f"{k}={v}" for k, v in env.items()]
 
 

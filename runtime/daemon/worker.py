@@ -96,10 +96,10 @@ def brocker_container_run(store: Store, a: dict) -> dict:
     from runtime.container import record
     from runtime.services import manager as services
     bc = brocker_json.container_spec(a["body"], store=store, what="container JSON")
-    brocker_json.stage_files(store, bc.spec.name, bc.copies)
+    brocker_json.stage_files(store, bc.name, bc.copies)
     if bc.service:
         services.join(store, bc.service, bc.spec, bc.port)
-        return record.load(store, bc.spec.name).info()
+        return record.load(store, bc.name).info()
     return container_run(store, {"spec": _spec_dict(bc.spec)})
 
 

@@ -1,8 +1,9 @@
 """The container's filesystem: overlay over the layer trees, volumes, /proc, /sys, /dev, pivot_root.
 
-Everything here except `lower_links`/`secure_join`/`parse_volume` runs in the workload process
-after it unshared its mount namespace, so nothing it mounts is visible on the host and nothing
-has to be unmounted when the container ends (the namespace dies with its last process).
+Everything here except `lower_links`/`secure_join`/`parse_volume` runs in the container's first
+process after it unshared its mount namespace, so nothing it mounts is visible on the host and
+nothing has to be unmounted when the container ends (the namespace dies with its last process).
+The rootfs and volumes are nodev: a device node an image or a volume carries opens nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from runtime import syscalls as sc
 
 LINKS = "L"          # containers/<name>/L/<n> -> layer tree: keeps the mount options short
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+_ST_FLAGS = ((os.ST_RDONLY, sc.MS_RDONLY), (os.ST_NOSUID, sc.MS_NOSUID), (os.ST_NODEV, sc.MS_NODEV),
+             (os.ST_NOEXEC, sc.MS_NOEXEC))
 
 
 # host side ----------------------------------------------------------------------------
@@ -50,7 +53,8 @@ def overlay_options(lowerdir: str) -> str:
     return f"lowerdir={lowerdir},upperdir=upper,workdir=work,redirect_dir=off,metacopy=off"
 
 
-def mount_overlay(cdir: str, lowerdir: str, target: str, volatile: bool = False) -> None:
+def mount_overlay(cdir: str, lowerdir: str, target: str, volatile: bool = False,
+                  flags: int = 0) -> None:
     """Mount the overlay on `target`, resolving the short relative layer names from `cdir`.
     `volatile` (throw-away containers): no syncs of the upper dir, above all not the syncfs at
     unmount, which costs tens of milliseconds at every exit on a busy disk."""
@@ -65,17 +69,17 @@ def mount_overlay(cdir: str, lowerdir: str, target: str, volatile: bool = False)
         try:
             if volatile:
                 try:
-                    sc.mount("overlay", target, "overlay", 0, opts + ",volatile")
+                    sc.mount("overlay", target, "overlay", flags, opts + ",volatile")
                     return
                 except OSError as e:
                     if e.errno != errno.EINVAL:      # kernels before 5.10: no volatile
                         raise
-            sc.mount("overlay", target, "overlay", 0, opts)
+            sc.mount("overlay", target, "overlay", flags, opts)
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
             # kernels without redirect_dir/metacopy options
-            sc.mount("overlay", target, "overlay", 0,
+            sc.mount("overlay", target, "overlay", flags,
                      f"lowerdir={lowerdir},upperdir=upper,workdir=work")
     finally:
         os.fchdir(old)
@@ -152,8 +156,15 @@ def bind_volume(root: str, host: str, ctr: str, ro: bool) -> None:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
     sc.mount(host, target, None, sc.MS_BIND | sc.MS_REC)
-    if ro:
-        sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)
+    remount_bind(target, sc.MS_NODEV | (sc.MS_RDONLY if ro else 0))
+
+
+def remount_bind(target: str, add: int) -> None:
+    """Add mount flags to the bind mount on `target`, keeping those it has (a bind remount
+    replaces them all)."""
+    have = os.statvfs(target).f_flag
+    flags = add | sum(ms for st, ms in _ST_FLAGS if have & st)
+    sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
 
 
 def _mkdir(path: str, mode: int = 0o755) -> None:
@@ -161,13 +172,13 @@ def _mkdir(path: str, mode: int = 0o755) -> None:
         os.mkdir(path, mode)
 
 
-def mount_proc_sys(root: str, own_netns: bool) -> None:
+def mount_proc_sys(root: str, own_netns: bool, sys_writable: bool = False) -> None:
     proc = secure_join(root, "/proc")
     _mkdir(proc, 0o555)
     sc.mount("proc", proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     sysd = secure_join(root, "/sys")
     _mkdir(sysd, 0o555)
-    flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_RDONLY
+    flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if sys_writable else sc.MS_RDONLY)
     try:
         sc.mount("sysfs", sysd, "sysfs", flags)
     except OSError:
@@ -175,18 +186,23 @@ def mount_proc_sys(root: str, own_netns: bool) -> None:
             raise
         # host network: sysfs may refuse a fresh instance; show the host's, read-only
         sc.mount("/sys", sysd, None, sc.MS_BIND | sc.MS_REC)
-        sc.mount(None, sysd, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)
+        if not sys_writable:
+            sc.mount(None, sysd, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)
 
 
-def mount_dev(root: str, console: str | None = None) -> None:
-    """A small tmpfs /dev with the usual nodes bound from the host, its own devpts and shm."""
+def mount_dev(root: str, nodes: tuple[str, ...] = DEV_NODES,
+              devices: tuple[tuple[str, str], ...] = ()) -> str:
+    """A small tmpfs /dev with `nodes` bound from the host's, `devices` (host node, path inside)
+    too, its own devpts instance and shm. Returns the /dev path under `root`."""
     dev = secure_join(root, "/dev")
     _mkdir(dev)
     sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
-    for n in DEV_NODES:
-        p = os.path.join(dev, n)
-        os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o666))
-        sc.mount(f"/dev/{n}", p, None, sc.MS_BIND)
+    for n in nodes:
+        bind_file(f"/dev/{n}", os.path.join(dev, n), 0o666)
+    for host, ctr in devices:
+        target = secure_join(root, ctr)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        bind_file(host, target, 0o600)
     pts = os.path.join(dev, "pts")
     _mkdir(pts)
     sc.mount("devpts", pts, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
@@ -195,14 +211,22 @@ def mount_dev(root: str, console: str | None = None) -> None:
     shm = os.path.join(dev, "shm")
     _mkdir(shm, 0o1777)
     sc.mount("shm", shm, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=1777,size=65536k")
+    mqueue = os.path.join(dev, "mqueue")
+    _mkdir(mqueue)
+    sc.mount("mqueue", mqueue, "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
                          ("core", "/proc/kcore")):
         os.symlink(target, os.path.join(dev, name))
-    if console:
-        p = os.path.join(dev, "console")
-        os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o600))
-        sc.mount(console, p, None, sc.MS_BIND)
+    return dev
+
+
+def bind_file(source: str, target: str, mode: int = 0o644, readonly: bool = False) -> None:
+    """Bind the file `source` onto a new empty file `target` (never through a symlink there)."""
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode))
+    sc.mount(source, target, None, sc.MS_BIND)
+    if readonly:
+        remount_bind(target, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
 
 
 def pivot(root: str) -> None:
@@ -213,22 +237,10 @@ def pivot(root: str) -> None:
     os.chdir("/")
 
 
-def setup_rootfs(cdir: str, lowerdir: str, volumes: list[tuple[str, str, bool]],
-                 own_netns: bool, console: str | None = None, volatile: bool = False) -> None:
-    root = os.path.join(cdir, "rootfs")
-    make_private()
-    mount_overlay(cdir, lowerdir, root, volatile)
-    finish_rootfs(root, volumes, own_netns, console)
-
-
-def finish_rootfs(root: str, volumes: list[tuple[str, str, bool]], own_netns: bool,
-                  console: str | None = None) -> None:
-    """Everything setup_rootfs does once the overlay is mounted on `root`."""
-    for host, ctr, ro in volumes:
-        bind_volume(root, host, ctr, ro)
-    mount_proc_sys(root, own_netns)
-    mount_dev(root, console)
-    pivot(root)
+def make_root_readonly(root: str) -> None:
+    """--read-only: the container's root (the overlay) read-only; volumes and /dev, /proc, /sys,
+    mounted on it, keep their own flags."""
+    remount_bind(root, sc.MS_RDONLY)
 
 
 # host side again: the merged tree of a stopped container (cp, builds) ------------------------------

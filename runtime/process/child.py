@@ -1,85 +1,132 @@
-"""The container's first process between fork and exec: namespaces, root, user, then exec."""
+"""The container's first process, between fork and exec. It is forked by the monitor into a
+new PID namespace, where it is PID 1; the monitor itself stays outside.
+
+    unshare(mnt, uts, ipc[, net])      -> "N" to the monitor: the caller may wire the network
+    root assembled, pty on its devpts  -> the master to the monitor over the console socket
+    pivot_root, hostname               -> waits for "g" (the network is ready)
+    stdio, cgroup, user, caps, seccomp -> every other fd close-on-exec, cwd checked, exec
+
+Until the exec the process is not dumpable: a process of the container cannot open its /proc
+files (exe is the host's python, environ the host's environment). The exec runs with the
+image's environment only.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+from dataclasses import dataclass
 from typing import NoReturn
 
 from runtime import syscalls as sc
 from runtime.cgroup.join import join_cgroup, open_join_fd
-from runtime.fs import mounts
-from runtime.process import userns, users
+from runtime.process import confinement, rootfs, userns, users
 from runtime.process.plan import Plan
 from runtime.process.startup import FORWARDED, describe, say
 
 
-def start_workload(plan: Plan, fds: tuple[int, int, int], err_w: int) -> NoReturn:
+@dataclass
+class ChildPipes:
+    sync_w: int                 # "N" once the namespaces exist
+    go_r: int                   # "g" from the monitor: start
+    console: socket.socket | None   # the pty master goes back to the monitor through it
+    err_w: int                  # one line when the start fails; EOF (close-on-exec) when it worked
+    stdio: tuple[int, int, int]     # -1: /dev/null of the container
+
+
+def start_workload(plan: Plan, pipes: ChildPipes) -> NoReturn:
     try:
-        for sig in FORWARDED + (signal.SIGCHLD,):
-            signal.signal(sig, signal.SIG_DFL)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)     # python ignores these; exec would keep that
+        sc.set_dumpable(False)
+        for sig in FORWARDED + (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)     # python ignores some; exec would keep that
         # the cgroup is joined just before exec: the python set-up below runs neither throttled
         # nor charged to the container's memory limit
         cg_fds = [open_join_fd(d) for d in plan.cgroup_dirs]
-        sc.unshare(sc.CLONE_NEWNS)
-        os.setsid()
-        for i, fd in enumerate(fds):
-            if fd != i:
-                os.dup2(fd, i)
-            else:
-                os.set_inheritable(i, True)
-        console = None
-        if plan.tty:
-            sc.set_ctty(0)
-            console = os.ttyname(0)
+        flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
         if plan.own_netns:
-            sc.loopback_up()        # before pivot_root: it imports modules from the host's python
-        if plan.idmap is not None:
-            _mapped_rootfs(plan, console)
-        else:
-            mounts.setup_rootfs(plan.cdir, plan.lowerdir, plan.volumes, plan.own_netns, console,
-                                plan.volatile)
+            flags |= sc.CLONE_NEWNET
+        sc.unshare(flags)
+        os.write(pipes.sync_w, b"N")
+        os.close(pipes.sync_w)
+        os.setsid()
+        if plan.own_netns:
+            sc.loopback_up()
+        pty = rootfs.assemble(plan)
+        if pty is not None and pipes.console is not None:
+            socket.send_fds(pipes.console, [b"m"], [pty[0]])
+            os.close(pty[0])
+        if pipes.console is not None:
+            pipes.console.close()
+        rootfs.enter(plan)
         sc.sethostname(plan.hostname)
         if plan.idmap is not None:
+            # after pivot_root (a chrooted process may not join); host uid 0 is unmapped in it
+            # until confinement.enter (or switch_to) takes the container user's ids
             userns.join(plan.userns_fd)
-            if not plan.user:           # host uid 0 is not mapped: become container root
-                users.switch_to(users.resolve_in_root(""))
         # from here on the root is the image's: no more imports
+        if os.read(pipes.go_r, 1) != b"g":
+            os._exit(125)
+        os.close(pipes.go_r)
+        _stdio(pty[1] if pty is not None else None, pipes.stdio)
         env = dict(e.partition("=")[::2] for e in plan.env)
         user = users.resolve_in_root(plan.user)
         env.setdefault("HOME", user.home)
         # joining the cgroup namespace needs the privileges the user switch drops
         join_cgroup(cg_fds)
-        if plan.user:
+        _chdir(plan.workdir)
+        sc.cloexec_from(3)
+        if plan.confinement is not None:
+            confinement.enter(plan.confinement, user.uid, user.gid, list(user.groups))
+        else:
             users.switch_to(user)
-        try:
-            os.chdir(plan.workdir or "/")
-        except FileNotFoundError:
-            os.makedirs(plan.workdir, exist_ok=True)
-            os.chdir(plan.workdir)
-        try:
-            os.execvpe(plan.argv[0], plan.argv, env)
-        except FileNotFoundError:
-            say(err_w, f"{plan.argv[0]}: command not found in the image")
-            os._exit(127)
-        except PermissionError:
-            say(err_w, f"{plan.argv[0]}: permission denied (not executable?)")
-            os._exit(126)
+        _exec(plan.argv, env, pipes.err_w)
     except BaseException as e:                  # noqa: BLE001 - must never return into the caller
-        say(err_w, f"cannot start the container: {describe(e)}")
+        say(pipes.err_w, f"cannot start the container: {describe(e)}")
         os._exit(125)
-    os._exit(125)
 
 
-def _mapped_rootfs(plan: Plan, console: str | None) -> None:
-    """--userns auto: the layer trees and the container dir idmapped in this mount namespace,
-    then the overlay mounted as container root's host ids (its upper dir keeps on-disk ids)."""
-    assert plan.idmap is not None
-    root = os.path.join(plan.cdir, "rootfs")
-    mounts.make_private()
-    userns.idmap_overlay_sources(plan.cdir, plan.lowerdir, plan.userns_fd)
-    with userns.as_mapped_root(plan.idmap):
-        mounts.mount_overlay(plan.cdir, plan.lowerdir, root, plan.volatile)
-    mounts.finish_rootfs(root, plan.volumes, plan.own_netns, console)
+def _stdio(slave: int | None, stdio: tuple[int, int, int]) -> None:
+    if slave is not None:
+        for i in range(3):
+            os.dup2(slave, i)
+        if slave > 2:
+            os.close(slave)
+        sc.set_ctty(0)
+        return
+    null = -1
+    for i, fd in enumerate(stdio):
+        if fd < 0:
+            if null < 0:
+                null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+            fd = null
+        if fd != i:
+            os.dup2(fd, i)
+        else:
+            os.set_inheritable(i, True)
+    if null > 2:
+        os.close(null)
+
+
+def _chdir(workdir: str) -> None:
+    """Into the working directory (made when the image lacks it), and make sure it is one of
+    the container's: a cwd outside the root would hand the host's tree to the workload."""
+    try:
+        os.chdir(workdir or "/")
+    except FileNotFoundError:
+        os.makedirs(workdir, exist_ok=True)
+        os.chdir(workdir)
+    cwd = os.getcwd()
+    if not cwd.startswith("/"):
+        raise OSError(2, f"working directory {workdir} is outside the container")
+
+
+def _exec(argv: list[str], env: dict[str, str], err_w: int) -> NoReturn:
+    try:
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        say(err_w, f"{argv[0]}: command not found in the image")
+        os._exit(127)
+    except PermissionError:
+        say(err_w, f"{argv[0]}: permission denied (not executable?)")
+        os._exit(126)

@@ -1,17 +1,20 @@
-"""The monitor of a container: started first, it holds the pty, the log and the exit status.
+"""The monitor of a container (like podman's conmon): it holds the pty master, the log, the
+exit status and the attach socket, and it stays OUTSIDE the container's namespaces, so nothing
+a process of the container can see leads back to it.
 
     cocker (CLI/API)             host namespaces
-      └─ fork: intermediate      unshare(PID, UTS, IPC[, NET]) then fork, report the pid, exit
-           └─ supervisor         PID 1 of the new PID namespace, host mount namespace, plain python
-                └─ workload      joins the cgroup, unshare(NS, CGROUP), overlay + /proc /sys /dev,
-                                 pivot_root, hostname, env, workdir, exec of the image's command
+      └─ fork: intermediate      closes what is not passed on, forks, reports the pid, exits
+           └─ monitor            host PID, mount and network namespaces, plain python
+                └─ PID 1         the container's first process (process.child): namespaces,
+                                 root, user, capabilities, seccomp, then exec of the image's
+                                 command (or of --init, which runs the command)
 
 Everything is fork(): no second interpreter starts, which keeps `run` close to runc's time.
-The supervisor holds an flock on `running.lock` for its whole life (so `ls` can tell a live
-container from one whose supervisor was killed), reaps zombies, forwards signals, keeps the pty
-master and serves `attach` on `attach.sock` (when the container has a tty), and tears down the
-cgroup and network when the workload ends. Mounts live only in the workload's mount namespace,
-so they vanish with it.
+The monitor holds an flock on `running.lock` for its whole life (so `ls` can tell a live
+container from one whose monitor was killed), forwards signals, relays the pty or the output
+to the log, serves `attach` on `attach.sock` (when the container has a tty), and tears down the
+cgroup and network when PID 1 ends (the kernel ends the rest of the namespace with it). Mounts
+live only in the container's mount namespace, so they vanish with it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from runtime.fs.rmtree import rmtree
 from runtime.fs.state_file import read_json, write_json
 from runtime.net import network
 from runtime.process import userns
-from runtime.process.child import start_workload
+from runtime.process.child import ChildPipes, start_workload
 from runtime.process.plan import Launched, Plan
 from runtime.process.startup import FORWARDED, describe, say
 from runtime.tty.frames import T_DATA, T_EXIT, T_WINSIZE, FrameReader, bind_unix, frame
@@ -42,10 +45,11 @@ from runtime.tty.frames import T_DATA, T_EXIT, T_WINSIZE, FrameReader, bind_unix
 
 def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
           reparent_to_caller: bool = False) -> Launched:
-    """Fork the supervisor (waiting in its namespaces until released) and return its pid."""
+    """Fork the monitor and the container's PID 1 (which waits, in its namespaces, until
+    released through `go_w`)."""
     if plan.idmap is not None and plan.userns_fd < 0:
-        # made here, by host root in the host's namespaces: the child idmaps the layers with
-        # it and joins it once its root is in place
+        # made here, by host root in the host's namespaces: PID 1 idmaps the layers with it and
+        # joins it once its root is in place
         plan.userns_fd = userns.make_userns(plan.idmap)
     info_r, info_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -66,31 +70,31 @@ def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
     finally:
         if reparent_to_caller:
             sc.set_child_subreaper(False)
-    sup_pid, msg, ready = 0, "", False
+    mon_pid, init_pid, msg = 0, 0, ""
     with os.fdopen(info_r, "rb") as f:
-        # "P<pid>" (from the intermediate) and "R" (from the supervisor) come in either order
+        # "P<pid>" (from the intermediate) and "R<pid>" (from the monitor) come in either order
         for line in f:
             if line.startswith(b"P"):
-                sup_pid = int(line[1:])
+                mon_pid = int(line[1:])
             elif line.startswith(b"E"):
                 msg = line[1:].decode(errors="replace").strip()
                 break
             elif line.startswith(b"R"):
-                ready = True
-            if sup_pid and ready:
+                init_pid = int(line[1:])
+            if mon_pid and init_pid:
                 break
         else:
             if not msg:
-                msg = "the container's supervisor died while starting"
-    if msg or not sup_pid:
+                msg = "the container's monitor died while starting"
+    if msg or not mon_pid or not init_pid:
         os.close(go_w)
         os.close(err_r)
-        if sup_pid:
-            _kill_quietly(sup_pid, signal.SIGKILL)
+        if mon_pid:
+            _kill_quietly(mon_pid, signal.SIGKILL)
             if reparent_to_caller:
-                _reap(sup_pid)
-        raise RuntimeFailure(msg or "could not start the supervisor")
-    return Launched(sup_pid, go_w, err_r)
+                _reap(mon_pid)
+        raise RuntimeFailure(msg or "could not start the container's monitor")
+    return Launched(mon_pid, init_pid, go_w, err_r)
 
 
 def _kill_quietly(pid: int, sig: int) -> None:
@@ -116,17 +120,10 @@ def _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w) -> None
         # (the container lock held around start), which a long-lived supervisor would keep held
         keep = {0, 1, 2, info_w, go_r, err_w, *(stdio or ()), plan.userns_fd}
         _close_fds_except(keep)
-        flags = sc.CLONE_NEWPID | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
-        if plan.own_netns:
-            flags |= sc.CLONE_NEWNET
-        if plan.network:
-            # the supervisor returns to the host's network namespace to remove the veth
-            plan.host_netns_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        sc.unshare(flags)
         pid = sc.fork()
         if pid == 0:
             try:
-                _supervisor(plan, stdio, info_w, go_r, err_w)
+                _monitor(plan, stdio, info_w, go_r, err_w)
             except BaseException as e:           # noqa: BLE001 - must never return into the CLI
                 say(info_w, f"E{describe(e)}\n")
             finally:
@@ -151,13 +148,13 @@ def _close_fds_except(keep: set[int]) -> None:
                 pass
 
 
-# the supervisor ------------------------------------------------------------------------
+# the monitor ---------------------------------------------------------------------------
 class _Sup:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.child = 0
         self.status: int | None = None
-        self.master = -1
+        self.master = -1            # the pty master, or the read end of the output pipe
         self.listener: socket.socket | None = None
         self.client: socket.socket | None = None
         self.final_client: socket.socket | None = None
@@ -165,9 +162,10 @@ class _Sup:
         self.log_fd = -1
 
 
-def _supervisor(plan: Plan, stdio, info_w: int, go_r: int, err_w: int) -> None:
+def _monitor(plan: Plan, stdio: tuple[int, int, int] | None, info_w: int, go_r: int,
+             err_w: int) -> None:
     os.setsid()
-    sc.set_name("cocker-init")
+    sc.set_name("cocker-monitor")
     lock = os.open(os.path.join(plan.cdir, "running.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                    0o644)
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -175,10 +173,10 @@ def _supervisor(plan: Plan, stdio, info_w: int, go_r: int, err_w: int) -> None:
     for sig in FORWARDED:
         signal.signal(sig, lambda s, f: _kill_quietly(S.child, s) if S.child else None)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    slave = -1
+    console_mon = console_child = None
+    out_w = -1
     if plan.tty:
-        S.master, slave = os.openpty()
-        os.set_inheritable(S.master, False)
+        console_mon, console_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         path = os.path.join(plan.cdir, "attach.sock")
         try:
             os.unlink(path)
@@ -191,42 +189,85 @@ def _supervisor(plan: Plan, stdio, info_w: int, go_r: int, err_w: int) -> None:
     if plan.detached or plan.tty:
         S.log_fd = os.open(os.path.join(plan.cdir, "log"),
                            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    os.write(info_w, b"R\n")
+    if plan.tty:
+        child_stdio = (-1, -1, -1)
+    elif stdio is not None:
+        child_stdio = stdio
+    else:
+        # the workload writes into a pipe, the monitor into the log: no host file is open in
+        # the container, not even its own log
+        S.master, out_w = os.pipe()
+        child_stdio = (-1, out_w, out_w)
+    sync_r, sync_w = os.pipe()
+    start_r, start_w = os.pipe()
+    host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    sc.unshare(sc.CLONE_NEWPID)             # for the next child only: it becomes PID 1
+    S.child = sc.fork()
+    if S.child == 0:
+        if console_mon is not None:
+            console_mon.close()
+        os.close(sync_r)
+        os.close(start_w)
+        start_workload(plan, ChildPipes(sync_w, start_r, console_child, err_w, child_stdio))
+    # back to the host's PID namespace for what this process forks later (iptables at teardown)
+    sc.setns(host_pidns, sc.CLONE_NEWPID)
+    os.close(host_pidns)
+    os.close(sync_w)
+    os.close(start_r)
+    os.close(err_w)
+    if plan.userns_fd >= 0:
+        os.close(plan.userns_fd)           # PID 1 holds it now
+    if out_w >= 0:
+        os.close(out_w)
+    if console_child is not None:
+        console_child.close()
+    ready = os.read(sync_r, 1) == b"N"
+    os.close(sync_r)
+    if ready:
+        os.write(info_w, f"R{S.child}\n".encode())
     os.close(info_w)
     go = os.read(go_r, 1)
     os.close(go_r)
-    if go != b"g":
+    if go != b"g" or not ready:
+        os.close(start_w)               # PID 1 reads EOF and ends, and its namespace with it
+        _reap(S.child)
         os._exit(125)
+    if console_mon is not None:
+        S.master = _receive_master(console_mon)
+        console_mon.close()
     if S.listener is not None:                  # a client that connected before "go"
         S.listener.setblocking(False)
         _accept(S)
-        _early_client_frames(S)
-    if plan.tty:
-        fds = (slave, slave, slave)
-    elif stdio is not None:
-        fds = stdio
-    else:
-        null = os.open(os.devnull, os.O_RDONLY)
-        fds = (null, S.log_fd, S.log_fd)
-    S.child = sc.fork()
-    if S.child == 0:
-        start_workload(plan, fds, err_w)
-    os.close(err_w)
-    if plan.userns_fd >= 0:
-        os.close(plan.userns_fd)           # the workload holds it now
-    if slave >= 0:
-        os.close(slave)
+        if S.master >= 0:
+            _early_client_frames(S)
+    try:
+        os.write(start_w, b"g")
+    except OSError:
+        pass                                    # PID 1 failed already: its message is on err_w
+    os.close(start_w)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)       # the caller's pipes must see EOF when the workload closes them
     os.close(null)
-    if plan.tty:
-        _tty_loop(S)
+    if S.master >= 0:
+        _relay_loop(S)
     else:
         _wait_loop(S)
     code = _exit_code(S.status)
     _finish(S, code)
     os._exit(code)
+
+
+def _receive_master(sock: socket.socket) -> int:
+    """The pty master PID 1 opened on the container's devpts; -1 when it failed before."""
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    except OSError:
+        return -1
+    if not fds:
+        return -1
+    os.set_inheritable(fds[0], False)
+    return fds[0]
 
 
 def _exit_code(status: int | None) -> int:
@@ -287,7 +328,8 @@ def _send_client(S: _Sup, data: bytes) -> None:
         _drop_client(S)
 
 
-def _tty_loop(S: _Sup) -> None:
+def _relay_loop(S: _Sup) -> None:
+    """Relay the pty (or the output pipe) to the log and the attached client until PID 1 ends."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     os.set_blocking(wake_r, False)
@@ -398,7 +440,8 @@ def _log(S: _Sup, data: bytes) -> None:
 def _finish(S: _Sup, code: int) -> None:
     """The workload ended: end every other process, release cgroup and network, record it."""
     plan = S.plan
-    _kill_quietly(-1, signal.SIGKILL)       # everything else in our PID namespace
+    # the rest of the container's PID namespace ended with its PID 1 (the kernel kills it);
+    # this process lives in the host's, so there is nothing here to kill
     _reap_all_blocking()
     oom = False
     errors = []
@@ -411,8 +454,6 @@ def _finish(S: _Sup, code: int) -> None:
             errors.append(str(e))
     if plan.network:
         try:
-            if plan.host_netns_fd >= 0:
-                sc.setns(plan.host_netns_fd, sc.CLONE_NEWNET)
             store = Store(plan.home)
             if plan.published:
                 network.unpublish(store, plan.name)

@@ -3,6 +3,9 @@
     caller ── fork ── helper: setns(ipc, uts, net, pid, mnt), chroot to the
                       container root ── fork ── command (now inside the PID namespace): exec
 The helper waits for the command and exits with its code; the caller relays a pty if asked.
+The command runs as the container's PID 1 does: same capabilities, seccomp filter and
+no_new_privs setting, the container's user unless `exec -u` names another; helper and command
+stay non-dumpable until the exec, and no fd of the host survives it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import struct
 from common.errors import Conflict
 from runtime import syscalls as sc
 from runtime.cgroup.join import open_join_fd
-from runtime.process import users
+from runtime.process import confinement, users
+from runtime.process.confinement import Confinement
 from runtime.process.startup import FORWARDED, StartFailed, describe, say
 from runtime.tty.attach import copy_winsize, relay_pty
 
@@ -29,7 +33,7 @@ TIOCSPTLCK = 0x40045431     # (un)lock a pty slave (unlockpt)
 
 def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: bool = False,
            interactive: bool = False, cgroup_dirs: list[str] | None = None,
-           user: str = "") -> int:
+           user: str = "", confine: Confinement | None = None) -> int:
     nsfds = []
     try:
         for ns in NAMESPACES:
@@ -62,7 +66,7 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
     pid = sc.fork()
     if pid == 0:
         _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user,
-                pty_child, err_w)
+                pty_child, err_w, confine)
     os.close(err_w)
     for fd in cg_fds:
         os.close(fd)
@@ -137,8 +141,9 @@ def _open_container_pty(pty_sock: socket.socket) -> int:
 
 
 def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, pty_sock,
-            err_w) -> None:
+            err_w, confine) -> None:
     try:
+        sc.set_dumpable(False)
         cg_ns = -1
         for ns, fd in nsfds:
             if ns == "cgroup":
@@ -152,7 +157,7 @@ def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, p
         child = sc.fork()
         if child == 0:
             _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, cg_ns,
-                     mapped)
+                     mapped, confine)
         os.close(err_w)
         for fd in cg_fds:
             os.close(fd)
@@ -167,8 +172,9 @@ def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, p
 
 
 def _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, cg_ns,
-             mapped: bool) -> None:
+             mapped: bool, confine: Confinement | None) -> None:
     try:
+        sc.set_dumpable(False)
         for sig in FORWARDED + (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         if tty:
@@ -187,14 +193,17 @@ def _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, c
             os.close(fd)
         if cg_ns >= 0:
             sc.setns(cg_ns, sc.CLONE_NEWCGROUP)
-        # after the cgroup: joining its namespace needs the privileges the user switch drops;
-        # in a user namespace host uid 0 is unmapped, so even root is switched to
-        if user or mapped:
-            users.switch_to(who)
         try:
             os.chdir(workdir or "/")
         except OSError:
             os.chdir("/")
+        sc.cloexec_from(3)
+        # after the cgroup: joining its namespace needs the privileges the user switch drops;
+        # in a user namespace host uid 0 is unmapped, so even root is switched to
+        if confine is not None:
+            confinement.enter(confine, who.uid, who.gid, list(who.groups))
+        elif user or mapped:
+            users.switch_to(who)
         try:
             os.execvpe(argv[0], argv, envd)
         except FileNotFoundError:

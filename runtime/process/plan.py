@@ -1,16 +1,31 @@
 """What the monitor and the container's first process need to start: built by the container's
-lifecycle from its record, read by the forked processes."""
+lifecycle from its record on the host side, read by the forked processes (which must not read
+files or compile anything of their own once inside the container)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from runtime.process.confinement import Confinement
 from runtime.process.userns import IdMap
+
+
+@dataclass(frozen=True)
+class Device:
+    """A host device node given to the container (--device HOST[:CTR])."""
+    host: str
+    ctr: str                    # absolute, under /dev
+    kind: str                   # "c" or "b"
+    major: int
+    minor: int
+
+    @property
+    def cgroup_rule(self) -> str:
+        return f"{self.kind} {self.major}:{self.minor} rwm"
 
 
 @dataclass
 class Plan:
-    """What the supervisor and workload need; built by the lifecycle from the record."""
     name: str
     cdir: str
     argv: list[str]
@@ -27,16 +42,25 @@ class Plan:
     home: str = ""              # COCKER_HOME, for the network teardown
     network: str | None = None  # bridge/named network to disconnect at the end
     published: bool = False
-    host_netns_fd: int = -1
     volatile: bool = False      # a throw-away container (--rm): overlay without syncs
-    autoremove: bool = False    # `run -d --rm`: the supervisor deletes the container at the end
+    autoremove: bool = False    # `run -d --rm`: the monitor deletes the container at the end
+    confinement: Confinement | None = None
+    privileged: bool = False    # no masked or read-only kernel paths, /sys writable
+    read_only: bool = False     # the rootfs mounted read-only
+    init_binary: str | None = None   # host path of tini/catatonit, bound at INIT_PATH
+    devices: list[Device] = field(default_factory=list)
     idmap: IdMap | None = None  # --userns auto: container ids 0.. are these host ids
     userns_fd: int = -1         # the user namespace with that map, made before fork
 
 
+# where --init's binary appears inside: on the container's own /dev tmpfs, so nothing is created
+# in the image's tree (a commit must not pick up a mount point)
+INIT_PATH = "/dev/init"
+
+
 @dataclass
 class Launched:
-    pid: int          # supervisor pid on the host
+    pid: int          # the monitor's pid on the host
+    init_pid: int     # the container's PID 1, as the host sees it
     go_w: int         # write b"g" to let the workload start
     err_r: int        # EOF when the workload exec'd; a message when it could not
-
