@@ -31,8 +31,6 @@ def assemble(plan: Plan) -> tuple[int, int] | None:
             mounts.mount_overlay(plan.cdir, plan.lowerdir, root, plan.volatile, sc.MS_NODEV)
     else:
         mounts.mount_overlay(plan.cdir, plan.lowerdir, root, plan.volatile, sc.MS_NODEV)
-    if plan.read_only:
-        mounts.make_root_readonly(root)
     for host, ctr, ro in plan.volumes:
         mounts.bind_volume(root, host, ctr, ro)
     mounts.mount_proc_sys(root, plan.own_netns, sys_writable=plan.privileged)
@@ -47,6 +45,9 @@ def assemble(plan: Plan) -> tuple[int, int] | None:
         mounts.bind_file(f"/proc/self/fd/{pty[1]}", os.path.join(dev, "console"), 0o600)
     if plan.init_binary:
         mounts.bind_file(plan.init_binary, mounts.secure_join(root, INIT_PATH), 0o755, readonly=True)
+    if plan.read_only:
+        # last: the mount points above may have had to be made in the image's tree
+        mounts.make_root_readonly(root)
     return pty
 
 
