@@ -12,6 +12,8 @@ import importlib.util
 
 import click
 
+from cocker.complete import container_names, image_refs
+
 EXTENSIONS = ("cocker.commands.container_commit", "cocker.commands.container_brocker")
 
 _ARGS = {"ignore_unknown_options": False, "allow_interspersed_args": False}
@@ -94,7 +96,7 @@ def _make_spec(image: str, command: tuple[str, ...], tty: bool, kw: dict):
 @_spec_options
 @click.option("-t", "--tty", is_flag=True, help="Give it a pty (attach later).")
 @click.option("-i", "--interactive", is_flag=True, hidden=True)
-@click.argument("image")
+@click.argument("image", shell_complete=image_refs)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def create_cmd(ctx, image: str, command: tuple[str, ...], tty: bool, interactive: bool, **kw) -> None:
@@ -114,7 +116,7 @@ def create_cmd(ctx, image: str, command: tuple[str, ...], tty: bool, interactive
               help="With -it: the keys that detach (it keeps running; --rm removes it later).")
 @click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False),
               help="Take the container from a brocker JSON file.")
-@click.argument("image", required=False)
+@click.argument("image", required=False, shell_complete=image_refs)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def run_cmd(ctx, image: str | None, command: tuple[str, ...], rm: bool, interactive: bool,
@@ -162,7 +164,7 @@ def _fast_exit(code: int) -> None:
 
 
 @click.command("start")
-@click.argument("name")
+@click.argument("name", shell_complete=container_names)
 @click.option("-a", "--attach", is_flag=True, help="Stay connected; exit with its code.")
 @click.option("--detach-keys", default="ctrl-p,ctrl-q", show_default=True, metavar="KEYS",
               help="With --attach: the keys that detach.")
@@ -176,7 +178,7 @@ def start_cmd(ctx, name: str, attach: bool, detach_keys: str) -> int:
 
 
 @click.command("stop")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=container_names)
 @click.option("-t", "--time", "timeout", type=float, default=10.0, show_default=True,
               help="Seconds between SIGTERM and SIGKILL.")
 @click.pass_obj
@@ -189,7 +191,7 @@ def stop_cmd(ctx, names: tuple[str, ...], timeout: float) -> None:
 
 
 @container.command("restart")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=container_names)
 @click.option("-t", "--time", "timeout", type=float, default=10.0, show_default=True,
               help="Seconds between SIGTERM and SIGKILL.")
 @click.pass_obj
@@ -202,7 +204,7 @@ def restart_cmd(ctx, names: tuple[str, ...], timeout: float) -> None:
 
 
 @container.command("kill")
-@click.argument("name")
+@click.argument("name", shell_complete=container_names)
 @click.option("-s", "--signal", "sig", default="KILL", show_default=True,
               help="Signal name or number.")
 @click.pass_obj
@@ -220,7 +222,7 @@ def kill_cmd(ctx, name: str, sig: str) -> None:
 
 
 @click.command("rm")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=container_names)
 @click.option("-f", "--force", is_flag=True, help="Stop it first; clean up after a crash.")
 @click.pass_obj
 def rm_cmd(ctx, names: tuple[str, ...], force: bool) -> None:
@@ -258,7 +260,7 @@ def ls_cmd(ctx, show_all: bool, as_json: bool) -> None:
 
 
 @container.command("inspect")
-@click.argument("name")
+@click.argument("name", shell_complete=container_names)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def inspect_cmd(ctx, name: str, as_json: bool) -> None:
@@ -288,7 +290,7 @@ def inspect_cmd(ctx, name: str, as_json: bool) -> None:
 @click.option("-e", "--env", "env", multiple=True, help="KEY=VALUE (repeatable).")
 @click.option("-w", "--workdir", help="Working directory inside.")
 @click.option("-u", "--user", help="uid[:gid] or a user of the image (default: the container's).")
-@click.argument("name")
+@click.argument("name", shell_complete=container_names)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
 def exec_cmd(ctx, interactive: bool, tty: bool, env: tuple[str, ...], workdir: str | None,
@@ -301,7 +303,7 @@ def exec_cmd(ctx, interactive: bool, tty: bool, env: tuple[str, ...], workdir: s
 
 
 @container.command("attach")
-@click.argument("name")
+@click.argument("name", shell_complete=container_names)
 @click.option("--detach-keys", default="ctrl-p,ctrl-q", show_default=True, metavar="KEYS",
               help="The keys that detach, e.g. ctrl-x,x (each ctrl-KEY or one character).")
 @click.pass_obj
@@ -315,7 +317,7 @@ def attach_cmd(ctx, name: str, detach_keys: str) -> int:
 
 
 @container.command("logs")
-@click.argument("name")
+@click.argument("name", shell_complete=container_names)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until it stops.")
 @click.pass_obj
 def logs_cmd(ctx, name: str, follow: bool) -> None:
@@ -327,7 +329,7 @@ def logs_cmd(ctx, name: str, follow: bool) -> None:
 
 
 @container.command("wait")
-@click.argument("name")
+@click.argument("name", shell_complete=container_names)
 @click.pass_obj
 def wait_cmd(ctx, name: str) -> int:
     """Wait for a container to stop; print and exit with its code."""

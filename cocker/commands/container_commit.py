@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from cocker.commands.container import container
+from cocker.complete import container_names
 from cocker.output import print_json
 
 
 @container.command("commit")
-@click.argument("name")
+@click.argument("name", shell_complete=container_names)
 @click.argument("ref")
 @click.option("-m", "--message", help="Comment recorded in the new version's history.")
 @click.option("--author", help="Author recorded in the config and history (e.g. 'Ann <a@x.org>').")

@@ -11,6 +11,7 @@ import importlib.util
 
 import click
 
+from cocker.complete import image_refs
 from cocker.output import human_size, print_json, print_table
 from registry.oci import digest as digestmod
 from registry.oci import reference as refmod
@@ -27,7 +28,7 @@ def image() -> None:
 
 
 @image.command("ls")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=image_refs)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--digests", is_flag=True, help="Show manifest digests.")
 @click.pass_obj
@@ -46,7 +47,7 @@ def ls_cmd(ctx, name: str | None, as_json: bool, digests: bool) -> None:
 
 
 @image.command("inspect")
-@click.argument("ref")
+@click.argument("ref", shell_complete=image_refs)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def inspect_cmd(ctx, ref: str, as_json: bool) -> None:
@@ -72,7 +73,7 @@ def inspect_cmd(ctx, ref: str, as_json: bool) -> None:
 
 
 @image.command("history")
-@click.argument("ref")
+@click.argument("ref", shell_complete=image_refs)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def history_cmd(ctx, ref: str, as_json: bool) -> None:
@@ -94,7 +95,7 @@ def history_cmd(ctx, ref: str, as_json: bool) -> None:
 
 
 @image.command("tag")
-@click.argument("src")
+@click.argument("src", shell_complete=image_refs)
 @click.argument("dst")
 @click.option("-f", "--force", is_flag=True, help="Replace DST if it exists.")
 @click.pass_obj
@@ -105,7 +106,7 @@ def tag_cmd(ctx, src: str, dst: str, force: bool) -> None:
 
 
 @image.command("rm")
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, shell_complete=image_refs)
 @click.option("-f", "--force", is_flag=True,
               help="Remove even when a container was created from it (the container keeps working).")
 @click.option("--all-versions", is_flag=True, help="Remove every version of the named images.")

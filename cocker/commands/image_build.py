@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cocker.commands.image import image
+from cocker.complete import image_refs
 from cocker.output import print_json
 
 BUMP = click.Choice(["patch", "minor", "major"])
@@ -44,7 +45,7 @@ def build_cmd(ctx, context: str, recipe_path: str | None, tag: str | None, bump:
 
 
 @image.command("edit")
-@click.argument("ref")
+@click.argument("ref", shell_complete=image_refs)
 @click.option("--to", "to", metavar="REF2", help="Publish as REF2 (name:version, or a name "
               "with --bump) instead of the next patch version of REF's name.")
 @click.option("--bump", type=BUMP, help="Which part of the version to bump (default patch).")
@@ -81,7 +82,7 @@ def edit_cmd(ctx, ref: str, to: str | None, bump: str | None, keep: bool, shell:
 
 
 @image.command("squash")
-@click.argument("ref")
+@click.argument("ref", shell_complete=image_refs)
 @click.argument("newref")
 @click.option("--since", metavar="BASE", help="Keep BASE's layers; squash only those above it.")
 @click.option("--bump", type=BUMP, help="NEWREF is a bare name: make the next x.y.z.")

@@ -7,6 +7,7 @@ import sys
 import click
 
 from cocker.commands.image import image
+from cocker.complete import image_refs
 from cocker.output import dropped_devices_notice, print_json
 
 # Spelled out here so that loading the image group does not import the codec (start-up time).
@@ -48,7 +49,7 @@ def import_cmd(ctx, source: str, ref: str | None, fmt: str | None, source_ref: s
 
 
 @image.command("export")
-@click.argument("ref")
+@click.argument("ref", shell_complete=image_refs)
 @click.argument("dest", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS),
               help="oci (a layout dir, or a tar if DEST ends in .tar), docker-archive, "

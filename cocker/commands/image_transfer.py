@@ -15,6 +15,7 @@ import time
 import click
 
 from cocker.commands.image import image
+from cocker.complete import image_refs
 from cocker.output import dropped_devices_notice, human_size, print_json, print_table
 from common.errors import CockerError, NotARepository, NotFound, UsageError
 from registry import transfer
@@ -80,7 +81,7 @@ def _report(ctx, verb: str, results: list, as_json: bool, started: float) -> Non
 
 # push ------------------------------------------------------------------------------------
 @image.command("push")
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, shell_complete=image_refs)
 @click.option("--repo", "repo_spec", metavar="REPO", help="Configured repo name or URL.")
 @click.option("--all-versions", is_flag=True, help="Push every version of the named images.")
 @click.option("-f", "--force", is_flag=True, help="Replace a remote version with other content.")
@@ -113,7 +114,7 @@ def push_cmd(ctx, refs, repo_spec, all_versions, force, init, legacy, compressio
 
 # pull ------------------------------------------------------------------------------------
 @image.command("pull")
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, shell_complete=image_refs)
 @click.option("--repo", "repo_spec", metavar="REPO", help="Configured repo name or URL.")
 @click.option("--all-versions", is_flag=True, help="Pull every version the repo has.")
 @click.option("-f", "--force", is_flag=True, help="Replace a local version with other content.")
@@ -143,7 +144,7 @@ def pull_cmd(ctx, refs, repo_spec, all_versions, force, legacy, as_json, identit
 
 # copy ------------------------------------------------------------------------------------
 @image.command("copy")
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, shell_complete=image_refs)
 @click.option("--from", "src_spec", required=True, metavar="REPO",
               help="Source: a configured repo name, a URL, or `local` for the store.")
 @click.option("--to", "dst_spec", required=True, metavar="REPO",
