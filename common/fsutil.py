@@ -22,13 +22,14 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True,
+                 dir_mode: int = 0o777) -> None:
     """Replace `path` with `data` so readers see the old or the new content, never a mix.
 
     `durable=False` skips the fsyncs, for state that describes kernel objects which do not
     survive a power loss either."""
     d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
+    os.makedirs(d, mode=dir_mode, exist_ok=True)
     tmp = os.path.join(d, f".tmp.{os.path.basename(path)}.{os.getpid()}.{time.monotonic_ns()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -76,7 +77,7 @@ def flock(path: str, *, shared: bool = False, timeout: float | None = None,
     """Hold an flock on `path` (created if missing); LockBusy after `timeout` seconds."""
     timeout = LOCK_TIMEOUT if timeout is None else timeout
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # O_RDWR: only the owner could use it anyway
     op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     deadline = time.monotonic() + timeout
     try:

@@ -17,7 +17,6 @@ import json
 import os
 
 from common.errors import CockerError, CorruptImage, NotFound
-from common.fsutil import atomic_write
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci import reference as refmod
@@ -141,7 +140,7 @@ def put_manifest(repo: LayoutRepo, name: str, reference: str, data: bytes,
         art = m.get("artifactType") or (m.get("config") or {}).get("mediaType")
         if art:
             desc["artifactType"] = art
-        atomic_write(_meta(repo, "referrers", digestmod.hex_of(subject), digestmod.hex_of(digest)),
+        repo.write_file(_meta(repo, "referrers", digestmod.hex_of(subject), digestmod.hex_of(digest)),
                      oci.canonical_json(desc))
     try:
         if is_digest:
@@ -150,7 +149,7 @@ def put_manifest(repo: LayoutRepo, name: str, reference: str, data: bytes,
                 still = repo.missing_blobs(oci.referenced_blobs(m) + [digest])
                 if still:
                     raise NotFound(f"blob {still[0]} vanished")
-                atomic_write(_marker(repo, "digests", name, digest), digest.encode() + b"\n")
+                repo.write_file(_marker(repo, "digests", name, digest), digest.encode() + b"\n")
         else:
             repo.put_ref(name, reference, digest, expect=expect)
     except NotFound as e:
@@ -206,7 +205,7 @@ def delete_manifest(repo: LayoutRepo, name: str, reference: str) -> None:
     if not found and (not repo.has_blob(digest)
                       or os.path.exists(_marker(repo, "deleted", name, digest))):
         raise ApiError(404, "MANIFEST_UNKNOWN", f"manifest {digest} not found")
-    atomic_write(_marker(repo, "deleted", name, digest), b"")
+    repo.write_file(_marker(repo, "deleted", name, digest), b"")
     with contextlib.suppress(CockerError, ApiError):
         data, _ = read_manifest(repo, digest)
         subj = (json.loads(data).get("subject") or {}).get("digest")

@@ -139,9 +139,15 @@ def gc_cmd(ctx, dry_run: bool, grace: float) -> None:
 
 
 @image.command("fsck")
+@click.option("--fix", is_flag=True,
+              help="Narrow files and directories other users could read to 0600/0700.")
 @click.pass_obj
-def fsck_cmd(ctx) -> None:
-    """Verify every blob against its digest and every ref's completeness."""
+def fsck_cmd(ctx, fix: bool) -> None:
+    """Verify every blob against its digest, every ref's completeness, the sizes and media
+    types its descriptors state, and that other users cannot read the store."""
+    if fix:
+        for p in ctx.store.permission_problems(fix=True):
+            click.echo(p)
     problems = ctx.store.fsck()
     for p in problems:
         click.echo(p)

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
@@ -43,6 +44,9 @@ from registry.repo.repository import (
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 VERSION_PREFIX = "@"
 GC_GRACE = 3600.0
+# Not readable by other users: a repository holds private images (issue 14).
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 LOCK_DIR_NAME = ".lock"          # refs/.lock: the lock SFTP clients can take too
 STALE_LOCK = float(os.environ.get("COCKER_SFTP_STALE_LOCK", "30"))
 LOCK_TIMEOUT_DEFAULT = float(os.environ.get("COCKER_LOCK_TIMEOUT", "60"))
@@ -61,20 +65,23 @@ class LayoutRepo(Repository):
             if not create:
                 raise NotARepository(f"{self.root} is not a cocker/OCI repository (no oci-layout)")
             self._init_layout()
-        for sub in (lp.REFS, lp.UPLOADS, lp.BLOBS, lp.LEASES):
-            os.makedirs(os.path.join(self.root, *sub.split("/")), exist_ok=True)
+        for sub in lp.PRIVATE_DIRS:
+            os.makedirs(os.path.join(self.root, *sub.split("/")), mode=DIR_MODE, exist_ok=True)
         self.fs = LocalFs(self.root)
 
     # layout --------------------------------------------------------------------------
     def _init_layout(self) -> None:
         try:
-            os.makedirs(os.path.join(self.root, "blobs", "sha256"), exist_ok=True)
-            os.makedirs(os.path.join(self.root, "refs"), exist_ok=True)
+            os.makedirs(self.root, mode=DIR_MODE, exist_ok=True)
+            for sub in lp.PRIVATE_DIRS:
+                os.makedirs(os.path.join(self.root, *sub.split("/")), mode=DIR_MODE,
+                            exist_ok=True)
             index = os.path.join(self.root, "index.json")
             if not os.path.exists(index):
-                atomic_write(index, oci.canonical_json(
+                self.write_file(index, oci.canonical_json(
                     {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": []}))
-            atomic_write(os.path.join(self.root, "oci-layout"), json.dumps(LAYOUT_VERSION).encode())
+            self.write_file(os.path.join(self.root, "oci-layout"),
+                            json.dumps(LAYOUT_VERSION).encode())
         except OSError as e:
             raise disk_error(e, self.root) from e
 
@@ -90,6 +97,11 @@ class LayoutRepo(Repository):
             with dir_lock(os.path.join(self.root, "refs", LOCK_DIR_NAME), timeout,
                           what=f"repository {self.url}"):
                 yield
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """tmp -> fsync -> rename, readable by the owner only (the repository's one way to
+        write a small file: refs, index.json, markers)."""
+        atomic_write(path, data, FILE_MODE, dir_mode=DIR_MODE)
 
     def blob_path(self, digest: str) -> str:
         return os.path.join(self.root, "blobs", "sha256", digestmod.hex_of(digest))
@@ -150,7 +162,7 @@ class LayoutRepo(Repository):
         with self.lock():
             self._check_expect(name, version, expect)
             raw = self._check_complete(digest)
-            atomic_write(path, (digest + "\n").encode())
+            self.write_file(path, (digest + "\n").encode())
             self._update_index(f"{name}:{version}", oci.ref_entry(f"{name}:{version}", digest, raw))
 
     def delete_ref(self, name: str, version: str, expect: object = ANY) -> None:
@@ -200,7 +212,7 @@ class LayoutRepo(Repository):
 
     def _put_index(self, manifests: list[dict]) -> None:
         index = {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": manifests}
-        atomic_write(os.path.join(self.root, "index.json"),
+        self.write_file(os.path.join(self.root, "index.json"),
                      json.dumps(index, indent=1, sort_keys=True).encode())
 
     # blobs ---------------------------------------------------------------------------
@@ -233,6 +245,7 @@ class LayoutRepo(Repository):
                 os.unlink(tmp_path)
                 return
             with open(tmp_path, "rb+") as f:
+                os.fchmod(f.fileno(), FILE_MODE)
                 os.fsync(f.fileno())
             os.rename(tmp_path, dest)
             fsync_dir(os.path.dirname(dest))
@@ -246,6 +259,34 @@ class LayoutRepo(Repository):
     blob_digests = all_blobs
 
     # maintenance ---------------------------------------------------------------------
+    def fsck(self, fix: bool = False) -> list[str]:
+        """The interface's checks, and permissions (repaired first when `fix`)."""
+        if fix:
+            self.permission_problems(fix=True)
+        return super().fsck() + self.permission_problems()
+
+    def permission_problems(self, fix: bool = False) -> list[str]:
+        """Files other users could read or change (wider than 0600; dirs wider than 0710);
+        `fix` narrows them."""
+        out = []
+        for top in lp.CHECKED:
+            for path, is_dir in _walk(os.path.join(self.root, *top.split("/"))):
+                try:
+                    mode = stat.S_IMODE(os.lstat(path).st_mode)
+                except FileNotFoundError:
+                    continue
+                wide = mode & (0o067 if is_dir else 0o077)
+                if not wide:
+                    continue
+                if fix:
+                    os.chmod(path, mode & (0o710 if is_dir else 0o600))
+                    out.append(f"{path}: mode {mode:04o} narrowed to "
+                               f"{mode & (0o710 if is_dir else 0o600):04o}")
+                else:
+                    out.append(f"{path}: mode {mode:04o} lets other users in "
+                               "(run fsck --fix)")
+        return out
+
     def capabilities(self) -> frozenset[str]:
         return frozenset({RESUME, SERVER_GC, LEASES, MOUNT})
 
@@ -292,6 +333,21 @@ class LayoutRepo(Repository):
                 finally:
                     os.close(fd)
                 yield p
+
+def _walk(top: str) -> Iterator[tuple[str, bool]]:
+    """(path, is a directory) for `top` and everything below it; no symlink is followed."""
+    if not os.path.lexists(top):
+        return
+    if not os.path.isdir(top) or os.path.islink(top):
+        yield top, False
+        return
+    yield top, True
+    for dirpath, dirnames, files in os.walk(top):
+        for d in dirnames:
+            yield os.path.join(dirpath, d), True
+        for f in files:
+            yield os.path.join(dirpath, f), False
+
 
 def dir_lock(lockdir: str, timeout: float | None, what: str):
     """mkdir-based lock with an owner record (`host pid time token`), the protocol SFTP
@@ -410,7 +466,7 @@ class _LayoutUpload(BlobWriter):
         self.partial = os.path.join(repo.tmp_dir, "uploads", digestmod.hex_of(digest) + ".partial")
         self._h = hashlib.sha256()
         self.done = False
-        self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         deadline = time.monotonic() + 600
         while True:
             try:

@@ -17,3 +17,7 @@ BLOB_LINKS = "srepo/links"     # <name>/@<hex>: blobs uploaded or mounted to a n
 BLOB_UNLINKS = "srepo/unlinked"  # <name>/@<hex>: blobs deleted from a name (HTTP door)
 HTTP_UPLOADS = "tmp/http-uploads"  # <uuid> and <uuid>.json: the HTTP door's upload sessions
 PIN_PREFIX = "@"
+# Created with the layout, parents first, owner-only.
+PRIVATE_DIRS = ("blobs", BLOBS, REFS, TMP, UPLOADS, LEASES)
+# What fsck checks the permissions of (tmp holds other programs' scratch files too).
+CHECKED = (OCI_LAYOUT, INDEX, "blobs", REFS, "srepo", UPLOADS, LEASES)

@@ -193,8 +193,10 @@ class Repository(abc.ABC):
         """Every blob the repository holds (for fsck); not every transport can list them."""
         raise NotImplementedError(f"{self.describe()} cannot list its blobs")
 
-    def fsck(self) -> list[str]:
-        """Problems found: blobs whose content does not match their name, dangling refs."""
+    def fsck(self, fix: bool = False) -> list[str]:
+        """Problems found: blobs whose content does not match their name, dangling refs,
+        descriptors whose size or media type is not what they name. `fix` repairs what can
+        be repaired without guessing (see LayoutRepo: permissions)."""
         problems = []
         for d in self.blob_digests():
             with contextlib.closing(self.open_blob(d)) as f:
@@ -204,9 +206,37 @@ class Repository(abc.ABC):
         for rec in self.list_refs():
             try:
                 self._check_complete(rec.digest)
+                problems += [f"ref {rec}: {p}" for p in self.descriptor_problems(rec.digest)]
             except CockerError as e:
                 problems.append(f"ref {rec}: {e}")
         return problems
+
+    def descriptor_problems(self, digest: str, depth: int = 0) -> list[str]:
+        """What the descriptors below a manifest say wrongly: sizes that are not the blob's,
+        an index entry whose media type is not its manifest's, unknown layer types."""
+        m = oci.parse_manifest(self.read_blob(digest))
+        out = []
+        children = (m.get("manifests") or []) if oci.is_index(m) else [m["config"], *m["layers"]]
+        for desc in children:
+            size = self.blob_size(desc["digest"])
+            if size is not None and size != desc["size"]:
+                out.append(f"{digestmod.short(desc['digest'])}: descriptor says "
+                           f"{desc['size']} bytes, the blob has {size}")
+        if oci.is_index(m):
+            for desc in m["manifests"]:
+                if depth >= 8 or not self.has_blob(desc["digest"]):
+                    continue
+                actual = oci.manifest_media_type(self.read_blob(desc["digest"]))
+                if desc.get("mediaType") != actual:
+                    out.append(f"index entry {digestmod.short(desc['digest'])} says "
+                               f"{desc.get('mediaType')}, the manifest is {actual}")
+                out += self.descriptor_problems(desc["digest"], depth + 1)
+        elif m["config"].get("mediaType") in oci.CONFIG_TYPES:  # artifacts carry any type
+            try:
+                oci.check_image(m, f"manifest {digestmod.short(digest)}")
+            except CockerError as e:
+                out.append(str(e))
+        return out
 
     # maintenance -------------------------------------------------------------------
     def capabilities(self) -> frozenset[str]:

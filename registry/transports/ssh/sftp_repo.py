@@ -49,7 +49,7 @@ from registry.oci import manifest as oci
 from registry.oci import reference as refmod
 from registry.repo import gc as gcmod
 from registry.repo import layout_paths as lp
-from registry.repo.layout import GC_GRACE, LAYOUT_VERSION, VERSION_PREFIX
+from registry.repo.layout import DIR_MODE, FILE_MODE, GC_GRACE, LAYOUT_VERSION, VERSION_PREFIX
 from registry.repo.repository import (
     ANY,
     LEASES,
@@ -199,6 +199,7 @@ class SftpRepo(Repository):
         s = self.sftp()
         try:
             with s.open(tmp, "wb") as f:
+                f.chmod(FILE_MODE)
                 f.write(data)
             s.posix_rename(tmp, path)
         except BaseException:
@@ -214,7 +215,7 @@ class SftpRepo(Repository):
         if parent and parent != path:
             self._makedirs(parent)
         try:
-            s.mkdir(path)
+            s.mkdir(path, DIR_MODE)
         except OSError:
             if self._stat(path) is None:
                 raise
@@ -580,6 +581,8 @@ class _SftpUpload(BlobWriter):
         self.offset = self._claim_partial()
         mode = "r+b" if self.offset else "wb"
         self.f = self.s.open(self.partial, mode, bufsize=BUFSIZE)
+        if not self.offset:
+            self.f.chmod(FILE_MODE)
         self.f.MAX_REQUEST_SIZE = REQUEST_SIZE
         self.f.set_pipelined(True)
         if self.offset:
