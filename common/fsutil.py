@@ -22,6 +22,20 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def makedirs(path: str, mode: int = 0o777) -> None:
+    """os.makedirs with `mode` on every directory it creates, not only the last."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        makedirs(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+
+
 def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True,
                  dir_mode: int = 0o777) -> None:
     """Replace `path` with `data` so readers see the old or the new content, never a mix.
@@ -29,7 +43,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = T
     `durable=False` skips the fsyncs, for state that describes kernel objects which do not
     survive a power loss either."""
     d = os.path.dirname(path) or "."
-    os.makedirs(d, mode=dir_mode, exist_ok=True)
+    makedirs(d, dir_mode)
     tmp = os.path.join(d, f".tmp.{os.path.basename(path)}.{os.getpid()}.{time.monotonic_ns()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)

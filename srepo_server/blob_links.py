@@ -22,7 +22,6 @@ import os
 import threading
 from collections.abc import Iterable
 
-from common.fsutil import atomic_write
 from registry.oci import digest as digestmod
 from registry.oci import reference as refmod
 from registry.repo import layout_paths as lp
@@ -49,13 +48,13 @@ class BlobLinks:
                 os.unlink(self._marker(lp.BLOB_UNLINKS, name, d))
             p = self._marker(lp.BLOB_LINKS, name, d)
             if not os.path.exists(p):
-                atomic_write(p, b"")
+                self.repo.write_file(p, b"")
 
     def unlink(self, name: str, digest: str) -> bool:
         """Stop serving `digest` through `name`; False when it was not linked there."""
         if not self.linked(name, digest):
             return False
-        atomic_write(self._marker(lp.BLOB_UNLINKS, name, digest), b"")
+        self.repo.write_file(self._marker(lp.BLOB_UNLINKS, name, digest), b"")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._marker(lp.BLOB_LINKS, name, digest))
         return True
