@@ -199,7 +199,7 @@ def test_same_content_pushed_by_four_clients_at_once(peer, src, request):
         try:
             with client(peer) as r:
                 copy(parse("race:1"), src, r, force=False)
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:
             errors.append(e)
 
     ts = [threading.Thread(target=push) for _ in range(4)]
