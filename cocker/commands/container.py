@@ -345,23 +345,8 @@ def wait_cmd(ctx, name: str) -> int:
 @click.pass_obj
 def cp_cmd(ctx, src: str, dest: str) -> None:
     """Copy in (`cp HOSTPATH NAME:PATH`, putfile) or out (`cp NAME:PATH HOSTPATH`, getfile)."""
-    from common.errors import UsageError
     from runtime.container import cp
-
-    def split(arg: str):
-        head, sep, tail = arg.partition(":")
-        if sep and head and "/" not in head and tail.startswith("/"):
-            return head, tail
-        return None, arg
-    sname, spath = split(src)
-    dname, dpath = split(dest)
-    if bool(sname) == bool(dname):
-        raise UsageError("cp copies between the host and ONE container: "
-                         "cp SRC NAME:/PATH or cp NAME:/PATH DEST")
-    if dname:
-        cp.copy_in(ctx.store, dname, spath, dpath)
-    else:
-        cp.copy_out(ctx.store, sname, spath, dpath)
+    cp.copy(ctx.store, src, dest)
 
 
 container.add_command(start_cmd, "start")

@@ -8,7 +8,7 @@ import os
 import shutil
 from collections.abc import Iterator
 
-from common.errors import CockerError, NotFound
+from common.errors import CockerError, NotFound, UsageError
 from registry.repo.store import Store
 from runtime import syscalls as sc
 from runtime.container.lifecycle import plan_for
@@ -36,6 +36,28 @@ def mounted_rootfs(store: Store, name: str) -> Iterator[str]:
         finally:
             with contextlib.suppress(OSError):
                 sc.umount2(c.rootfs, sc.MNT_DETACH)
+
+
+def split_container_path(arg: str) -> tuple[str | None, str]:
+    """`NAME:/PATH` -> (NAME, /PATH); anything else is a host path -> (None, arg)."""
+    head, sep, tail = arg.partition(":")
+    if sep and head and "/" not in head and tail.startswith("/"):
+        return head, tail
+    return None, arg
+
+
+def copy(store: Store, src: str, dest: str) -> None:
+    """`cocker container cp`: in (`HOSTPATH NAME:/PATH`, cocker's putfile) or out
+    (`NAME:/PATH HOSTPATH`, getfile); exactly one side names a container."""
+    sname, spath = split_container_path(src)
+    dname, dpath = split_container_path(dest)
+    if bool(sname) == bool(dname):
+        raise UsageError("cp copies between the host and ONE container: "
+                         "cp SRC NAME:/PATH or cp NAME:/PATH DEST")
+    if dname:
+        copy_in(store, dname, spath, dpath)
+    elif sname:
+        copy_out(store, sname, spath, dpath)
 
 
 def copy_in(store: Store, name: str, src: str, dest: str) -> None:
