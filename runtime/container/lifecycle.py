@@ -502,8 +502,9 @@ def restart(store, name: str, timeout: float = 10) -> None:
 
 def restart_by_policy(store, name: str) -> None:
     """The daemon carrying out the container's --restart policy (counted, not by hand)."""
-    _start(store, name, detached=True)
+    # counted before it runs: a stop by hand as soon as it is up must not be overwritten
     restart_policy.note_restart(store.paths.container_restarts(name))
+    _start(store, name, detached=True)
 
 
 def _force_down(c: Container) -> None:

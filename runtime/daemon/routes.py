@@ -16,11 +16,17 @@ import sys
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from common import errors
 from common.errors import CockerError, UsageError
+from registry.repo import image as imagemod
+from registry.repo.store import Store
+from runtime.container import record
 from runtime.daemon import brocker_v1
+from runtime.net import network
+from runtime.services import manager as services
 
 CLI_TIMEOUT = 3600
 WORKER_TIMEOUT = 600
@@ -97,7 +103,6 @@ def run_cli(home: str, argv: object) -> dict:
 
 
 def _store(home: str):
-    from registry.repo.store import Store
     return Store(home)
 
 
@@ -122,7 +127,6 @@ def v1_container_run(req: Request, m) -> tuple[int, Any]:
 
 
 def _bridge_endpoints(store) -> dict[str, dict]:
-    from runtime.net import network
     out: dict[str, dict] = {}
     for n in network.list_networks(store):
         with contextlib.suppress(CockerError):
@@ -131,7 +135,6 @@ def _bridge_endpoints(store) -> dict[str, dict]:
 
 
 def v1_container_list(req: Request, m) -> tuple[int, Any]:
-    from runtime.container import record
     store = _store(req.home)
     endpoints = _bridge_endpoints(store)
     out = []
@@ -145,7 +148,6 @@ def v1_container_list(req: Request, m) -> tuple[int, Any]:
 def v1_container_exec(req: Request, m) -> tuple[int, Any]:
     """brocker's client takes the body as the pid to nsenter: bare digits of the container's
     first process (in its pid, net and mount namespaces)."""
-    from runtime.container import record
     c = record.load(_store(req.home), _name(req))
     running = c.state() == "running"
     return 200, PlainText(brocker_v1.exec_target(c.name, running,
@@ -163,12 +165,10 @@ def v1_service_add(req: Request, m) -> tuple[int, Any]:
 # ---- cocker's API (v2) --------------------------------------------------------------------
 
 def _containers(home: str) -> list[dict]:
-    from runtime.container import record
     return [c.info() for c in record.list_containers(_store(home), all=True)]
 
 
 def v2_version(req: Request, m) -> tuple[int, Any]:
-    from importlib.metadata import PackageNotFoundError, version
     try:
         v = version("cocker")
     except PackageNotFoundError:
@@ -185,7 +185,6 @@ def v2_containers_list(req: Request, m) -> tuple[int, Any]:
 
 
 def v2_container_inspect(req: Request, m) -> tuple[int, Any]:
-    from runtime.container import record
     return 200, record.load(_store(req.home), m["name"]).info()
 
 
@@ -215,12 +214,10 @@ def v2_container_rm(req: Request, m) -> tuple[int, Any]:
 
 
 def v2_images_list(req: Request, m) -> tuple[int, Any]:
-    from registry.repo import image as imagemod
     return 200, [i.summary() for i in imagemod.list_images(_store(req.home), req.query.get("name"))]
 
 
 def v2_image_inspect(req: Request, m) -> tuple[int, Any]:
-    from registry.repo import image as imagemod
     return 200, imagemod.load(_store(req.home), m["ref"]).inspect()
 
 
@@ -234,12 +231,10 @@ def v2_image_rm(req: Request, m) -> tuple[int, Any]:
 
 
 def v2_services_list(req: Request, m) -> tuple[int, Any]:
-    from runtime.services import manager as services
     return 200, services.list_services(_store(req.home))
 
 
 def v2_service_inspect(req: Request, m) -> tuple[int, Any]:
-    from runtime.services import manager as services
     return 200, services.inspect(_store(req.home), m["name"])
 
 

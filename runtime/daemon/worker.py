@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from common.errors import CockerError, UsageError
 from registry.repo.store import Store
+from runtime.brocker import files as brocker_json
+from runtime.container import lifecycle, record
+from runtime.container.spec import ContainerSpec
+from runtime.services import manager as services
+from runtime.services.state import ServiceSpec
 
 
 def _container_spec(args: dict):
-    from runtime.container.spec import ContainerSpec
     allowed = set(ContainerSpec.__dataclass_fields__)
     unknown = set(args) - allowed
     if unknown:
@@ -31,13 +37,11 @@ def _container_spec(args: dict):
 
 
 def container_create(store: Store, a: dict) -> dict:
-    from runtime.container import lifecycle
     return lifecycle.create(store, _container_spec(a["spec"])).info()
 
 
 def container_run(store: Store, a: dict) -> dict:
     """Create and start (detached)."""
-    from runtime.container import lifecycle, record
     spec = _container_spec(a["spec"])
     c = lifecycle.create(store, spec)
     try:
@@ -49,21 +53,17 @@ def container_run(store: Store, a: dict) -> dict:
 
 
 def container_start(store: Store, a: dict) -> dict:
-    from runtime.container import lifecycle, record
     lifecycle.start(store, a["name"])
     return record.load(store, a["name"]).info()
 
 
 def container_restart_policy(store: Store, a: dict) -> dict:
     """The daemon restarting a container as its --restart policy says."""
-    from runtime.container import lifecycle
     lifecycle.restart_by_policy(store, a["name"])
     return {"name": a["name"], "restarted": True}
 
 
 def container_stop(store: Store, a: dict) -> dict:
-    from runtime.container import lifecycle, record
-    from runtime.services import manager as services
     c = record.load(store, a["name"])
     svc = c.labels.get("service")
     timeout = float(a.get("timeout", 10))
@@ -75,9 +75,7 @@ def container_stop(store: Store, a: dict) -> dict:
 
 
 def container_kill(store: Store, a: dict) -> dict:
-    import signal
 
-    from runtime.container import lifecycle
     sig = a.get("signal", "KILL")
     signum = sig if isinstance(sig, int) else getattr(signal, "SIG" + str(sig).upper().removeprefix("SIG"))
     lifecycle.kill(store, a["name"], signum)
@@ -85,16 +83,12 @@ def container_kill(store: Store, a: dict) -> dict:
 
 
 def container_rm(store: Store, a: dict) -> dict:
-    from runtime.container import lifecycle
     lifecycle.remove(store, a["name"], force=bool(a.get("force")))
     return {"name": a["name"], "removed": True}
 
 
 def brocker_container_run(store: Store, a: dict) -> dict:
     """brocker's /api/v1/container/run: a container JSON; with service-name it joins it."""
-    from runtime.brocker import files as brocker_json
-    from runtime.container import record
-    from runtime.services import manager as services
     bc = brocker_json.container_spec(a["body"], store=store, what="container JSON")
     brocker_json.stage_files(store, bc.name, bc.copies)
     if bc.service:
@@ -104,13 +98,10 @@ def brocker_container_run(store: Store, a: dict) -> dict:
 
 
 def _spec_dict(spec) -> dict:
-    from dataclasses import asdict
     return asdict(spec)
 
 
 def service_create(store: Store, a: dict) -> dict:
-    from runtime.services import manager as services
-    from runtime.services.state import ServiceSpec
     allowed = set(ServiceSpec.__dataclass_fields__)
     unknown = set(a["spec"]) - allowed
     if unknown:
@@ -119,29 +110,23 @@ def service_create(store: Store, a: dict) -> dict:
 
 
 def service_add(store: Store, a: dict) -> dict:
-    from runtime.brocker import files as brocker_json
-    from runtime.services import manager as services
     return services.create(store, brocker_json.service_spec(a["body"]))
 
 
 def service_scale(store: Store, a: dict) -> dict:
-    from runtime.services import manager as services
     return services.scale(store, a["name"], a["replicas"])
 
 
 def service_update(store: Store, a: dict) -> dict:
-    from runtime.services import manager as services
     return services.update(store, a["name"], a["image"])
 
 
 def service_rm(store: Store, a: dict) -> dict:
-    from runtime.services import manager as services
     services.remove(store, a["name"])
     return {"name": a["name"], "removed": True}
 
 
 def ensure_monitors(store: Store, a: dict) -> dict:
-    from runtime.services import manager as services
     services.ensure_all_monitors(store)
     return {}
 
