@@ -82,7 +82,7 @@ def test_brackets_inside_strings_do_not_count_as_depth():
 def test_accepted_connections_have_nagle_off(tmp_path):
     """Each keep-alive answer is headers then body; with Nagle the client's next request
     waited for a delayed ACK (~40 ms a response). The server's own socket must say so."""
-    log = open(tmp_path / "log", "w")  # noqa: SIM115 (the door writes to it until stopped)
+    log = open(tmp_path / "log", "w")  # the door writes to it until stopped
     door = Door(str(tmp_path / "repo"), f"127.0.0.1:{free_port()}", anonymous_read=True,
                 access_log=log).start()
     try:

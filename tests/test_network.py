@@ -153,7 +153,7 @@ def _connect_worker(home, network, owner, path, q):
     from runtime.net import network as n
     try:
         q.put((owner, n.connect(Store(home), network, owner, path)["ip"]))
-    except Exception as e:  # noqa: BLE001 (any failure is reported to the parent)
+    except Exception as e:  # any failure is reported to the parent
         q.put((owner, f"error: {e}"))
 
 

@@ -42,7 +42,7 @@ def in_child(body: Callable[[], dict]) -> dict:
         os.close(r)
         try:
             out = body()
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
+        except BaseException as e:  # reported to the parent
             out = {"error": f"{type(e).__name__}: {e}"}
         os.write(w, json.dumps(out).encode())
         os._exit(0)

@@ -443,7 +443,7 @@ def test_same_blob_uploaded_by_two_clients(served):
         try:
             with served.client() as r:
                 r.put_blob_bytes(d, data)
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             errors.append(e)
 
     ts = [threading.Thread(target=push) for _ in range(3)]

@@ -121,14 +121,14 @@ def test_concurrent_pulls_and_pushes(door, tmp_path):
             with door.open("rw") as r:
                 copy(parse("shared"), r, dst)
             assert dst.fsck() == []
-        except BaseException as e:  # noqa: BLE001 - collected and reported
+        except BaseException as e:  # collected and reported
             errors.append(e)
 
     def push(i: int) -> None:
         try:
             with door.open("rw") as r:
                 copy(parse(f"pushed{i}:1"), src, r)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
 
     ts = [threading.Thread(target=pull, args=(i,)) for i in range(8)]
@@ -181,7 +181,7 @@ def test_kill_during_upload_then_retry(tmp_path):
         d.kill()  # kill -9 in the middle of the upload
         try:
             r.close()
-        except Exception:  # noqa: BLE001 - the connection is dead, as expected
+        except Exception:  # the connection is dead, as expected
             pass
         server = LayoutRepo(d.root)
         assert not server.has_blob(dg) and server.fsck() == []

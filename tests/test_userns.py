@@ -132,7 +132,7 @@ def test_mapped_root_over_shared_idmapped_layer(tmp_path, subids, busybox_rootfs
             os.write(ready_w, b"r")
             os.read(go_r, 1)
             os.execv("/bin/sh", ["sh", "-c", "id -u; touch /made-by-root; stat -c %u /bin/busybox"])
-        except BaseException as e:  # noqa: BLE001 - reported through the output pipe
+        except BaseException as e:  # reported through the output pipe
             os.write(2, f"child: {e}\n".encode())
         finally:
             os._exit(1)

@@ -93,7 +93,7 @@ class Load:
                         self.bodies.add(body)
                     else:
                         self.failures.append(f"HTTP {status}: {body[:80]}")
-            except Exception as e:  # noqa: BLE001 (a refused or reset connection is a failed request too)
+            except Exception as e:  # a refused or reset connection is a failed request too
                 with self._lock:
                     self.failures.append(f"{type(e).__name__}: {e}")
             time.sleep(0.01)
@@ -164,7 +164,7 @@ def leftovers(home: str, name: str, bridge: str | None = None) -> list[str]:
     try:
         network.get_network(store, network_name(name))
         left.append(f"network {network_name(name)}")
-    except Exception:  # noqa: BLE001 (gone, which is what is checked)
+    except Exception:  # gone, which is what is checked
         pass
     for c in record.list_containers(store, all=True):
         if c.labels.get("service") == name:
@@ -205,13 +205,13 @@ def force_cleanup(home: str, name: str) -> None:
         if c.labels.get("service") == name:
             try:
                 lifecycle.remove(store, c.name, force=True)
-            except Exception:  # noqa: BLE001 (teardown goes on whatever one step raises)
+            except Exception:  # teardown goes on whatever one step raises
                 pass
     for fn in (lambda: network.cleanup_owner(store, nginx_owner(name)),
                lambda: network.delete_netns(netns_name(name)),
                lambda: network.remove_network(store, network_name(name))):
         try:
             fn()
-        except Exception:  # noqa: BLE001 (teardown goes on whatever one step raises)
+        except Exception:  # teardown goes on whatever one step raises
             pass
     shutil.rmtree(sdir, ignore_errors=True)
