@@ -17,10 +17,12 @@ fi
 # peers the interop tests and benches run side by side: skopeo, docker-registry, umoci, runc, crun,
 #   buildah, podman; zstd (the layer codec's CLI peer); tmux (terminal tests); zsh (completion test);
 # chromium and chromium-driver: the headless browser that tests srepo-server's web page;
-# curl and openssl: the daemon's and the HTTP door's tests (a plain HTTP client, TLS test certificates).
+# curl and openssl: the daemon's and the HTTP door's tests (a plain HTTP client, TLS test certificates);
+# gcc and libc6-dev: the containment tests compile their static attacker (tests/support/probe.c).
 pkgs=(python3 python3-venv python3-pip busybox-static iproute2 iptables nginx zstd ca-certificates
       openssh-client openssh-server skopeo docker-registry umoci runc crun buildah podman uidmap
-      tini catatonit python3-seccomp libseccomp-dev tmux zsh chromium chromium-driver curl openssl)
+      tini catatonit python3-seccomp libseccomp-dev tmux zsh chromium chromium-driver curl openssl
+      gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
