@@ -115,7 +115,7 @@ def test_default_confinement_refuses_every_escape(rt, cname, probe_image):
     assert out["read_kmsg"] in DEVICE_REFUSED
 
 
-def test_userns_auto_refuses_every_escape_too(rt, cname, probe_image):  # noqa: F811
+def test_userns_auto_refuses_every_escape_too(rt, cname, probe_image):
     _, cli = rt
     out = probe(cli, cname, ("--userns", "auto"))
     assert out["seccomp"] == "2" and out["capeff"] == DEFAULT_CAPEFF, out
