@@ -239,3 +239,16 @@ def test_indexes_nested_too_deep_are_refused(store, tmp_path):
     with pytest.raises(CorruptImage, match="nest deeper"):
         copymod.copy(refmod.parse("deep:1"), remote, store)
     assert store.get_ref("deep", "1") is None
+
+
+@pytest.mark.parametrize("doc", [
+    {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": [], "config": None, "layers": []},
+    {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": [], "layers": [False]},
+    {"schemaVersion": 2, "mediaType": oci.MANIFEST, "manifests": [], "layers": [],
+     "config": oci.descriptor(oci.CONFIG, b"{}")},
+])
+def test_ambiguous_index_or_manifest_is_refused(doc):
+    """Found by the fuzz suite's long mode: an 'index' with layers passed as an index, then
+    every reader that asked is_index() walked it as an image (KeyError, TypeError)."""
+    with pytest.raises(CorruptImage, match="ambiguous"):
+        oci.parse_manifest(json.dumps(doc).encode())

@@ -111,14 +111,19 @@ def parse_manifest(data: bytes) -> dict:
                            f"{MAX_MANIFEST_BYTES})")
     m = parse_json(data, "manifest")
     mt = m.get("mediaType")
-    if mt in INDEX_TYPES or (mt is None and "manifests" in m):
+    if mt is not None and mt not in MANIFEST_TYPES + INDEX_TYPES:
+        raise CorruptImage(f"unsupported manifest media type {str(mt)[:80]!r}")
+    if is_index(m):
+        if "layers" in m or "config" in m:
+            # one reader would walk it as an index, another as an image: refuse both
+            raise CorruptImage("an image index with layers or a config is ambiguous; refused")
         if not isinstance(m.get("manifests"), list):
             raise CorruptImage("image index has no manifests list")
         for i, d in enumerate(m["manifests"]):
             check_descriptor(d, f"index entry {i}")
         return m
-    if mt not in (None,) + MANIFEST_TYPES:
-        raise CorruptImage(f"unsupported manifest media type {mt!r}")
+    if "manifests" in m:
+        raise CorruptImage("an image manifest with a manifests list is ambiguous; refused")
     check_descriptor(m.get("config"), "manifest config")
     layers = m.get("layers")
     if not isinstance(layers, list):
@@ -185,6 +190,11 @@ def index_with(index_bytes: bytes | None, refname: str, entry: dict | None) -> l
 
 
 def is_index(m: dict) -> bool:
+    """An image index (by its media type; without one, by having manifests and no layers):
+    the one rule every reader of a parsed manifest uses."""
+    mt = m.get("mediaType")
+    if mt is not None:
+        return mt in INDEX_TYPES
     return "manifests" in m and "layers" not in m
 
 
