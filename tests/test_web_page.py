@@ -191,3 +191,18 @@ def test_web_page_shows_a_signature_pushed_as_a_referrer(door):
     # the other versions have none
     status, _, page = request(door.url + "/image/team/app:1.9.0")
     assert b"cosign" not in page
+
+
+def test_a_layer_bomb_stops_the_listing(tmp_path):
+    root = str(tmp_path / "root")
+    repo = LayoutRepo(root, create=True)
+    # 96 MiB of zeros gzip to ~100 kB: far past the codec's ratio guard once 64 MiB are out
+    _publish(repo, "team/bomb", "1", [{"zeros": bytes(96 << 20)}])
+    layer = json.loads(repo.read_blob(repo.get_ref("team/bomb", "1")))["layers"][0]["digest"]
+    server = SrepoHttp(root, str(tmp_path), anonymous_read=False)
+    try:
+        status, _, page = request(f"{server.url}/layer/team/bomb@{layer}")
+    finally:
+        server.stop()
+    assert status == 200
+    assert b"the layer cannot be listed" in page and b"compression bomb" in page
