@@ -21,6 +21,7 @@ from registry.repo.copy import copy
 from registry.repo.layout import LayoutRepo
 from registry.transports.http.repo import UPLOAD_CHUNK, HttpRepo
 from tests.support.http_servers import TOKEN, SrepoHttp, make_image
+from tests.support.slow_proxy import SlowProxy
 
 MiB = 1 << 20
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -161,6 +162,45 @@ def test_a_push_cut_by_a_registry_restart_continues(door, tmp_path):
     assert not t.is_alive() and errors == []
     # The restart costs at most the chunk that was in flight.
     assert dst.transferred["uploaded"] <= size + 2 * UPLOAD_CHUNK
+    repo = LayoutRepo(door.root)
+    assert repo.get_ref("big/app", "1") == manifest and repo.fsck() == []
+
+
+def test_a_registry_restart_in_the_middle_of_a_chunk_costs_only_what_it_lacks(door, tmp_path):
+    """The registry dies while a PATCH is half-way through (it has kept what arrived): the
+    client asks where the session stands and sends the rest of that chunk only."""
+    size = 48 * MiB
+    src, manifest, layer = big_image(tmp_path, size)
+    proxy = SlowProxy(door.port, 16 * MiB)  # so the kill lands inside a chunk
+    try:
+        dst = HttpRepo(proxy.url, token=TOKEN, retry_wait=60)
+        errors: list[BaseException] = []
+
+        def push() -> None:
+            try:
+                copy(refmod.parse("big/app:1"), src, dst)
+            except BaseException as e:  # noqa: BLE001 (reported by the assertion below)
+                errors.append(e)
+
+        t = threading.Thread(target=push)
+        t.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            held = session_bytes(door)
+            if UPLOAD_CHUNK + MiB < held < 2 * UPLOAD_CHUNK - MiB:
+                break
+            time.sleep(0.002)
+        door.kill9()
+        kept = session_bytes(door)
+        assert UPLOAD_CHUNK < kept < 2 * UPLOAD_CHUNK  # a chunk cut in the middle
+        time.sleep(0.5)
+        door.start()
+        t.join(300)
+        assert not t.is_alive() and errors == [], errors
+    finally:
+        proxy.stop()
+    # What the registry had kept was not sent again: less than a whole chunk more than once.
+    assert dst.transferred["uploaded"] < size + UPLOAD_CHUNK
     repo = LayoutRepo(door.root)
     assert repo.get_ref("big/app", "1") == manifest and repo.fsck() == []
 

@@ -29,7 +29,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import BinaryIO, cast
 
 from common.errors import (
@@ -746,56 +746,59 @@ class _HttpUpload(BlobWriter):
                                     resp.headers["Location"])
 
     def _send_chunk(self, chunk: bytes) -> None:
+        """PATCH `chunk` at the acknowledged offset. When the connection is lost (a registry
+        restart), wait for the registry, ask where the session stands and send what it lacks
+        of this chunk: nothing is sent twice that it already has."""
         assert self.location is not None
-        start = self.acked
-
-        def attempt() -> bool:
-            assert self.location is not None
-            resp, body = self.repo._request(
-                "PATCH", "", full_url=self.location, name=self.remote, push=True, body=chunk,
-                headers={"Content-Type": "application/octet-stream",
-                         "Content-Range": f"{start}-{start + len(chunk) - 1}"})
-            self.repo.count("uploaded", len(chunk))
-            if resp.status in RETRY_STATUSES:
-                raise _Unreachable(f"{self.repo.describe()} answered {resp.status}")
-            if resp.status == 416 and self._status(self.location) == start + len(chunk):
-                return True  # our previous attempt got through; its answer was lost
-            if resp.status != 202:
-                self.repo._fail(resp, body, f"upload of {digestmod.short(self.digest)}")
-            loc = resp.headers.get("Location")
-            if loc:
-                self.location = urllib.parse.urljoin(self.location, loc)
-            return True
-
-        self._retrying(attempt, start, len(chunk))
-        self.acked = start + len(chunk)
+        start, end = self.acked, self.acked + len(chunk)
+        at = start
+        deadline = time.monotonic() + self.repo.retry_wait
+        while at < end:
+            try:
+                self._patch(chunk[at - start:], at)
+                at = end
+            except _Unreachable:
+                at = self._wait_for_session(deadline, start, end)
+        self.acked = end
         self._save()
 
-    def _retrying(self, attempt: Callable[[], bool], start: int, length: int) -> None:
-        """Run `attempt`; when the connection is lost, wait for the registry to come back,
-        ask where the session stands and send again (or accept what got through)."""
-        deadline = time.monotonic() + self.repo.retry_wait
+    def _patch(self, piece: bytes, at: int) -> None:
+        assert self.location is not None
+        resp, body = self.repo._request(
+            "PATCH", "", full_url=self.location, name=self.remote, push=True, body=piece,
+            headers={"Content-Type": "application/octet-stream",
+                     "Content-Range": f"{at}-{at + len(piece) - 1}"})
+        self.repo.count("uploaded", len(piece))
+        if resp.status in RETRY_STATUSES:
+            raise _Unreachable(f"{self.repo.describe()} answered {resp.status}")
+        if resp.status != 202:
+            self.repo._fail(resp, body, f"upload of {digestmod.short(self.digest)}")
+        loc = resp.headers.get("Location")
+        if loc:
+            self.location = urllib.parse.urljoin(self.location, loc)
+
+    def _wait_for_session(self, deadline: float, start: int, end: int) -> int:
+        """Where the session stands once the registry answers again, within [start, end]."""
+        assert self.location is not None
         delay = 0.2
         while True:
-            try:
-                attempt()
-                return
-            except _Unreachable:
-                if time.monotonic() > deadline:
-                    raise
+            if time.monotonic() > deadline:
+                raise TransportError(f"{self.repo.describe()}: the upload of "
+                                     f"{digestmod.short(self.digest)} was cut and the registry "
+                                     "did not come back; push again to continue")
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
-            assert self.location is not None
             try:
                 at = self._status(self.location)
             except _Unreachable:
                 continue
-            if at == start + length:
-                return
-            if at != start and not (at is None and start == 0):
+            if at is None and start == 0:
+                at = 0  # "0-0": nothing (or one byte) arrived; resend from the start
+            if at is None or not start <= at <= end:
                 raise TransportError(f"{self.repo.describe()}: the upload of "
                                      f"{digestmod.short(self.digest)} is at byte {at}, "
-                                     f"expected {start}; push again to continue")
+                                     f"expected {start}..{end}; push again to continue")
+            return at
 
     def commit(self) -> None:
         repo = self.repo
@@ -813,40 +816,47 @@ class _HttpUpload(BlobWriter):
                 with repo._cache_lock:
                     repo._pending[(self.remote, self.digest)] = (data, mt)
                 return
+            # Small: one more request is all it costs, so POST then PUT with the body.
             self.location = self._start()
-        self._finish(bytes(self.buf))
-        self.buf = bytearray()
+            self._finish(data)
+        else:
+            if self.buf:
+                self._send_chunk(bytes(self.buf))
+                self.buf = bytearray()
+            self._finish(b"")
         self.journal.forget(self.key)
 
     def _finish(self, data: bytes) -> None:
+        """The closing PUT with the digest (and, for a small blob, its bytes)."""
         assert self.location is not None
-        start = self.acked
-        headers = {"Content-Type": "application/octet-stream"}
-        if data:
-            headers["Content-Range"] = f"{start}-{start + len(data) - 1}"
-
-        def attempt() -> bool:
-            assert self.location is not None
+        deadline = time.monotonic() + self.repo.retry_wait
+        while True:
             sep = "&" if "?" in self.location else "?"
             url = f"{self.location}{sep}digest={urllib.parse.quote(self.digest)}"
-            resp, body = self.repo._request("PUT", "", full_url=url, name=self.remote,
-                                            push=True, body=data, headers=headers)
+            try:
+                resp, body = self.repo._request(
+                    "PUT", "", full_url=url, name=self.remote, push=True, body=data,
+                    headers={"Content-Type": "application/octet-stream"})
+            except _Unreachable:
+                if data or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+                continue
             self.repo.count("uploaded", len(data))
-            if resp.status in RETRY_STATUSES:
-                raise _Unreachable(f"{self.repo.describe()} answered {resp.status}")
-            if resp.status == 404 and start and self.repo.has_blob(self.digest):
-                return True  # a previous attempt finished it; its answer was lost
-            if resp.status not in (201, 204):
-                if resp.status == 400 and b"DIGEST_INVALID" in body:
-                    self.journal.forget(self.key)  # the kept prefix was bad: start over
-                self.repo._fail(resp, body, f"finish upload of {digestmod.short(self.digest)}")
-            got = resp.headers.get("Docker-Content-Digest")
-            if got and got != self.digest:
-                raise DigestMismatch(f"{self.repo.describe()} stored "
-                                     f"{digestmod.short(self.digest)} as {got}")
-            return True
-
-        self._retrying(attempt, start, len(data))
+            if resp.status in RETRY_STATUSES and not data and time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            break
+        if resp.status == 404 and not data and self.repo.has_blob(self.digest):
+            return  # a previous attempt finished it; its answer was lost
+        if resp.status not in (201, 204):
+            if resp.status == 400 and b"DIGEST_INVALID" in body:
+                self.journal.forget(self.key)  # the kept prefix was bad: start over
+            self.repo._fail(resp, body, f"finish upload of {digestmod.short(self.digest)}")
+        got = resp.headers.get("Docker-Content-Digest")
+        if got and got != self.digest:
+            raise DigestMismatch(f"{self.repo.describe()} stored "
+                                 f"{digestmod.short(self.digest)} as {got}")
 
     def abort(self) -> None:
         # The journal keeps the session: the next push of this blob continues it.
