@@ -8,14 +8,13 @@ child as the last step before exec, in runc's order:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from common.home import Home
 from runtime.process import capabilities, seccomp
 
 
-@dataclass(frozen=True)
-class Confinement:
+class Confinement(NamedTuple):
     caps: frozenset[str]
     seccomp_bpf: bytes | None           # None: unconfined
     no_new_privs: bool = False

@@ -21,7 +21,7 @@ import ctypes
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from common.errors import RuntimeFailure, UsageError
 from common.fsutil import atomic_write, flock
@@ -49,18 +49,16 @@ _MOUNT_ATTR_IDMAP = 0x100000
 _SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
 
 
-@dataclass(frozen=True)
-class IdRange:
+class IdRange(NamedTuple):
     start: int
-    count: int
+    length: int
 
     @property
     def end(self) -> int:
-        return self.start + self.count
+        return self.start + self.length
 
 
-@dataclass(frozen=True)
-class IdMap:
+class IdMap(NamedTuple):
     """Container ids 0..size-1 are host uids uid_start.. and gids gid_start.."""
     uid_start: int
     gid_start: int
@@ -124,7 +122,7 @@ def ensure_pool(subuid: str = SUBUID, subgid: str = SUBGID, owner: str = OWNER,
                 old = b""
             if old and not old.endswith(b"\n"):
                 old += b"\n"
-            atomic_write(path, old + f"{owner}:{fresh.start}:{fresh.count}\n".encode(), 0o644)
+            atomic_write(path, old + f"{owner}:{fresh.start}:{fresh.length}\n".encode(), 0o644)
             found[i] = fresh
     assert found[0] is not None and found[1] is not None
     return found[0], found[1]
@@ -165,7 +163,7 @@ def allocate(home: Home, name: str, size: int = SLICE, *, subuid: str = SUBUID,
             if offset + size <= start:
                 break
             offset = max(offset, start + count)
-        if offset + size > min(uids.count, gids.count):
+        if offset + size > min(uids.length, gids.length):
             raise RuntimeFailure(f"no {size} free ids left in the {OWNER} entries of {subuid} and "
                                  f"{subgid}; remove --userns auto containers or widen them")
         table[name] = [offset, size]
