@@ -74,7 +74,7 @@ def used_diff_ids(store) -> set[str]:
         try:
             img = imagemod.load_record(store, RefRecord(cname, "_", digest))
             used.update(digestmod.hex_of(d) for d in img.diff_ids)
-        except Exception:       # a container whose image blobs are gone still pins its record
+        except Exception:       # noqa: BLE001 - a container whose image blobs are gone still pins its record
             pass
         rec = store.paths.container_record(cname)
         with contextlib.suppress(OSError, ValueError):

@@ -23,7 +23,7 @@ DEFAULT_NETWORK = "bridge"
 DEFAULT_BRIDGE = "cocker0"
 DEFAULT_SUBNET = "10.88.0.0/16"
 # Named networks without --subnet get the first free /24 from this private pool.
-AUTO_POOL = ipaddress.ip_network("10.89.0.0/16")
+AUTO_POOL = ipaddress.IPv4Network("10.89.0.0/16")
 RESERVED = {"host", "none", "default", "container", "ports"}  # ports.json is the port table
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -66,7 +66,7 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise UsageError(f"invalid subnet {text!r}: expected an IPv4 CIDR like 10.89.0.0/24") from None
-    if net.version != 4:
+    if not isinstance(net, ipaddress.IPv4Network):
         raise UsageError(f"invalid subnet {text!r}: only IPv4 subnets are supported")
     if str(net.network_address) != text.split("/")[0]:
         raise UsageError(f"invalid subnet {text!r}: host bits are set (did you mean {net}?)")
@@ -76,7 +76,7 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
         raise UsageError(f"invalid subnet {text!r}: the prefix length must be between 8 and 29")
     if net.is_loopback or net.is_multicast or net.is_link_local or net.is_unspecified:
         raise UsageError(f"invalid subnet {text!r}: not usable for a bridge network")
-    if not net.is_private or net.subnet_of(ipaddress.ip_network("100.64.0.0/10")):
+    if not net.is_private or net.subnet_of(ipaddress.IPv4Network("100.64.0.0/10")):
         # A public range on a NATed bridge would hijack those addresses for every container
         # (the C cocker's 166.88.0.0/24 did exactly that).
         raise UsageError(f"subnet {text} is a public range: use a private one "
@@ -127,12 +127,12 @@ def load_or_default(store, name: str) -> dict:
         if name != DEFAULT_NETWORK:
             raise NotFound(f"no such network: {name}")
         s = default_settings(store)
-        rec = new_record(name, ipaddress.ip_network(s["subnet"]), s["bridge"])
+        rec = new_record(name, ipaddress.IPv4Network(s["subnet"]), s["bridge"])
     elif rec.get("default") and not rec["endpoints"] and not rec.get("configured"):
         # Unused default network: follow changed settings.
         s = default_settings(store)
         if (s["subnet"], s["bridge"]) != (rec["subnet"], rec["bridge"]):
-            rec.update(new_record(name, ipaddress.ip_network(s["subnet"]), s["bridge"]),
+            rec.update(new_record(name, ipaddress.IPv4Network(s["subnet"]), s["bridge"]),
                        seq=rec.get("seq", 0))
     return rec
 
@@ -155,7 +155,7 @@ def delete(store, name: str) -> None:
 
 
 def all_records(store) -> list[dict]:
-    out = []
+    out: list[dict] = []
     try:
         names = sorted(os.listdir(networks_dir(store)))
     except FileNotFoundError:
@@ -171,14 +171,14 @@ def all_records(store) -> list[dict]:
 
 def overlapping(subnet: ipaddress.IPv4Network, records: list[dict]) -> dict | None:
     for r in records:
-        if ipaddress.ip_network(r["subnet"]).overlaps(subnet):
+        if ipaddress.IPv4Network(r["subnet"]).overlaps(subnet):
             return r
     return None
 
 
 def allocate(rec: dict, owner: str, requested: str | None = None) -> str:
     """Pick the lowest free address (or check `requested`) for `owner`; the caller saves."""
-    net = ipaddress.ip_network(rec["subnet"])
+    net = ipaddress.IPv4Network(rec["subnet"])
     gateway = ipaddress.ip_address(rec["gateway"])
     taken = {ipaddress.ip_address(e["ip"]) for e in rec["endpoints"].values()}
     if requested is not None:

@@ -21,7 +21,7 @@ LOOPBACK_INDEX = 1          # lo is interface 1 in every network namespace
 _NS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-def _netlink_error(e: Exception, what: str) -> RuntimeFailure:
+def _netlink_error(e: Exception, what: str) -> RuntimeFailure | PermissionDenied:
     """A one-line error from a pyroute2 NetlinkError (args: code, message) or OSError."""
     code = getattr(e, "code", None) or getattr(e, "errno", None)
     if code == errno.EPERM:
@@ -105,7 +105,7 @@ def new_netns(name: str) -> str:
         raise AlreadyExists(f"network namespace {name} already exists")
     try:
         netns.create(name)
-    except Exception as e:  # pyroute2 re-raises the child's error under its own class name
+    except Exception as e:  # noqa: BLE001 - pyroute2 re-raises the child's error under its own class name
         raise RuntimeFailure(f"cannot create network namespace {name}: {e}") from None
     try:
         setup_none(path)
@@ -134,7 +134,7 @@ def setup_none(netns_path: str) -> None:
     with iproute(netns_path) as ns:
         try:
             ns.link("set", index=LOOPBACK_INDEX, state="up")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - pyroute2's NetlinkError or the socket's OSError, one message
             raise _netlink_error(e, f"cannot bring lo up in {netns_path}") from None
 
 
@@ -171,7 +171,7 @@ def ensure_bridge(name: str, alias: str, gateway: str, prefixlen: int) -> bool:
             ipr.link("set", index=idx, state="up")
         except AlreadyExists:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - undo the bridge, whatever netlink raised
             if created:
                 with contextlib.suppress(Exception):
                     ipr.link("del", index=idx)
@@ -190,7 +190,7 @@ def delete_bridge(name: str, alias: str) -> None:
             return
         try:
             ipr.link("del", index=idx)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - pyroute2's NetlinkError or the socket's OSError, one message
             raise _netlink_error(e, f"cannot delete bridge {name}") from None
 
 
@@ -219,19 +219,19 @@ def host_networks(exclude_dev: str | None = None) -> list[tuple[ipaddress.IPv4Ne
     addresses), excluding the default route and `exclude_dev`: a new subnet must not overlap."""
     out: list[tuple[ipaddress.IPv4Network, str]] = []
     with iproute() as ipr:
-        names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
         for r in ipr.get_routes(family=2, table=254):
             dev = names.get(r.get_attr("RTA_OIF"), "?")
             if r["dst_len"] == 0 or dev == exclude_dev:
                 continue
             dst = r.get_attr("RTA_DST")
             if dst:
-                out.append((ipaddress.ip_network(f"{dst}/{r['dst_len']}", strict=False), dev))
+                out.append((ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False), dev))
         for a in ipr.get_addr(family=2):
             dev = names.get(a["index"], "?")
             if dev in (exclude_dev, "lo"):
                 continue
-            out.append((ipaddress.ip_network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}",
+            out.append((ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}",
                                              strict=False), dev))
     return out
 
@@ -253,7 +253,7 @@ def add_veth(host_name: str, bridge: str, netns_path: str, ifname: str, address:
             # Enslaved and up in the same request that creates it.
             ipr.link("add", ifname=host_name, kind="veth", master=br, state="up",
                      peer={"ifname": ifname, "net_ns_fd": fd})
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - pyroute2's NetlinkError or the socket's OSError, one message
             if getattr(e, "code", None) == errno.EEXIST:
                 raise AlreadyExists(f"interface {host_name} already exists") from None
             raise _netlink_error(e, f"cannot create veth {host_name} for {netns_path}") from None
@@ -263,7 +263,7 @@ def add_veth(host_name: str, bridge: str, netns_path: str, ifname: str, address:
             # Hairpin: a container reaching its own published port through a host address
             # gets its packets back out of the port they came in on.
             ipr.brport("set", index=link_index(ipr, host_name), mode=1)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - undo the veth, whatever netlink raised
             delete_link(host_name)
             raise _netlink_error(e, f"cannot set up bridge port {host_name}") from None
     try:
@@ -285,7 +285,7 @@ def delete_link(name: str) -> bool:
     with iproute() as ipr:
         try:
             ipr.link("del", ifname=name)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - pyroute2's NetlinkError or the socket's OSError, one message
             if getattr(e, "code", None) == errno.ENODEV:
                 return False
             raise _netlink_error(e, f"cannot delete {name}") from None

@@ -82,7 +82,7 @@ def _is_ours(store, rec: dict) -> bool:
 
 def _bring_up(store, rec: dict) -> bool:
     """Make sure the bridge, its address and its rules exist. True if the bridge was created."""
-    subnet = ipaddress.ip_network(rec["subnet"])
+    subnet = ipaddress.IPv4Network(rec["subnet"])
     found = ns.link_alias_by_name(rec["bridge"])
     if found is not None and found[1] == _alias(store, rec):
         return False
@@ -112,8 +112,8 @@ def _tear_down(store, rec: dict) -> None:
 
 
 def _pick_subnet(store, rec: dict) -> ipaddress.IPv4Network:
-    taken = [ipaddress.ip_network(r["subnet"]) for r in ipam.all_records(store)]
-    taken.append(ipaddress.ip_network(ipam.load_or_default(store, DEFAULT_NETWORK)["subnet"]))
+    taken = [ipaddress.IPv4Network(r["subnet"]) for r in ipam.all_records(store)]
+    taken.append(ipaddress.IPv4Network(ipam.load_or_default(store, DEFAULT_NETWORK)["subnet"]))
     taken += [n for n, _ in ns.host_networks()]
     for cand in ipam.AUTO_POOL.subnets(new_prefix=24):
         if not any(cand.overlaps(t) for t in taken):
@@ -142,13 +142,13 @@ def create_network(store, name: str, subnet: str | None = None, bridge: str | No
         if name == DEFAULT_NETWORK:
             base = ipam.load_or_default(store, name)
             br = bridge or base["bridge"]
-            rec = ipam.new_record(name, net or ipaddress.ip_network(base["subnet"]), br)
+            rec = ipam.new_record(name, net or ipaddress.IPv4Network(base["subnet"]), br)
             rec["configured"] = True
             if old is not None and _is_ours(store, old):
                 _tear_down(store, old)
         else:
             br = bridge or ipam.named_bridge(store, name)
-            rec = ipam.new_record(name, ipaddress.ip_network("10.255.255.0/24"), br)
+            rec = ipam.new_record(name, ipaddress.IPv4Network("10.255.255.0/24"), br)
             if net is None:
                 net = _pick_subnet(store, rec)
             rec.update(subnet=str(net), gateway=str(net.network_address + 1))
@@ -156,7 +156,7 @@ def create_network(store, name: str, subnet: str | None = None, bridge: str | No
             if r["name"] != name and r["bridge"] == rec["bridge"]:
                 raise AlreadyExists(f"bridge {rec['bridge']} is already used by network {r['name']}")
         if name == DEFAULT_NETWORK:
-            _check_free_subnet(store, rec, ipaddress.ip_network(rec["subnet"]))
+            _check_free_subnet(store, rec, ipaddress.IPv4Network(rec["subnet"]))
         else:
             _bring_up(store, rec)
         try:
@@ -199,7 +199,7 @@ def get_network(store, name: str) -> dict:
 def _info(store, rec: dict, brief: bool = False) -> dict:
     try:
         active = ns.link_exists(rec["bridge"]) and _is_ours(store, rec)
-    except Exception:  # no netlink (unprivileged container, odd kernel): still list
+    except Exception:  # noqa: BLE001 - no netlink (unprivileged container, odd kernel): still list
         active = False
     d = {"name": rec["name"], "subnet": rec["subnet"], "gateway": rec["gateway"],
          "bridge": rec["bridge"], "default": bool(rec.get("default")), "active": active,
@@ -244,7 +244,7 @@ def connect(store, network: str, owner: str, netns_path: str, ip: str | None = N
         addr = ipam.allocate(rec, owner, ip)
         created = _bring_up(store, rec)
         hostns.pin()
-        prefix = ipaddress.ip_network(rec["subnet"]).prefixlen
+        prefix = ipaddress.IPv4Network(rec["subnet"]).prefixlen
         veth = ipam.veth_name(store, rec, owner)
         # Recorded before the kernel work: after a crash, cleanup_owner finds the veth.
         rec["endpoints"][owner] = {"ip": addr, "veth": veth, "ifname": ifname, "netns": netns_path,

@@ -18,6 +18,7 @@ service's lock, so a command, the daemon and the monitor never trip over each ot
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import os
 import shutil
@@ -29,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from common.errors import AlreadyExists, CockerError, Conflict, NotFound, UsageError
 from registry.repo import image as imagemod
@@ -240,7 +242,7 @@ class _Undo:
         for what, fn in reversed(self.steps):
             try:
                 fn()
-            except Exception as e:  # keep undoing the rest; report what could not be undone
+            except Exception as e:  # noqa: BLE001 - keep undoing the rest; report what could not be undone
                 failed.append(f"{what}: {e}")
         self.steps.clear()
         return failed
@@ -291,7 +293,7 @@ def create(store, spec: ServiceSpec, *, start_monitor: bool = True) -> dict:
             raise AlreadyExists(f"service {spec.name} already exists{hint}")
         sdir = st.service_dir(store, spec.name)
         netname = network_name(spec.name)
-        rec = {
+        rec: dict[str, Any] = {
             "name": spec.name, "spec": st.spec_to_record(spec), "image_ref": image_ref,
             "digest": digest, "network": netname, "publish": [f"{h}:{p}" for h, p in ports],
             "replicas": [], "seq": 0, "state": "creating",
@@ -336,7 +338,7 @@ def create(store, spec: ServiceSpec, *, start_monitor: bool = True) -> dict:
 
             for _ in range(spec.replicas):
                 r = start_replica(store, rec)
-                undo.push(f"replica {r['name']}", lambda n=r["name"]: _remove_container(store, n))
+                undo.push(f"replica {r['name']}", functools.partial(_remove_container, store, r["name"]))
                 r["active"] = True
                 rec["replicas"].append(r)
                 st.save(store, rec)
@@ -419,7 +421,7 @@ def _retire(store, rec: dict, victims: list[dict],
 def _remove_quietly(store, cname: str) -> None:
     try:
         _remove_container(store, cname)
-    except Exception as e:  # the replica is out of rotation already; say what is left over
+    except Exception as e:  # noqa: BLE001 - the replica is out of rotation already; say what is left over
         print(f"cocker: warning: could not remove old replica {cname}: {_msg(e)}", file=sys.stderr)
 
 
@@ -469,7 +471,7 @@ def update(store, name: str, image: str) -> dict:
                 apply_rotation(store, rec)
                 # the old replica's container goes while the next new one starts
                 _retire(store, rec, [old], pending)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - state the partial update, then re-raise
             for t in pending:
                 t.join()
             left = [r for r in _template(rec) if r["name"] in {o["name"] for o in olds}]
@@ -574,7 +576,7 @@ def remove(store, name: str) -> None:
             fn()
         except NotFound:
             pass
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - removal goes on; every failure is reported
             errors.append(f"{what}: {_msg(e)}")
 
     with st.global_lock(store), st.service_lock(store, name):
@@ -598,7 +600,7 @@ def remove(store, name: str) -> None:
                 if (getattr(c, "labels", None) or {}).get("service") == name:
                     members.add(c.name)
         for cname in sorted(members):
-            step(f"replica {cname}", lambda n=cname: _remove_container(store, n))
+            step(f"replica {cname}", functools.partial(_remove_container, store, cname))
         step("nginx's network endpoint", lambda: network.disconnect(store, rec["network"], owner))
         step("nginx's network namespace", lambda: _delete_netns(rec))
         step(f"network {rec['network']}", lambda: _remove_network(store, rec["network"]))
@@ -655,7 +657,7 @@ def ensure_monitor(store, name: str) -> int | None:
     pid = monitor_pid(store, name)
     if pid:
         return pid
-    log = open(os.path.join(st.service_dir(store, name), "monitor.log"), "ab")
+    log = open(os.path.join(st.service_dir(store, name), "monitor.log"), "ab")  # noqa: SIM115 - handed to the monitor process, closed below
     try:
         env = dict(os.environ)
         env.pop("COCKER_HOST", None)

@@ -57,7 +57,7 @@ class Monitor:
                 pass                       # a service command is at work; look again soon
             except CockerError as e:
                 log(f"error: {e}")
-            except Exception as e:  # never die on one bad round: the next one may do better
+            except Exception as e:  # noqa: BLE001 - never die on one bad round: the next one may do better
                 log(f"unexpected error: {type(e).__name__}: {e}")
             time.sleep(POLL)
         log("service removed; monitor exits")

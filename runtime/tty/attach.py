@@ -243,7 +243,7 @@ def follow_log(c, from_start: bool = True, follow: bool = True, offset: int | No
     keep printing until the container stops (or `stop()` says so)."""
     path = os.path.join(c.dir, "log")
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - followed across the loop, closed at its end
     except FileNotFoundError:
         if not follow:
             return
@@ -256,7 +256,7 @@ def follow_log(c, from_start: bool = True, follow: bool = True, offset: int | No
         while True:
             alive = follow and c.supervisor_alive()
             if f is None and os.path.exists(path):
-                f = open(path, "rb")
+                f = open(path, "rb")  # noqa: SIM115 - followed across the loop, closed at its end
             if f is not None:
                 while True:
                     chunk = f.read(65536)
