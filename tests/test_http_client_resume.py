@@ -276,3 +276,41 @@ def test_concurrent_pushes_of_different_content_to_one_tag_one_wins(door, tmp_pa
     assert len(results) == len(digests) and len(winners) == 1, results
     assert LayoutRepo(door.root).get_ref("race/app", "1") == winners[0]
     assert digestmod.is_valid(winners[0])
+
+
+def test_cocker_image_push_killed_then_run_again_continues_the_same_session(door, store,
+                                                                             tmp_path):
+    """What a user does: `cocker image push --repo http://…`, killed half-way, run again."""
+    layer = os.urandom(64 * MiB)
+    d = make_image(store, "cli/big", "1", extra_layers=[layer])
+    proxy = SlowProxy(door.port, 24 * MiB)  # so the push is still running when killed
+    argv = [sys.executable, "-m", "cocker.main", "image", "push", "cli/big:1",
+            "--repo", proxy.url]
+    env = {**os.environ, "COCKER_REGISTRY_TOKEN": TOKEN}
+    try:
+        p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120
+            while session_bytes(door) < 3 * UPLOAD_CHUNK and time.monotonic() < deadline:
+                assert p.poll() is None, p.stderr.read() if p.stderr else ""
+                time.sleep(0.005)
+        finally:
+            p.kill()
+            p.wait(10)
+        top = os.path.join(door.root, "tmp", "http-uploads")
+        (session,) = [f for f in os.listdir(top) if not f.endswith(".json")]
+        held = os.path.getsize(os.path.join(top, session))
+        assert os.listdir(store.paths.push_sessions)  # the store remembers the session
+        with open(door.log) as f:
+            before = len(f.readlines())
+        again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+    finally:
+        proxy.stop()
+    assert LayoutRepo(door.root).get_ref("cli/big", "1") == d
+    with open(door.log) as f:
+        patches = [line for line in f.readlines()[before:] if '"PATCH ' in line]
+    # The second run continued the first run's session, sending only what was missing.
+    assert patches and all(session in line for line in patches)
+    assert len(patches) <= (len(layer) - held) // UPLOAD_CHUNK + 2
+    assert os.listdir(store.paths.push_sessions) == []
