@@ -16,8 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from dataclasses import dataclass
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from runtime import syscalls as sc
 from runtime.cgroup.join import join_cgroup, open_join_fd
@@ -26,8 +25,7 @@ from runtime.process.plan import Plan
 from runtime.process.startup import FORWARDED, describe, say
 
 
-@dataclass
-class ChildPipes:
+class ChildPipes(NamedTuple):
     sync_w: int                 # "N" once the namespaces exist
     go_r: int                   # "g" from the monitor: start
     console: socket.socket | None   # the pty master goes back to the monitor through it

@@ -5,13 +5,13 @@ files or compile anything of their own once inside the container)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from runtime.process.confinement import Confinement
 from runtime.process.userns import IdMap
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(NamedTuple):
     """A host device node given to the container (--device HOST[:CTR])."""
     host: str
     ctr: str                    # absolute, under /dev

@@ -9,15 +9,14 @@ callers resolve after pivot_root/chroot, where an absolute symlink cannot lead t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from common.errors import UsageError
 
 MAX_DB_BYTES = 4 << 20        # a passwd or group file larger than this is not read further
 
 
-@dataclass(frozen=True)
-class ExecUser:
+class ExecUser(NamedTuple):      # a NamedTuple: defined on every start, cheaper than a dataclass
     uid: int
     gid: int
     groups: tuple[int, ...]     # supplementary groups, the primary one included
