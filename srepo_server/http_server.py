@@ -53,7 +53,8 @@ class Body:
 
     def __init__(self, rfile, length: int | None, chunked: bool, on_first_read=None) -> None:
         self.rfile = rfile
-        self.left = length if not chunked else 0
+        # without a length (and not chunked) there is no body: `done` from the start
+        self.left: int = (length or 0) if not chunked else 0
         self.chunked = chunked
         self.done = (not chunked and not length)
         self.read_bytes = 0

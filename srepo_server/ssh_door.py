@@ -31,6 +31,13 @@ from collections.abc import Callable
 from typing import Any
 
 import paramiko
+from paramiko.common import (
+    AUTH_FAILED,
+    AUTH_SUCCESSFUL,
+    OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
+    OPEN_FAILED_RESOURCE_SHORTAGE,
+    OPEN_SUCCEEDED,
+)
 
 from common.errors import CockerError, UsageError
 from registry.oci import reference as refmod
@@ -140,10 +147,10 @@ class _Server(paramiko.ServerInterface):
         return "publickey"
 
     def check_auth_none(self, username: str) -> int:
-        return paramiko.AUTH_FAILED
+        return AUTH_FAILED
 
     def check_auth_password(self, username: str, password: str) -> int:
-        return paramiko.AUTH_FAILED
+        return AUTH_FAILED
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         ak = self.door.keys.lookup(key.asbytes())
@@ -153,18 +160,18 @@ class _Server(paramiko.ServerInterface):
                 self._refused.add(fp)
                 self.door.log(f"{self.peer} user={username} key {key.get_name()} {fp} refused: "
                               "not in authorized_keys")
-            return paramiko.AUTH_FAILED
+            return AUTH_FAILED
         self.key, self.user = ak, username
-        return paramiko.AUTH_SUCCESSFUL
+        return AUTH_SUCCESSFUL
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
         if kind != "session" or self.key is None:
-            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+            return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
         with self._lock:
             if self.channels >= MAX_CHANNELS:
-                return paramiko.OPEN_FAILED_RESOURCE_SHORTAGE
+                return OPEN_FAILED_RESOURCE_SHORTAGE
             self.channels += 1
-        return paramiko.OPEN_SUCCEEDED
+        return OPEN_SUCCEEDED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         text = command.decode("utf-8", "replace")
@@ -215,7 +222,7 @@ class _Server(paramiko.ServerInterface):
                           log=lambda line: self.door.log(f"{who_short} {line}"),
                           busy=self.door.busy)
             self.door.log(f"{who} session closed after {time.monotonic() - t0:.1f}s")
-        except Exception as e:  # one broken channel must not touch the others
+        except Exception as e:  # noqa: BLE001 (one broken channel must not touch the others)
             status = 1
             self.door.log(f"{who} channel error: {type(e).__name__}: {e}")
         finally:
@@ -225,8 +232,8 @@ class _Server(paramiko.ServerInterface):
                 chan.send_exit_status(status)
                 chan.shutdown_write()
                 chan.close()
-            except Exception:
-                pass
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # the client is gone already
 
 
 class SshDoor:
