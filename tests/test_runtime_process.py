@@ -295,3 +295,16 @@ def test_brocker_file_and_daemon_spec_take_the_opt_ins(rt, cname, tmp_path):
     f.write_text(json.dumps({"image": "busybox:1.0", "name": cname + "b", "cap-add": 5}))
     p = cli("container", "run", "-d", "-f", str(f), check=False)
     assert p.returncode != 0 and "cap-add" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_daemon_api_spec_takes_the_same_keys(rt, cname):
+    from runtime.daemon.worker import container_create
+    store, cli = rt
+    info = container_create(store, {"spec": {
+        "image": "busybox:1.0", "name": cname, "net": "none", "command": ["true"],
+        "cap_drop": ["ALL"], "security_opt": ["seccomp=unconfined"], "privileged": False,
+        "read_only": True, "init": True, "user": "1000"}})
+    assert info["name"] == cname
+    sec = _info(cli, cname)["security"]
+    assert sec["cap_drop"] == ["ALL"] and sec["seccomp"] == "unconfined"
+    assert sec["read_only"] and sec["init"]
