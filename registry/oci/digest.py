@@ -24,7 +24,7 @@ def validate(digest: str) -> str:
     return digest
 
 
-def is_valid(digest: str) -> bool:
+def is_valid(digest: object) -> bool:
     return isinstance(digest, str) and bool(_DIGEST_RE.match(digest))
 
 

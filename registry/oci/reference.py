@@ -65,8 +65,9 @@ def parse(text: str, *, default_version: str | None = None) -> Reference:
     if "@" in text:
         name, _, dig = text.partition("@")
         return Reference(validate_name(name), None, digestmod.validate(dig))
-    name, sep, version = text.rpartition(":")
-    if not sep or "/" in version:
+    name, sep, tail = text.rpartition(":")
+    version: str | None = tail
+    if not sep or "/" in tail:
         name, version = text, None
     if version is None and default_version is not None:
         version = default_version

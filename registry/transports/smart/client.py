@@ -112,7 +112,7 @@ class _Conn:
             return frame
         raise TransportError("the remote did not answer with the smart protocol")
 
-    def write_raw(self, *parts: bytes) -> None:
+    def write_raw(self, *parts: bytes | memoryview) -> None:
         try:
             for p in parts:
                 self.wfile.write(p)
@@ -129,12 +129,12 @@ class _Conn:
         for f in (self.wfile, self.rfile):
             try:
                 f.close()
-            except Exception:  # closing a dead stream must not hide the real error
+            except Exception:  # noqa: BLE001 (closing a dead stream must not hide the real error)
                 pass
         if self.closer:
             try:
                 self.closer()
-            except Exception:
+            except Exception:  # noqa: BLE001 (as above: whatever the transport raises on close)
                 pass
 
 
@@ -265,7 +265,7 @@ class SmartRepo(Repository):
         for obj in reversed(self._owned):
             try:
                 obj.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 (every owned object gets its close, whatever one raises)
                 pass
         self._owned = []
 
@@ -295,8 +295,8 @@ class SmartRepo(Repository):
                          float(r.get("mtime") or 0))
 
     def put_ref(self, name: str, version: str, digest: str, expect: object = ANY) -> None:
-        frame = {"op": "put-ref", "name": name, "version": version,
-                 "digest": digestmod.validate(digest)}
+        frame: dict[str, object] = {"op": "put-ref", "name": name, "version": version,
+                                    "digest": digestmod.validate(digest)}
         if expect is not ANY:
             frame["expect"] = expect
         self._call(frame)
@@ -404,7 +404,7 @@ class _BlobReader:
                 n = min(self.left, CHUNK)
                 self._conn.read_exact(n)
                 self.left -= n
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 (the lease ends with it; close() must not raise)
             self._finish(e)
             return
         self._finish(None)
