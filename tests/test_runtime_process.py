@@ -209,7 +209,7 @@ def test_opt_ins_are_recorded_and_shown(rt, cname):
     sec = _info(cli, cname)["security"]
     assert sec == {"privileged": False, "cap_add": ["net_admin"], "cap_drop": ["MKNOD"],
                    "seccomp": "default", "no_new_privileges": True, "read_only": True,
-                   "devices": ["/dev/loop-control:/dev/lc"], "init": True}
+                   "devices": ["/dev/loop-control:/dev/lc"], "init": True, "userns": False}
     text = cli("container", "inspect", cname).stdout
     assert "read_only=True" in text and "cap_add=['net_admin']" in text
     cli("container", "start", cname)

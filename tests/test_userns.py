@@ -170,6 +170,8 @@ def test_cli_userns_auto_maps_root_to_unprivileged_host_ids(rt, rt_home, cname):
     try:
         inside = cli("container", "exec", cname, "cat", "/tmp/uid").stdout.split()
         assert inside == ["0"]
+        shown = json.loads(cli("container", "inspect", "--json", cname).stdout)["security"]
+        assert shown["userns"]["mode"] == "auto" and shown["userns"]["size"] == userns.SLICE
         deadline = time.monotonic() + 10
         uids: set[str] = set()
         while not uids and time.monotonic() < deadline:
@@ -197,3 +199,9 @@ def test_cli_userns_auto_maps_root_to_unprivileged_host_ids(rt, rt_home, cname):
         cli("container", "rm", "-f", cname, check=False)
     with open(Home(rt_home["COCKER_HOME"]).userns_allocations) as f:
         assert cname not in json.load(f)                      # rm gave the slice back
+
+
+def test_brocker_json_takes_userns(tmp_path):
+    from runtime.brocker.files import container_spec
+    spec = container_spec({"image": "busybox:1.0", "userns": "auto"}, what="test").spec
+    assert spec.userns == "auto"

@@ -67,6 +67,7 @@ CONTAINER_FIELDS: dict[str, tuple[tuple, str]] = {
     "cap-drop": ((str, list), "a string or a list of strings"),
     "security-opt": ((str, list), "a string or a list of strings"),
     "device": ((str, list), "a string or a list of strings"),
+    "userns": (_STR, "host or auto"),
 }
 
 
@@ -258,7 +259,8 @@ def container_spec(data: dict, *, store=None, what: str = "container JSON",
                          cap_add=_strings(data.get("cap-add")),
                          cap_drop=_strings(data.get("cap-drop")),
                          security_opt=_strings(data.get("security-opt")),
-                         devices=_strings(data.get("device")))
+                         devices=_strings(data.get("device")),
+                         userns=data.get("userns") or "")
     return BrockerContainer(spec, service, port, copies)
 
 

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from common.errors import AlreadyExists, CockerError, Conflict, RuntimeFailure, UsageError
@@ -78,6 +78,8 @@ def create(store: Store, spec: ContainerSpec, *, durable: bool = True) -> Contai
     if spec.aliases and net in HOST_NETS:
         raise UsageError(f"--network-alias needs a bridge network, not --net {net}")
     restart_policy.parse(spec.restart)
+    if spec.userns == "host":
+        spec = replace(spec, userns="")
     if spec.userns not in ("", "auto"):
         raise UsageError(f"--userns {spec.userns!r}: host or auto")
     if spec.userns == "auto":

@@ -36,6 +36,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SECURITY_DEFAULTS: dict[str, Any] = {
     "privileged": False, "cap_add": [], "cap_drop": [], "seccomp": "default",
     "no_new_privileges": False, "read_only": False, "devices": [], "init": False,
+    "userns": False,        # --userns auto: {"mode": "auto", "uid", "gid", "size"}
 }
 
 _ADJ = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry",
