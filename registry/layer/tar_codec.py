@@ -26,7 +26,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 import zstandard
 
@@ -110,7 +110,7 @@ class _Worker:
             if self.err is None:
                 try:
                     self.fn(chunk)
-                except BaseException as e:  # handed to the producer at its next put/close
+                except BaseException as e:  # noqa: BLE001 (handed to the producer at its next put/close)
                     self.err = e
 
     def put(self, chunk: Any) -> None:
@@ -143,7 +143,8 @@ class _LayerWriter:
         self._zw = None
         if compression == "zstd":
             c = zstandard.ZstdCompressor(level=level or ZSTD_LEVEL, threads=zstd_threads())
-            self._zw = c.stream_writer(self.sink, closefd=False, write_size=CHUNK)
+            # the sink only needs write(): a hashing file-like, not a real IO
+            self._zw = c.stream_writer(cast(IO[bytes], self.sink), closefd=False, write_size=CHUNK)
         elif compression == "gzip":
             # wbits=31: gzip wrapper with mtime 0 and no file name, so it is reproducible.
             self._zobj = zlib.compressobj(level or GZIP_LEVEL, zlib.DEFLATED, 31)
@@ -177,7 +178,7 @@ class _LayerWriter:
     def abort(self) -> None:
         try:
             self._close_workers()
-        except BaseException:
+        except BaseException:  # noqa: BLE001 (abort runs on an error path: that error is the one reported)
             pass
 
     def finish(self) -> PackedLayer:
@@ -254,7 +255,7 @@ def open_layer(stream: BinaryIO) -> BinaryIO:
         return zstandard.ZstdDecompressor().stream_reader(
             raw, read_size=CHUNK, read_across_frames=True, closefd=False)
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
     return raw
 
 
@@ -309,7 +310,7 @@ def open_bounded(stream: BinaryIO, dest: str | None = None,
     the free space of its filesystem (minus the reserve) bounds the bytes."""
     lim = limits or LayerLimits.from_env()
     budget = lim.byte_budget(dest) if dest is not None else None
-    return io.BufferedReader(_Bounded(stream, lim, budget), CHUNK)  # type: ignore[return-value]
+    return io.BufferedReader(_Bounded(stream, lim, budget), CHUNK)
 
 
 def layer_diff_id(stream: BinaryIO, limits: LayerLimits | None = None) -> tuple[str, int]:
@@ -603,7 +604,7 @@ def pack_into(repo: Any, src: str, **kw: Any) -> PackedLayer:
     try:
         with open(tmp, "wb", buffering=0) as raw:
             out = EarlyWriteback(raw)
-            layer = pack_dir(src, out, **kw)
+            layer = pack_dir(src, cast(BinaryIO, out), **kw)
             out.flush()
         repo.ingest(tmp, layer.digest)
         return layer
@@ -621,13 +622,15 @@ def pack_into(repo: Any, src: str, **kw: Any) -> PackedLayer:
 class _SafeTarInfo(tarfile.TarInfo):
     """Refuses oversized metadata headers before tarfile reads them into memory."""
 
-    def _proc_pax(self, tf):  # type: ignore[override]
+    # tarfile's private header hooks (not in its type stubs): the one place to bound a
+    # metadata header before tarfile reads it whole.
+    def _proc_pax(self, tf):
         self._check_meta()
-        return super()._proc_pax(tf)
+        return super()._proc_pax(tf)  # type: ignore[misc]
 
-    def _proc_gnulong(self, tf):  # type: ignore[override]
+    def _proc_gnulong(self, tf):
         self._check_meta()
-        return super()._proc_gnulong(tf)
+        return super()._proc_gnulong(tf)  # type: ignore[misc]
 
     def _check_meta(self) -> None:
         if self.size > MAX_META_HEADER:
@@ -931,7 +934,8 @@ class _Unpacker:
         fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=parent)
         try:
-            src = tf.extractfile(ti)
+            # an ExFileObject, a BufferedReader (readinto), though typed as IO[bytes]
+            src = cast("io.BufferedReader | None", tf.extractfile(ti))
             left = ti.size
             view = memoryview(self.buf)
             while left > 0 and src is not None:
@@ -1070,14 +1074,15 @@ def unpack_layer(stream: BinaryIO, dest: str, *, whiteouts: str = "overlay",
     u = _Unpacker(dest, whiteouts, allow_devices, skip_devices, lim)
     current = "?"
     try:
-        tf = tarfile.open(fileobj=capped, mode="r:", tarinfo=_SafeTarInfo)
+        # reads `capped`, which this function owns and drains: the TarFile holds no fd
+        tf = tarfile.open(fileobj=capped, mode="r:", tarinfo=_SafeTarInfo)  # noqa: SIM115
         count = 0
         data = 0
         while True:
             ti = tf.next()
             if ti is None:
                 break
-            tf.members.clear()  # tarfile keeps every member otherwise
+            tf.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every member otherwise
             current = ti.name
             count += 1
             if count > max_entries:
