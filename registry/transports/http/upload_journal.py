@@ -15,6 +15,7 @@ MAX_AGE is forgotten (registries expire sessions well before that).
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -78,6 +79,12 @@ class UploadJournal:
 
     def forget(self, key: str) -> None:
         path = self._path(key)
-        if path is not None:
+        if path is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        # A push killed in the middle of a save leaves its temporary file behind.
+        for stray in glob.glob(os.path.join(glob.escape(os.path.dirname(path)),
+                                            f".tmp.{key}.json.*")):
             with contextlib.suppress(OSError):
-                os.unlink(path)
+                os.unlink(stray)
