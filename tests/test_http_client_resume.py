@@ -59,12 +59,12 @@ PUSH_SCRIPT = textwrap.dedent("""
     from registry.transports.http.repo import HttpRepo
 
     class Slow(LayoutRepo):
-        '''The source reads 1 MiB every 10 ms, so the test can kill the push half-way.'''
+        '''The source reads 1 MiB every 20 ms, so the test can kill the push half-way.'''
         def open_blob(self, digest, offset=0):
             f = super().open_blob(digest, offset)
             class R:
                 def read(self, n=-1):
-                    time.sleep(0.01)
+                    time.sleep(0.02)
                     return f.read(n)
                 def close(self):
                     f.close()
@@ -114,7 +114,7 @@ def test_a_push_killed_with_sigkill_resumes_where_the_registry_stands(door, tmp_
 
 
 class SlowSource(LayoutRepo):
-    """Reads 1 MiB every 10 ms: the registry is restarted while the push is half-way."""
+    """Reads 1 MiB every 20 ms: the registry is restarted while the push is half-way."""
 
     def open_blob(self, digest, offset=0):
         f = super().open_blob(digest, offset)
@@ -136,7 +136,7 @@ class SlowSource(LayoutRepo):
 
         return Reader()
 
-    pause = 0.01
+    pause = 0.02
 
 
 def test_a_push_cut_by_a_registry_restart_continues(door, tmp_path):
@@ -172,7 +172,7 @@ def test_a_registry_restart_in_the_middle_of_a_chunk_costs_only_what_it_lacks(do
     client asks where the session stands and sends the rest of that chunk only."""
     size = 48 * MiB
     src, manifest, layer = big_image(tmp_path, size)
-    proxy = SlowProxy(door.port, 16 * MiB)  # so the kill lands inside a chunk
+    proxy = SlowProxy(door.port, 8 * MiB)  # so the kill lands inside a chunk
     try:
         dst = HttpRepo(proxy.url, token=TOKEN, retry_wait=60)
         errors: list[BaseException] = []
@@ -207,14 +207,14 @@ def test_a_registry_restart_in_the_middle_of_a_chunk_costs_only_what_it_lacks(do
 
 
 class SlowDestination(LayoutRepo):
-    """Writes 1 MiB every 10 ms, so the registry can be restarted mid-download."""
+    """Writes 1 MiB every 30 ms, so the registry can be restarted mid-download."""
 
     def upload(self, digest, size=None):
         w = super().upload(digest, size)
         real_write = w.write
 
         def write(data):
-            time.sleep(0.02)
+            time.sleep(0.03)
             real_write(data)
 
         w.write = write  # type: ignore[method-assign]

@@ -89,12 +89,15 @@ def test_a_session_is_invisible_to_another_credential_even_after_a_restart(slow_
 
 def test_idle_sessions_expire_with_their_files_and_descriptors(door):
     c = conn(door)
+    t0 = time.monotonic()
     locs = [start_upload(c, "exp") for _ in range(3)]
     for loc in locs:
         r, _ = call(c, "PATCH", loc, b"x" * 1000)
         assert r.status == 202
-    assert len(session_files(door)) == 6  # data + owner record each
-    assert len(open_fds_under(door.proc.pid, uploads_dir(door))) == 3
+    files, fds = session_files(door), open_fds_under(door.proc.pid, uploads_dir(door))
+    if time.monotonic() - t0 < 2:  # well inside the 3 s TTL (a loaded machine may be slower)
+        assert len(files) == 6  # data + owner record each
+        assert len(fds) == 3
     deadline = time.monotonic() + 20
     while session_files(door) and time.monotonic() < deadline:
         time.sleep(0.5)
