@@ -22,6 +22,7 @@ pytestmark = pytest.mark.root
 _libc = ctypes.CDLL(None, use_errno=True)
 SYS_UNSHARE, SYS_CLONE3, SYS_KEYCTL, SYS_SOCKET, SYS_PERSONALITY = 272, 435, 250, 41, 135
 SYS_CLOCK_SETTIME, SYS_MOUNT, SYS_BPF = 227, 165, 321
+SYS_STATMOUNT, SYS_LISTMOUNT = 457, 458
 CLONE_NEWUTS = 0x04000000
 AF_INET, AF_VSOCK, SOCK_STREAM = 2, 40, 1
 
@@ -71,7 +72,10 @@ def probes() -> dict:
          "personality_other": syscall(SYS_PERSONALITY, 0x0040000),
          # clock id 1000 does not exist: EINVAL when allowed, EPERM when refused; never sets
          "clock_settime": syscall(SYS_CLOCK_SETTIME, 1000, 0),
-         "bpf": syscall(SYS_BPF, 0, 0, 0)}
+         "bpf": syscall(SYS_BPF, 0, 0, 0),
+         # newer than Debian 12's libseccomp, allowed by the profile: EFAULT, not EPERM
+         "statmount": syscall(SYS_STATMOUNT, 0, 0, 0, 0),
+         "listmount": syscall(SYS_LISTMOUNT, 0, 0, 0, 0)}
     return r
 
 
@@ -127,6 +131,7 @@ def test_default_confinement_in_a_child(filter_home):
     assert pr["personality_other"] == -1
     assert pr["clock_settime"] == -1
     assert pr["bpf"] == -1
+    assert pr["statmount"] == pr["listmount"] == -14      # EFAULT: the kernel saw the call
 
 
 def test_no_new_privs_when_asked(filter_home):

@@ -43,6 +43,20 @@ _MACHINES = {"x86_64": ("SCMP_ARCH_X86_64", "amd64"), "aarch64": ("SCMP_ARCH_AAR
              "riscv64": ("SCMP_ARCH_RISCV64", "riscv64")}
 
 
+# part of every cache key: a change to compile_bpf makes the filters it cached stale
+COMPILER = "2"
+# syscalls newer than libseccomp 2.5 (Debian 12's), by number on each native architecture
+# (kernel ABI: the same numbers in the unified table of x86_64 and the asm-generic ones)
+_UNIFIED_NEWER = {"statmount": 457, "listmount": 458, "lsm_get_self_attr": 459,
+                  "lsm_set_self_attr": 460, "lsm_list_modules": 461, "mseal": 462,
+                  "setxattrat": 463, "getxattrat": 464, "listxattrat": 465, "removexattrat": 466}
+NEWER_SYSCALLS: dict[str, dict[str, int]] = {
+    "x86_64": {**_UNIFIED_NEWER, "uretprobe": 335},
+    "aarch64": dict(_UNIFIED_NEWER),
+    "riscv64": {**_UNIFIED_NEWER, "riscv_hwprobe": 258},
+}
+
+
 class ProfileError(UsageError):
     """A seccomp profile that is not valid JSON in docker's format."""
 
@@ -192,48 +206,62 @@ def _arches(prof: dict[str, Any], native: str) -> list[str]:
 
 
 def compile_bpf(prof: dict[str, Any], target: Target) -> bytes:
-    """The classic BPF program libseccomp makes of `prof` for `target`. Syscall names this
-    libseccomp does not know are left out (they fall to the default action), as runc does."""
+    """The classic BPF program libseccomp makes of `prof` for `target`. A syscall this
+    libseccomp cannot name is added by its number on the native architecture when NEWER_SYSCALLS
+    knows it (so new libcs that probe them get what the profile says, not EPERM), else left to
+    the default action, as runc does."""
     # imported here, not at the top: loading libseccomp costs ~20 ms (find_library runs
     # ldconfig), which a start that finds its filter in the cache must not pay
     import pyseccomp
 
     native, go_arch = _MACHINES.get(target.machine, ("", target.machine))
     default = _action(pyseccomp, prof["defaultAction"], prof.get("defaultErrnoRet"))
-    flt = pyseccomp.SyscallFilter(default)
-    for arch in _arches(prof, native):
-        number = getattr(pyseccomp.Arch, _ARCHES[arch], None)     # None: unknown to the binding
-        if arch != native and number is not None and number != pyseccomp.system_arch():
-            flt.add_arch(number)
+    here = pyseccomp.system_arch()
+    others = {getattr(pyseccomp.Arch, _ARCHES[a], None) for a in _arches(prof, native)} - {None, here}
+    # raw numbers are refused in a filter of several architectures: the native one gets a
+    # filter of its own, merged with the others' at the end
+    main = pyseccomp.SyscallFilter(default)
+    filters = [main]
+    if others:
+        rest = pyseccomp.SyscallFilter(default)
+        for arch in others:
+            rest.add_arch(arch)
+        rest.remove_arch(here)
+        filters.append(rest)
+    newer = NEWER_SYSCALLS.get(target.machine, {})
     for rule in prof.get("syscalls") or []:
         if not _applies(rule, target, go_arch):
             continue
         action = _action(pyseccomp, rule["action"], rule.get("errnoRet"))
         if action == default:
             continue             # libseccomp refuses a rule that repeats the default
-        args = [pyseccomp.Arg(a["index"], getattr(pyseccomp, _OPS[a["op"]]), a.get("value", 0), a.get("valueTwo", 0))
+        args = [pyseccomp.Arg(a["index"], getattr(pyseccomp, _OPS[a["op"]]), a.get("value", 0),
+                              a.get("valueTwo", 0))
                 for a in rule.get("args") or []]
         # several comparisons of one argument are alternatives (docker's reading), not a conjunction
         indices = [a["index"] for a in rule.get("args") or []]
         groups = [[a] for a in args] if len(set(indices)) < len(indices) else [args]
         for name in rule.get("names") or [rule.get("name")]:
             nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+            targets = filters
             if nr == -1:         # __NR_SCMP_ERROR: unknown to this libseccomp
-                continue
-            for group in groups:
-                flt.add_rule(action, nr, *group)
-    r, w = os.pipe()
+                if name not in newer:
+                    continue
+                nr, targets = newer[name], [main]
+            for flt in targets:
+                for group in groups:
+                    flt.add_rule(action, nr, *group)
+    if len(filters) > 1:
+        main.merge(filters[1])
+    fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
     try:
-        flt.export_bpf(os.fdopen(os.dup(w), "wb"))
-        os.close(w)
-        w = -1
-        with os.fdopen(r, "rb") as f:
-            r = -1
+        with os.fdopen(os.dup(fd), "wb") as out:
+            main.export_bpf(out)
+        os.lseek(fd, 0, os.SEEK_SET)
+        with os.fdopen(os.dup(fd), "rb") as f:
             return f.read()
     finally:
-        for fd in (r, w):
-            if fd >= 0:
-                os.close(fd)
+        os.close(fd)
 
 
 # the cache -----------------------------------------------------------------------------
@@ -243,7 +271,7 @@ def filter_for(home: Home, profile_text: str | None, caps: frozenset[str]) -> by
     else compiled once and stored (tmp + rename, so a concurrent start never reads half)."""
     text = default_profile_text() if profile_text is None else profile_text
     target = Target.here(caps)
-    key = hashlib.sha256(f"{target.key()}\n{text}".encode()).hexdigest()
+    key = hashlib.sha256(f"{COMPILER}\n{target.key()}\n{text}".encode()).hexdigest()
     path = home.seccomp_filter(key)
     try:
         with open(path, "rb") as f:
