@@ -17,7 +17,8 @@ import os
 import shlex
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 if "invoke" not in sys.modules:
     # paramiko imports `invoke` (130 ms) only to run `Match exec` lines of ssh_config;
@@ -110,7 +111,7 @@ class _Auth(AuthStrategy):
 
     def __init__(self, conn: Connection, user: str, target: str, identities: list[str],
                  defaults: list[str], use_agent: bool) -> None:
-        super().__init__(ssh_config=None)
+        super().__init__(ssh_config=paramiko.SSHConfig())  # options come from connect()'s cfg
         self.conn, self.user, self.target = conn, user, target
         self.identities, self.defaults, self.use_agent = identities, defaults, use_agent
         self.tried: list[str] = []
@@ -157,7 +158,9 @@ class _Auth(AuthStrategy):
                 return None
             pw = getpass.getpass(f"Enter passphrase for key '{path}': ")
             try:
-                return paramiko.PKey.from_path(path, passphrase=pw.encode())
+                # positional: paramiko 3 names it `passphrase`, 4+ `password`; the key
+                # loader underneath wants bytes whatever the stubs say
+                return paramiko.PKey.from_path(path, pw.encode())  # type: ignore[arg-type]
             except (paramiko.SSHException, ValueError):
                 self.tried.append(f"{path} (wrong passphrase)")
                 return None
@@ -193,7 +196,7 @@ def _load_config(config_path: str | None) -> paramiko.SSHConfig:
         return paramiko.SSHConfig()
     try:
         return paramiko.SSHConfig.from_path(path)
-    except Exception as e:  # paramiko raises several kinds for a bad config file
+    except Exception as e:  # noqa: BLE001 (paramiko raises several kinds for a bad config file)
         raise TransportError(f"cannot parse ssh config {path}: {e}") from None
 
 
@@ -240,7 +243,10 @@ def _open_socket(host: str, port: int) -> socket.socket:
     raise TransportError(f"cannot connect to {host} port {port}: {why}")
 
 
-def _transport_factory(sock, disabled_algorithms=None) -> paramiko.Transport:
+def _transport_factory(sock: Any, /, *, gss_kex: bool = False, gss_deleg_creds: bool = True,
+                       disabled_algorithms: Mapping[str, Iterable[str]] | None = None
+                       ) -> paramiko.Transport:
+    # paramiko passes disabled_algorithms (and, in some versions, the GSS flags, unused here)
     t = paramiko.Transport(sock, default_window_size=WINDOW_SIZE,
                            default_max_packet_size=MAX_PACKET_SIZE,
                            disabled_algorithms=disabled_algorithms)
@@ -251,6 +257,13 @@ def _transport_factory(sock, disabled_algorithms=None) -> paramiko.Transport:
     have = set(opts.digests)
     opts.digests = tuple(m for m in MACS if m in have) + tuple(
         m for m in opts.digests if m not in MACS)
+    return t
+
+
+def _transport(client: paramiko.SSHClient) -> paramiko.Transport:
+    t = client.get_transport()
+    if t is None:
+        raise TransportError("the SSH connection is closed")
     return t
 
 
@@ -344,7 +357,7 @@ def _route(conn: Connection, config_path, cfg: dict, hostname: str, port: int,
     if jump and jump.lower() != "none":
         hops = [h for h in jump.split(",") if h.strip()]
         prev: paramiko.SSHClient | None = None
-        for i, hop in enumerate(hops):
+        for hop in hops:
             hu, hh, hp = _parse_hop(hop)
             if prev is None:
                 client = connect(hh, hp, hu, accept_new=accept_new, known_hosts=known_hosts,
@@ -354,6 +367,8 @@ def _route(conn: Connection, config_path, cfg: dict, hostname: str, port: int,
                                       identity)
             conn.hops.append(client)
             prev = client
+        if prev is None:
+            raise TransportError(f"ProxyJump {jump!r} names no host")
         return _direct(prev, hostname, port)
     proxy = cfg.get("proxycommand")
     if proxy and proxy.lower() != "none":
@@ -363,7 +378,7 @@ def _route(conn: Connection, config_path, cfg: dict, hostname: str, port: int,
 
 def _direct(via: paramiko.SSHClient, hostname: str, port: int):
     try:
-        return via.get_transport().open_channel("direct-tcpip", (hostname, port),
+        return _transport(via).open_channel("direct-tcpip", (hostname, port),
                                                 ("127.0.0.1", 0), timeout=CONNECT_TIMEOUT)
     except paramiko.ChannelException as e:
         raise TransportError(f"jump host could not reach {hostname} port {port}: "
@@ -411,7 +426,7 @@ def open_exec(client: paramiko.SSHClient, argv: Sequence[str] | str) -> paramiko
     """A raw exec channel running `argv` on the remote (stdin/stdout are the channel)."""
     cmd = argv if isinstance(argv, str) else quote(argv)
     try:
-        chan = client.get_transport().open_session(window_size=WINDOW_SIZE,
+        chan = _transport(client).open_session(window_size=WINDOW_SIZE,
                                                    max_packet_size=MAX_PACKET_SIZE)
         chan.exec_command(cmd)
     except (paramiko.SSHException, OSError, EOFError) as e:
