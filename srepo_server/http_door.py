@@ -465,20 +465,11 @@ class Handler(BaseHTTPRequestHandler):
         self._method(("POST",))
         g = self._require("write", name)
         mount = self.query.get("mount")
-        if mount:
-            _check_digest(mount)
-            src = self.query.get("from")
-            if src:
-                refmod.validate_name(src)
-            # Mounted only from a name the caller may read and that links the blob (without
-            # `from`, only what this name links already); otherwise an ordinary upload.
-            links = self.app.links
-            if (links.linked(src, mount) and g.can("read", src)) if src \
-                    else links.linked(name, mount):
-                links.link(name, [mount])
-                self._respond(201, {"Location": f"/v2/{name}/blobs/{mount}",
-                                    "Docker-Content-Digest": mount})
-                return
+        if mount and self._mountable(name, mount, self.query.get("from"), g):
+            self.app.links.link(name, [mount])
+            self._respond(201, {"Location": f"/v2/{name}/blobs/{mount}",
+                                "Docker-Content-Digest": mount})
+            return
         digest = self.query.get("digest")
         if digest:
             _check_digest(digest)
@@ -497,6 +488,21 @@ class Handler(BaseHTTPRequestHandler):
             return
         s = self.app.uploads.create(name, g.who)
         self._respond(202, self._upload_headers(name, s))
+
+    def _mountable(self, name: str, digest: str, src: str | None, g: Grant) -> bool:
+        """May `digest` be mounted into `name`? Only from a name the caller may read and that
+        links the blob (without `from`, only what `name` links already). Anything else,
+        malformed arguments included, is an ordinary upload: the spec's fallback (202)."""
+        if not digestmod.is_valid(digest):
+            return False
+        links = self.app.links
+        if not src:
+            return links.linked(name, digest)
+        try:
+            refmod.validate_name(src)
+        except InvalidReference:
+            return False
+        return g.can("read", src) and links.linked(src, digest)
 
     def _stream_into(self, s: Session) -> None:
         body = self._body()

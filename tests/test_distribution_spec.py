@@ -298,6 +298,10 @@ def test_end11_cross_mount_and_fallback(srv, name):
     absent = digestmod.of_bytes(b"never uploaded anywhere")
     r, _ = call(c, "POST", f"/v2/{name}/to/blobs/uploads/?mount={absent}&from={name}/from")
     assert r.status == 202 and r.getheader("Location")
+    # "If a mount fails due to invalid repository or digest arguments", an upload too.
+    for query in (f"mount={d}&from=Not..A..Name", "mount=sha256:nothex&from=" + name):
+        r, _ = call(c, "POST", f"/v2/{name}/to/blobs/uploads/?{query}")
+        assert r.status == 202 and r.getheader("Location"), query
 
 
 # manifests (end-7) ----------------------------------------------------------------------------
