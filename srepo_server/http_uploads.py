@@ -23,7 +23,7 @@ import time
 import uuid as uuidmod
 from dataclasses import dataclass, field
 
-from common.fsutil import atomic_write, disk_error, fsync_dir
+from common.fsutil import atomic_write, disk_error
 from registry.repo import layout_paths as lp
 from registry.repo.layout import LayoutRepo
 from srepo_server.http_store import ApiError
@@ -186,16 +186,7 @@ class Uploads:
             self.drop(s)
             raise ApiError(400, "DIGEST_INVALID", "uploaded content does not match the digest",
                            {"expected": digest, "got": got, "size": s.offset})
-        dest = self.repo.blob_path(digest)
-        try:
-            os.fsync(s.fd)
-            if not os.path.exists(dest):
-                os.rename(s.path, dest)
-                fsync_dir(os.path.dirname(dest))
-            else:
-                os.unlink(s.path)
-        except OSError as e:
-            raise disk_error(e, dest) from e
+        self.repo.ingest(s.path, digest)  # the layout's one way into the blob pool
         self._forget(s)
 
     def drop(self, s: Session) -> None:

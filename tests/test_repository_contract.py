@@ -282,12 +282,12 @@ def spec_of(peer: Peer) -> dict:
     if k in ("store",):
         return {"kind": "store", "root": peer.root}
     if k == "dir":
-        return {"kind": "url", "url": peer.root}
+        return {"kind": "url", "url": peer.root, "kw": {"init": True}}
     if k in ("sftp", "smart"):
         url = peer.sshd.url(peer.root) + f"?mode={k}"
         if k == "smart":
             url += "&command=" + os.path.join(scripts_dir(), "srepo-server")
-        return {"kind": "url", "url": url, "kw": peer.sshd.connect_kwargs()}
+        return {"kind": "url", "url": url, "kw": {**peer.sshd.connect_kwargs(), "init": True}}
     if k == "srepo-ssh":
         return {"kind": "url", "url": peer.door.url(), "kw": {
             "identity": peer.door.keys["admin"], "known_hosts": peer.door.known_hosts,
@@ -295,6 +295,26 @@ def spec_of(peer: Peer) -> dict:
     if k == "srepo-http":
         return {"kind": "http", "url": peer.http.url, "token": TOKEN, "journal": peer.journal}
     return {"kind": "http", "url": peer.registry.url, "journal": peer.journal}
+
+
+def _wait_for_partial(peer: Peer, size: int, timeout: float = 30) -> None:
+    """Until the server holds `size` bytes of an upload in progress (a registry we cannot
+    look into: a while, the big blob going at 2.5 MiB/s)."""
+    if peer.root is None:
+        time.sleep(2.5)
+        return
+    deadline = time.monotonic() + timeout
+    tmp = os.path.join(peer.root, "tmp")
+    while time.monotonic() < deadline:
+        for dirpath, _, files in os.walk(tmp):
+            for f in files:
+                try:
+                    if os.path.getsize(os.path.join(dirpath, f)) >= size:
+                        return
+                except OSError:
+                    pass
+        time.sleep(0.05)
+    raise AssertionError("no upload reached the server")
 
 
 def test_kill9_mid_transfer_then_retry(peer, src):
@@ -305,7 +325,7 @@ def test_kill9_mid_transfer_then_retry(peer, src):
     proc = subprocess.Popen([sys.executable, "-c", KILLED_PUSH, json.dumps(spec_of(peer)),
                              src.root], cwd=os.path.dirname(os.path.dirname(__file__)))
     try:
-        time.sleep(2.0)  # inside the big blob: 8 MiB at 2.5 MiB/s
+        _wait_for_partial(peer, 1 << 20)
         assert proc.poll() is None, "the push ended before it could be killed"
     finally:
         proc.kill()

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from common.fsutil import atomic_write
+from registry.repo import layout_paths as lp
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,19 @@ class Fs(abc.ABC):
     @abc.abstractmethod
     def remove(self, rel: str) -> None:
         """Remove a file; one already gone is not an error."""
+
+    @abc.abstractmethod
+    def rmdir(self, rel: str) -> bool:
+        """Remove an empty directory; False when it is not (or not there)."""
+
+    def scandir(self, rel: str) -> list[tuple[str, FileStat]]:
+        """(name, stat) of a directory's entries in one call where the backend can."""
+        out = []
+        for entry in self.listdir(rel):
+            st = self.stat(f"{rel}/{entry}")
+            if st is not None:
+                out.append((entry, st))
+        return out
 
     def is_locked(self, rel: str) -> bool:
         """Whether a live process holds the file (an upload or a lease being written)."""
@@ -93,11 +107,33 @@ class LocalFs(Fs):
             return None
 
     def write_atomic(self, rel: str, data: bytes) -> None:
-        atomic_write(self.path(rel), data, 0o600)
+        atomic_write(self.path(rel), data, lp.FILE_MODE, dir_mode=lp.DIR_MODE)
 
     def remove(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(rel))
+
+    def rmdir(self, rel: str) -> bool:
+        try:
+            os.rmdir(self.path(rel))
+        except OSError:
+            return False
+        return True
+
+    def scandir(self, rel: str) -> list[tuple[str, FileStat]]:
+        out = []
+        try:
+            with os.scandir(self.path(rel)) as it:
+                for e in it:
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    out.append((e.name, FileStat(st.st_size, st.st_mtime, e.is_dir(
+                        follow_symlinks=False))))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return out
 
     def is_locked(self, rel: str) -> bool:
         try:

@@ -30,6 +30,7 @@ from registry.oci import reference as refmod
 from registry.repo import gc as gcmod
 from registry.repo import layout_paths as lp
 from registry.repo.fs import LocalFs
+from registry.repo.layout_refs import VERSION_PREFIX, LayoutRefs
 from registry.repo.repository import (
     ANY,
     LEASES,
@@ -42,11 +43,8 @@ from registry.repo.repository import (
 )
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
-VERSION_PREFIX = "@"
 GC_GRACE = 3600.0
-# Not readable by other users: a repository holds private images (issue 14).
-FILE_MODE = 0o600
-DIR_MODE = 0o700
+FILE_MODE, DIR_MODE = lp.FILE_MODE, lp.DIR_MODE
 LOCK_DIR_NAME = ".lock"          # refs/.lock: the lock SFTP clients can take too
 STALE_LOCK = float(os.environ.get("COCKER_SFTP_STALE_LOCK", "30"))
 LOCK_TIMEOUT_DEFAULT = float(os.environ.get("COCKER_LOCK_TIMEOUT", "60"))
@@ -68,6 +66,7 @@ class LayoutRepo(Repository):
         for sub in lp.PRIVATE_DIRS:
             os.makedirs(os.path.join(self.root, *sub.split("/")), mode=DIR_MODE, exist_ok=True)
         self.fs = LocalFs(self.root)
+        self.refs = LayoutRefs(self.fs, self, self.lock)
 
     # layout --------------------------------------------------------------------------
     def _init_layout(self) -> None:
@@ -115,105 +114,18 @@ class LayoutRepo(Repository):
     def tmp_dir(self) -> str:
         return os.path.join(self.root, "tmp")
 
-    # refs ----------------------------------------------------------------------------
+    # refs (registry.repo.layout_refs) ----------------------------------------------------
     def list_refs(self, name: str | None = None) -> list[RefRecord]:
-        base = os.path.join(self.root, "refs")
-        if name is not None:
-            refmod.validate_name(name)
-            top = os.path.join(base, *name.split("/"))
-        else:
-            top = base
-        out: list[RefRecord] = []
-        for dirpath, dirnames, filenames in os.walk(top):
-            dirnames.sort()
-            rel = os.path.relpath(dirpath, base)
-            if rel == ".":
-                continue
-            n = rel.replace(os.sep, "/")
-            if name is not None and n != name:
-                continue  # a sub-name such as team/app under team
-            for fn in sorted(filenames):
-                if not fn.startswith(VERSION_PREFIX):
-                    continue
-                rec = self._read_ref_file(os.path.join(dirpath, fn), n, fn[1:])
-                if rec:
-                    out.append(rec)
-        return out
-
-    def _read_ref_file(self, path: str, name: str, version: str) -> RefRecord | None:
-        try:
-            with open(path, "rb") as f:
-                d = f.read(200).decode().strip()
-            mtime = os.stat(path).st_mtime
-        except (OSError, UnicodeDecodeError):
-            return None
-        if not (digestmod.is_valid(d) and refmod.NAME_RE.match(name)
-                and refmod.VERSION_RE.match(version)):
-            return None
-        return RefRecord(name, version, d, mtime)
+        return self.refs.list_refs(name)
 
     def get_ref(self, name: str, version: str) -> str | None:
-        rec = self._read_ref_file(self.ref_path(name, version), name, version)
-        return rec.digest if rec else None
+        return self.refs.get_ref(name, version)
 
     def put_ref(self, name: str, version: str, digest: str, expect: object = ANY) -> None:
-        digestmod.validate(digest)
-        path = self.ref_path(name, version)
-        with self.lock():
-            self._check_expect(name, version, expect)
-            raw = self._check_complete(digest)
-            self.write_file(path, (digest + "\n").encode())
-            self._update_index(f"{name}:{version}", oci.ref_entry(f"{name}:{version}", digest, raw))
+        self.refs.put_ref(name, version, digest, expect)
 
     def delete_ref(self, name: str, version: str, expect: object = ANY) -> None:
-        path = self.ref_path(name, version)
-        with self.lock():
-            current = self._check_expect(name, version, expect)
-            if current is None:
-                raise NotFound(f"{name}:{version} not found in {self.describe()}")
-            os.unlink(path)
-            # Drop now-empty name directories so listings stay clean.
-            d = os.path.dirname(path)
-            refs = os.path.join(self.root, "refs")
-            while d != refs:
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    break
-                d = os.path.dirname(d)
-            self._update_index(f"{name}:{version}", None)
-
-    def _update_index(self, refname: str, entry: dict | None) -> None:
-        """Keep index.json in step with one ref change (under the lock), without re-reading
-        every manifest; an unreadable index is rebuilt from the refs."""
-        try:
-            with open(os.path.join(self.root, "index.json"), "rb") as f:
-                current = f.read(64 << 20)
-        except FileNotFoundError:
-            current = None
-        manifests = oci.index_with(current, refname, entry)
-        if manifests is None:
-            self._write_index()
-        else:
-            self._put_index(manifests)
-
-    def _write_index(self) -> None:
-        manifests = []
-        for rec in self.list_refs():
-            try:
-                size = os.path.getsize(self.blob_path(rec.digest))
-                with open(self.blob_path(rec.digest), "rb") as f:
-                    mt = oci.manifest_media_type(f.read())
-            except (OSError, CorruptImage):
-                continue
-            manifests.append(oci.descriptor(mt, rec.digest, size,
-                                            {oci.REF_NAME: f"{rec.name}:{rec.version}"}))
-        self._put_index(manifests)
-
-    def _put_index(self, manifests: list[dict]) -> None:
-        index = {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": manifests}
-        self.write_file(os.path.join(self.root, "index.json"),
-                     json.dumps(index, indent=1, sort_keys=True).encode())
+        self.refs.delete_ref(name, version, expect)
 
     # blobs ---------------------------------------------------------------------------
     def blob_size(self, digest: str) -> int | None:

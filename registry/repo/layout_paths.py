@@ -17,6 +17,9 @@ BLOB_LINKS = "srepo/links"     # <name>/@<hex>: blobs uploaded or mounted to a n
 BLOB_UNLINKS = "srepo/unlinked"  # <name>/@<hex>: blobs deleted from a name (HTTP door)
 HTTP_UPLOADS = "tmp/http-uploads"  # <uuid> and <uuid>.json: the HTTP door's upload sessions
 PIN_PREFIX = "@"
+# Not readable by other users: a repository holds private images (issue 14).
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 # Created with the layout, parents first, owner-only.
 PRIVATE_DIRS = ("blobs", BLOBS, REFS, TMP, UPLOADS, LEASES)
 # What fsck checks the permissions of (tmp holds other programs' scratch files too).

@@ -90,7 +90,7 @@ class Repository(abc.ABC):
     @abc.abstractmethod
     def delete_ref(self, name: str, version: str, expect: object = ANY) -> None: ...
 
-    def _check_expect(self, name: str, version: str, expect: object) -> str | None:
+    def check_expect(self, name: str, version: str, expect: object) -> str | None:
         """The compare-and-swap precondition of put_ref/delete_ref (call under the lock)."""
         current = self.get_ref(name, version)
         if expect is not ANY and current != expect:
@@ -100,7 +100,7 @@ class Repository(abc.ABC):
                            f"(now {digestmod.short(current) if current else 'absent'})")
         return current
 
-    def _check_complete(self, digest: str) -> bytes:
+    def check_complete(self, digest: str) -> bytes:
         """A ref may only point at a manifest whose blobs are all present; returns it."""
         if not self.has_blob(digest):
             raise NotFound(f"manifest {digestmod.short(digest)} is not in {self.describe()}")
@@ -205,7 +205,7 @@ class Repository(abc.ABC):
                 problems.append(f"blob {d} is corrupt (content hashes to {got})")
         for rec in self.list_refs():
             try:
-                self._check_complete(rec.digest)
+                self.check_complete(rec.digest)
                 problems += [f"ref {rec}: {p}" for p in self.descriptor_problems(rec.digest)]
             except CockerError as e:
                 problems.append(f"ref {rec}: {e}")

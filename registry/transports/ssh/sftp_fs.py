@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import paramiko
 
+from registry.repo import layout_paths as lp
 from registry.repo.fs import FileStat, Fs
 
 
@@ -46,6 +47,16 @@ class SftpFs(Fs):
         return FileStat(int(a.st_size or 0), float(a.st_mtime or 0),
                         stat.S_ISDIR(a.st_mode or 0))
 
+    def scandir(self, rel: str) -> list[tuple[str, FileStat]]:
+        try:
+            attrs = self.session().listdir_attr(self.path(rel))
+        except OSError as e:
+            if _absent(e):
+                return []
+            raise
+        return [(a.filename, FileStat(int(a.st_size or 0), float(a.st_mtime or 0),
+                                      stat.S_ISDIR(a.st_mode or 0))) for a in attrs]
+
     def read(self, rel: str, limit: int = 1 << 20) -> bytes | None:
         try:
             with self.session().open(self.path(rel), "rb") as f:
@@ -61,8 +72,15 @@ class SftpFs(Fs):
         tmp = posixpath.join(d, f".tmp.{base}.{secrets.token_hex(6)}")
         s = self.session()
         try:
-            with s.open(tmp, "wb") as f:
-                f.chmod(0o600)
+            try:
+                f = s.open(tmp, "wb")
+            except OSError as e:
+                if not _absent(e):
+                    raise
+                self.makedirs(d)
+                f = s.open(tmp, "wb")
+            with f:
+                f.chmod(lp.FILE_MODE)
                 f.write(data)
             s.posix_rename(tmp, path)
         except BaseException:
@@ -76,6 +94,30 @@ class SftpFs(Fs):
         except OSError as e:
             if not _absent(e):
                 raise
+
+    def rmdir(self, rel: str) -> bool:
+        try:
+            self.session().rmdir(self.path(rel))
+        except OSError:
+            return False
+        return True
+
+    def makedirs(self, path: str) -> None:
+        """Every missing directory of an absolute remote path, owner-only."""
+        s = self.session()
+        try:
+            s.stat(path)
+            return
+        except OSError as e:
+            if not _absent(e):
+                raise
+        parent = posixpath.dirname(path)
+        if parent and parent != path:
+            self.makedirs(parent)
+        try:
+            s.mkdir(path, lp.DIR_MODE)
+        except OSError:
+            s.stat(path)  # made by someone else meanwhile, or the real error
 
     def now(self) -> float:
         return self.clock()

@@ -25,7 +25,6 @@ import os
 import posixpath
 import secrets
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -49,7 +48,8 @@ from registry.oci import manifest as oci
 from registry.oci import reference as refmod
 from registry.repo import gc as gcmod
 from registry.repo import layout_paths as lp
-from registry.repo.layout import DIR_MODE, FILE_MODE, GC_GRACE, LAYOUT_VERSION, VERSION_PREFIX
+from registry.repo.layout import DIR_MODE, FILE_MODE, GC_GRACE, LAYOUT_VERSION
+from registry.repo.layout_refs import VERSION_PREFIX, LayoutRefs
 from registry.repo.repository import (
     ANY,
     LEASES,
@@ -122,6 +122,7 @@ class SftpRepo(Repository):
         self._clock_skew: float | None = None
         self._swept = False
         self.fs = SftpFs(self.root, self.sftp, self.remote_now)
+        self.refs = LayoutRefs(self.fs, self, self.lock, self._assert_owner)
         self._open_layout(create)
 
     # sessions ------------------------------------------------------------------------
@@ -262,104 +263,22 @@ class SftpRepo(Repository):
         refmod.validate_version(version)
         return self.path("refs", *name.split("/"), VERSION_PREFIX + version)
 
-    # refs ----------------------------------------------------------------------------
+    # refs (registry.repo.layout_refs, the same code as a local directory's) --------------
     @_remote_errors
     def list_refs(self, name: str | None = None) -> list[RefRecord]:
-        if name is not None:
-            refmod.validate_name(name)
-        top = self.path("refs", *(name.split("/") if name else []))
-        out: list[RefRecord] = []
-        self._walk_refs(top, name or "", name is not None, out)
-        return out
-
-    def _walk_refs(self, d: str, rel: str, exact: bool, out: list[RefRecord]) -> None:
-        try:
-            entries = sorted(self.sftp().listdir_attr(d), key=lambda a: a.filename)
-        except OSError as e:
-            if getattr(e, "errno", None) == errno.ENOENT:
-                return
-            raise
-        for a in entries:
-            fn = a.filename
-            if fn.startswith("."):
-                continue  # the lock directory, temp files
-            if stat.S_ISDIR(a.st_mode or 0):
-                if not exact:
-                    self._walk_refs(posixpath.join(d, fn), f"{rel}/{fn}" if rel else fn,
-                                    False, out)
-            elif fn.startswith(VERSION_PREFIX) and rel:
-                version = fn[1:]
-                if not (refmod.NAME_RE.match(rel) and refmod.VERSION_RE.match(version)):
-                    continue
-                data = self._read_small(posixpath.join(d, fn), 200)
-                dig = (data or b"").decode(errors="replace").strip()
-                if digestmod.is_valid(dig):
-                    out.append(RefRecord(rel, version, dig, float(a.st_mtime or 0)))
+        return self.refs.list_refs(name)
 
     @_remote_errors
     def get_ref(self, name: str, version: str) -> str | None:
-        data = self._read_small(self.ref_path(name, version), 200)
-        if data is None:
-            return None
-        d = data.decode(errors="replace").strip()
-        return d if digestmod.is_valid(d) else None
+        return self.refs.get_ref(name, version)
 
     @_remote_errors
     def put_ref(self, name: str, version: str, digest: str, expect: object = ANY) -> None:
-        digestmod.validate(digest)
-        path = self.ref_path(name, version)
-        with self.lock() as token:
-            self._check_expect(name, version, expect)
-            raw = self._check_complete(digest)
-            self._makedirs(posixpath.dirname(path))
-            self._assert_owner(token)
-            self._write_atomic(path, (digest + "\n").encode())
-            self._update_index(f"{name}:{version}", oci.ref_entry(f"{name}:{version}", digest, raw))
+        self.refs.put_ref(name, version, digest, expect)
 
     @_remote_errors
     def delete_ref(self, name: str, version: str, expect: object = ANY) -> None:
-        path = self.ref_path(name, version)
-        with self.lock() as token:
-            current = self._check_expect(name, version, expect)
-            if current is None:
-                raise NotFound(f"{name}:{version} not found in {self.describe()}")
-            self._assert_owner(token)
-            self.sftp().remove(path)
-            d = posixpath.dirname(path)
-            refs = self.path("refs")
-            while d != refs:
-                try:
-                    self.sftp().rmdir(d)
-                except OSError:
-                    break
-                d = posixpath.dirname(d)
-            self._update_index(f"{name}:{version}", None)
-
-    def _update_index(self, refname: str, desc: dict | None) -> None:
-        """Keep index.json in step with one ref change (under the lock): read, edit, rename."""
-        manifests = oci.index_with(self._read_small(self.path("index.json"), 64 << 20),
-                                   refname, desc)
-        if manifests is None:
-            self._write_index()
-        else:
-            self._put_index(manifests)
-
-    def _write_index(self) -> None:
-        manifests = []
-        for rec in self.list_refs():
-            try:
-                raw = self.read_blob(rec.digest)
-                mt = oci.manifest_media_type(raw)
-            except CockerError:
-                continue
-            manifests.append(oci.descriptor(mt, rec.digest, len(raw),
-                                            {oci.REF_NAME: f"{rec.name}:{rec.version}"}))
-        self._put_index(manifests)
-
-    def _put_index(self, manifests: list[dict]) -> None:
-        index = {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": manifests}
-        self._write_atomic(self.path("index.json"),
-                           json.dumps(index, indent=1, sort_keys=True).encode())
+        self.refs.delete_ref(name, version, expect)
 
     # the lock ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -507,7 +426,7 @@ class SftpRepo(Repository):
                     with contextlib.suppress(IOError):
                         s.remove(self.path("tmp", "uploads", a.filename))
             if not dry_run:
-                self._write_index()
+                self.refs.rebuild_index()
         return r.removed, r.freed
 
     def blob_digests(self) -> list[str]:
