@@ -308,3 +308,30 @@ def test_daemon_api_spec_takes_the_same_keys(rt, cname):
     sec = _info(cli, cname)["security"]
     assert sec["cap_drop"] == ["ALL"] and sec["seccomp"] == "unconfined"
     assert sec["read_only"] and sec["init"]
+
+
+def test_foreground_stdio_are_pipes_not_the_callers_terminal(rt, cname):
+    """`run` from a terminal: the container writes into pipes its monitor relays, so no
+    terminal of the host is open inside (it could be reopened or driven through ioctls)."""
+    import subprocess
+    import sys
+    master, slave = os.openpty()
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "cocker.main", "container", "run", "--rm", "-i", "--name",
+             cname, "--net", "none", "busybox:1.0", "sh", "-c",
+             "echo to-the-tty; for f in 0 1 2; do readlink /proc/1/fd/$f >&2; done; "
+             "read line; echo got:$line >&2"],
+            stdout=slave, stderr=subprocess.PIPE, input=b"hello\n",
+            timeout=60)
+        os.close(slave)
+        slave = -1
+        assert p.returncode == 0, p.stderr
+        links = p.stderr.decode().split()
+        assert all(link.startswith("pipe:[") for link in links[:3]), links
+        assert links[3] == "got:hello"
+        assert b"to-the-tty" in os.read(master, 4096)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)

@@ -325,12 +325,8 @@ def run(store, spec: ContainerSpec, *, rm: bool = False, detach: bool = False,
                 detached_by_user = True
                 return 0
             return code
-        stdin = 0 if interactive else os.open(os.devnull, os.O_RDONLY)
-        try:
-            code = _foreground(store, name, (stdin, 1, 2), volatile=rm)
-        finally:
-            if stdin:
-                os.close(stdin)
+        # without -i the container reads its own /dev/null
+        code = _foreground(store, name, (0 if interactive else -1, 1, 2), volatile=rm)
         clean = True
         return code
     except StartFailed:
@@ -383,13 +379,11 @@ def run_captured(store, spec: ContainerSpec, *, rm: bool = True) -> tuple[int, b
             chunks.append(b)
     t = threading.Thread(target=reader, daemon=True)
     t.start()
-    null = os.open(os.devnull, os.O_RDONLY)
     try:
         try:
-            code = _foreground(store, c.name, (null, w, w), volatile=rm)
+            code = _foreground(store, c.name, (-1, w, w), volatile=rm)
         finally:
             os.close(w)
-            os.close(null)
             t.join()
             os.close(r)
     except StartFailed as e:
