@@ -205,3 +205,16 @@ def test_brocker_json_takes_userns(tmp_path):
     from runtime.brocker.files import container_spec
     spec = container_spec({"image": "busybox:1.0", "userns": "auto"}, what="test").spec
     assert spec.userns == "auto"
+
+
+def test_cli_userns_auto_with_volume_and_bridge(rt, cname, tmp_path):
+    """Mount points made in the idmapped rootfs (a volume's, /etc/hosts on a bridge network)
+    are made as container root: host uid 0 does not exist there (was EOVERFLOW)."""
+    _, cli = rt
+    (tmp_path / "f").write_text("from the host\n")
+    os.chmod(tmp_path, 0o755)      # host root's files are "other" to container root (65534)
+    p = cli("container", "run", "--rm", "--name", cname, "--userns", "auto",
+            "-v", f"{tmp_path}:/vol:ro", "busybox:1.0", "sh", "-c",
+            "cat /vol/f; grep -c localhost /etc/hosts; id -u; touch /made && echo made")
+    assert p.stdout.split("\n")[0] == "from the host"
+    assert p.stdout.split()[-2:] == ["0", "made"]

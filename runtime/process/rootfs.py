@@ -4,6 +4,7 @@ read-only kernel paths, the console, the --init binary; then pivot_root."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
@@ -23,14 +24,21 @@ def assemble(plan: Plan) -> tuple[int, int] | None:
     pair opened on the container's own devpts: (master, slave)."""
     root = os.path.join(plan.cdir, "rootfs")
     mounts.make_private()
+    mapped: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if plan.idmap is not None:
-        # --userns auto: the layer trees and the container dir idmapped in this mount namespace,
-        # then the overlay mounted as container root's host ids (the upper keeps on-disk ids)
+        # --userns auto: the layer trees and the container dir idmapped in this mount namespace;
+        # everything made in the rootfs from here on (the overlay's work dirs, mount points of
+        # volumes and /etc/hosts) is made as container root's host ids, since host uid 0 does
+        # not exist on the idmapped mounts (EOVERFLOW); the upper dir keeps on-disk ids
         userns.idmap_overlay_sources(plan.cdir, plan.lowerdir, plan.userns_fd)
-        with userns.as_mapped_root(plan.idmap):
-            mounts.mount_overlay(plan.cdir, plan.lowerdir, root, plan.volatile, sc.MS_NODEV)
-    else:
-        mounts.mount_overlay(plan.cdir, plan.lowerdir, root, plan.volatile, sc.MS_NODEV)
+        mapped = userns.as_mapped_root(plan.idmap)
+    with mapped:
+        pty = _assemble(plan, root)
+    return pty
+
+
+def _assemble(plan: Plan, root: str) -> tuple[int, int] | None:
+    mounts.mount_overlay(plan.cdir, plan.lowerdir, root, plan.volatile, sc.MS_NODEV)
     for host, ctr, ro in plan.volumes:
         mounts.bind_volume(root, host, ctr, ro)
     mounts.mount_proc_sys(root, plan.own_netns, sys_writable=plan.privileged)
