@@ -265,8 +265,12 @@ def test_a_key_limited_to_some_names_downloads_only_their_blobs_over_ssh(tmp_pat
             "--perms", "read", "--prefixes", "team/*"]
     p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
+
+    def closer() -> None:
+        p.wait(10)
+
     try:
-        with SmartRepo(p.stdout, p.stdin, closer=lambda: p.wait(10)) as r:
+        with SmartRepo(p.stdout, p.stdin, closer=closer) as r:
             assert r.read_blob(team_layer)
             with pytest.raises(NotFound):
                 r.read_blob(secret_layer)
