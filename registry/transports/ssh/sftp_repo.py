@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import paramiko
 
@@ -42,6 +42,7 @@ from common.errors import (
     NotFound,
     PermissionDenied,
     TransportError,
+    UsageError,
 )
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
@@ -88,8 +89,12 @@ def open_sftp(client: paramiko.SSHClient) -> paramiko.SFTPClient:
     consumed bytes from the front of one array, so each of the many small reads SFTP
     makes costs O(buffered bytes); 2 MiB keeps that cheap (5x less CPU than 128 MiB on a
     pull) and the pipe still full."""
-    return paramiko.SFTPClient.from_transport(client.get_transport(), window_size=SFTP_WINDOW,
-                                              max_packet_size=MAX_PACKET)
+    transport = client.get_transport()
+    sftp = None if transport is None else paramiko.SFTPClient.from_transport(
+        transport, window_size=SFTP_WINDOW, max_packet_size=MAX_PACKET)
+    if sftp is None:
+        raise TransportError("the SSH connection closed before SFTP could start")
+    return sftp
 
 
 def _remote_errors(fn: Callable) -> Callable:
@@ -251,7 +256,9 @@ class SftpRepo(Repository):
             st = s.stat(p)
             with contextlib.suppress(IOError):
                 s.remove(p)
-            self._clock_skew = float(st.st_mtime) - time.time()
+            now = time.time()
+            # a server that reports no mtime gets no correction
+            self._clock_skew = (now if st.st_mtime is None else float(st.st_mtime)) - now
         return time.time() + self._clock_skew
 
     # paths ---------------------------------------------------------------------------
@@ -362,7 +369,7 @@ class SftpRepo(Repository):
             f.seek(offset)
         if size and size - offset > READ_REQUEST_SIZE:
             f.prefetch(size, max_concurrent_requests=PREFETCH_REQUESTS)
-        return _Reader(f, self)
+        return cast(BinaryIO, _Reader(f, self))  # read/seek/close: all a blob reader needs
 
     @_remote_errors
     def upload(self, digest: str, size: int | None = None) -> BlobWriter:
@@ -444,7 +451,8 @@ def finish_pipelined(f: paramiko.SFTPFile) -> None:
     f.flush()
     reqs = getattr(f, "_reqs", None)
     while reqs:
-        t, _msg = f.sftp._read_response(reqs.popleft())  # raises IOError on a bad status
+        # paramiko's private reply reader (absent from its stubs); raises IOError on a bad status
+        t, _msg = f.sftp._read_response(reqs.popleft())  # type: ignore[attr-defined]
         if t != paramiko.sftp.CMD_STATUS:
             raise TransportError("SFTP server sent a malformed write reply")
     f.close()
@@ -560,6 +568,8 @@ class _SftpUpload(BlobWriter):
         self.count += len(data)
         if self.size is not None and self.count > self.size:
             raise CorruptImage(f"blob {digestmod.short(self.digest)} is larger than its stated size")
+        if self.f is None:
+            raise UsageError("write after commit")
         self._h.update(data)
         try:
             self.f.write(data)
@@ -577,6 +587,8 @@ class _SftpUpload(BlobWriter):
     def commit(self) -> None:
         if self.done:
             return
+        if self.f is None:
+            raise UsageError("commit after abort")
         try:
             finish_pipelined(self.f)
             self.f = None
