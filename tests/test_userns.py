@@ -218,3 +218,19 @@ def test_cli_userns_auto_with_volume_and_bridge(rt, cname, tmp_path):
             "cat /vol/f; grep -c localhost /etc/hosts; id -u; touch /made && echo made")
     assert p.stdout.split("\n")[0] == "from the host"
     assert p.stdout.split()[-2:] == ["0", "made"]
+
+
+def test_cli_cp_into_a_running_userns_container(rt, cname, tmp_path):
+    """cp writes through the container's idmapped tree: as container root's host ids (host
+    uid 0 cannot own a file there: EOVERFLOW), so the file is root's inside and 0 on disk."""
+    _, cli = rt
+    src = tmp_path / "put"
+    src.write_text("put by cp\n")
+    cli("container", "run", "-d", "--name", cname, "--net", "none", "--userns", "auto",
+        "busybox:1.0", "sleep", "60")
+    try:
+        cli("container", "cp", str(src), f"{cname}:/root/")
+        out = cli("container", "exec", cname, "stat", "-c", "%u %n", "/root/put").stdout.split()
+        assert out == ["0", "/root/put"]
+    finally:
+        cli("container", "rm", "-f", cname, check=False)

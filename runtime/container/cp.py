@@ -14,6 +14,7 @@ from runtime import syscalls as sc
 from runtime.container.lifecycle import plan_for
 from runtime.container.record import load, locked, require_root
 from runtime.fs import mounts
+from runtime.process import userns
 
 
 @contextlib.contextmanager
@@ -71,7 +72,11 @@ def copy_in(store: Store, name: str, src: str, dest: str) -> None:
         parent = os.path.dirname(target)
         if not os.path.isdir(parent):
             raise NotFound(f"{name}:{os.path.dirname(dest) or '/'}: no such directory")
-        _copy(src, target)
+        idmap = userns.from_record(load(store, name).record)
+        # a running --userns auto container's tree is idmapped: host uid 0 cannot own a file
+        # there (EOVERFLOW), container root's host ids can (and are 0 on disk)
+        with userns.as_mapped_root(idmap) if idmap is not None else contextlib.nullcontext():
+            _copy(src, target)
 
 
 def copy_out(store: Store, name: str, src: str, dest: str) -> None:

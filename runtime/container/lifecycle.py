@@ -167,14 +167,7 @@ def plan_for(c: Container, detached: bool) -> tuple[Plan, Cgroup]:
         network=None if net in HOST_NETS else net, published=bool(r.get("ports")),
         confinement=security.confinement_for(c.store.paths, r),
         privileged=bool(r.get("privileged")), read_only=bool(r.get("read_only")),
-        init_binary=init, devices=security.devices_for(r), idmap=_idmap(r)), cg
-
-
-def _idmap(record: dict[str, Any]) -> userns.IdMap | None:
-    u = record.get("userns") or {}
-    if u.get("mode") != "auto":
-        return None
-    return userns.IdMap(int(u["uid"]), int(u["gid"]), int(u["size"]))
+        init_binary=init, devices=security.devices_for(r), idmap=userns.from_record(r)), cg
 
 
 def _start(store, name: str, *, detached: bool, stdio=None, before_go=None,

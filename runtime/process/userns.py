@@ -71,6 +71,14 @@ class IdMap(NamedTuple):
         return f"0 {self.gid_start} {self.size}\n"
 
 
+def from_record(record: dict) -> IdMap | None:
+    """The id map a container record keeps under "userns" (--userns auto), or None."""
+    u = record.get("userns") or {}
+    if u.get("mode") != "auto":
+        return None
+    return IdMap(int(u["uid"]), int(u["gid"]), int(u["size"]))
+
+
 def check_kernel(release: str | None = None) -> None:
     release = release or os.uname().release
     parts = release.split(".")
