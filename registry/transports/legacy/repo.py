@@ -13,14 +13,13 @@ import errno
 import gzip
 import hashlib
 import posixpath
-import re
 import secrets
 import stat
 import tarfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 import paramiko
 
@@ -66,7 +65,7 @@ class LegacyRepo:
             if getattr(e, "errno", None) == errno.ENOENT:
                 raise NotFound(f"{url}: {self.dir} does not exist") from None
             raise TransportError(f"{url}: {e}") from None
-        except (paramiko.SSHException, EOFError, OSError) as e:
+        except (paramiko.SSHException, EOFError) as e:
             raise TransportError(f"{url}: cannot start SFTP ({e})") from None
         if not stat.S_ISDIR(st.st_mode or 0):
             raise NotFound(f"{url}: {self.dir} is not a directory")
@@ -117,7 +116,7 @@ class LegacyRepo:
         f = self.sftp.open(posixpath.join(self.dir, img.filename), "rb", bufsize=CHUNK)
         if img.size > 32768:
             f.prefetch(img.size, max_concurrent_requests=128)
-        return f
+        return cast(BinaryIO, f)  # an SFTPFile: read/seek/close
 
     def upload(self, name: str, version: str, src: BinaryIO, *, force: bool = False,
                progress: Callable[[int], None] | None = None) -> str:
@@ -159,7 +158,7 @@ class LegacyRepo:
 
 # import into an OCI repository -----------------------------------------------------------
 class _Hashing:
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO | gzip.GzipFile) -> None:
         self.f, self.h, self.n = f, hashlib.sha256(), 0
 
     def read(self, n: int = -1) -> bytes:
@@ -182,7 +181,7 @@ def scan_layer_tar(path: str) -> LayerScan:
     try:
         with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
             hr = _Hashing(gz)
-            with tarfile.open(fileobj=hr, mode="r|") as tf:
+            with tarfile.open(fileobj=cast(IO[bytes], hr), mode="r|") as tf:
                 for m in tf:
                     name = m.name
                     parts = [p for p in name.split("/") if p not in ("", ".")]
