@@ -154,10 +154,11 @@ def allocate(home: Home, name: str, size: int = SLICE, *, subuid: str = SUBUID,
     """The id map of container `name`: its recorded slice, or the first free one of the pool."""
     if size < 1:
         raise UsageError("a user namespace needs at least one id")
-    uids, gids = ensure_pool(subuid, subgid)
     path = home.userns_allocations
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with flock(path + ".lock"):
+        # under the lock: two first containers must not both add a cocker entry
+        uids, gids = ensure_pool(subuid, subgid)
         table = _read_allocations(path)
         # a container removed without release (its monitor deleted it after `run -d --rm`)
         # holds nothing: create makes the container's directory before it allocates
