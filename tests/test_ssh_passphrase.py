@@ -10,7 +10,7 @@ import pytest
 
 from registry.repo.layout import LayoutRepo
 from registry.repo.store import Store
-from tests.support.sshd import make_test_image, sshd, tar_layer  # noqa: F401  (fixture)
+from tests.support.sshd import make_test_image, sshd, tar_layer  # sshd: a fixture
 from tests.support.tmux import TmuxTerminal
 
 pytestmark = pytest.mark.root

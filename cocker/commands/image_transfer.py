@@ -275,14 +275,14 @@ def _legacy_push(ctx, repo_spec, recs, force, kw) -> None:
             layers = img.layers
             tmp = None
             try:
-                if len(layers) == 1 and oci.COMPRESSION_OF.get(layers[0]["mediaType"]) == "gzip":
-                    # The one gzip layer already is a cockerimage: send it as stored.
-                    src = store.open_blob(layers[0]["digest"])
-                else:
-                    tmp = store.new_tmp_path("cockerimage") + ".cockerimage"
-                    _export_cockerimage(ctx, rec, tmp)
-                    src = open(tmp, "rb")
-                with src:
+                with contextlib.ExitStack() as stack:
+                    if len(layers) == 1 and oci.COMPRESSION_OF.get(layers[0]["mediaType"]) == "gzip":
+                        # The one gzip layer already is a cockerimage: send it as stored.
+                        src = stack.enter_context(store.open_blob(layers[0]["digest"]))
+                    else:
+                        tmp = store.new_tmp_path("cockerimage") + ".cockerimage"
+                        _export_cockerimage(ctx, rec, tmp)
+                        src = stack.enter_context(open(tmp, "rb"))
                     fn = legacy.upload(rec.name, rec.version, src, force=force)
             finally:
                 if tmp:
