@@ -49,6 +49,8 @@ class Daemon:
                 try:
                     with socket.socket(socket.AF_UNIX) as s:
                         s.connect(self.sock)
+                    if self.port:           # the TCP door is made just after the socket
+                        socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                     return self
                 except OSError:
                     pass
@@ -355,7 +357,11 @@ def test_restart_policies_survive_daemon_and_host_restarts(daemon, dhome):
         # always -- killed, it comes back
         first = info(always)["pid"]
         run_cocker("container", "kill", always, env=env)
-        wait_for(lambda: info(always)["status"] == "running" and info(always)["pid"] != first)
+
+        def restarted() -> bool:
+            i = info(always)
+            return restarts(always) == 1 and i["status"] == "running" and i["pid"] not in (None, first)
+        wait_for(restarted)
         # stopped by hand: left stopped while the daemon runs
         run_cocker("container", "stop", "-t", "2", always, unless, env=env)
         time.sleep(2.5)

@@ -489,11 +489,22 @@ def restart(store, name: str, timeout: float = 10) -> None:
     start(store, name)
 
 
-def restart_by_policy(store, name: str) -> None:
-    """The daemon carrying out the container's --restart policy (counted, not by hand)."""
-    # counted before it runs: a stop by hand as soon as it is up must not be overwritten
-    restart_policy.note_restart(store.paths.container_restarts(name))
+def restart_by_policy(store, name: str, *, at_daemon_start: bool = False) -> bool:
+    """The daemon carrying out the container's --restart policy (counted, not by hand).
+    Decided again here, under the container's lock: a stop by hand since the daemon looked
+    wins. True if it was started."""
+    c = load(store, name)
+    path = store.paths.container_restarts(name)
+    with locked(c.dir):
+        policy = restart_policy.parse(str(c.record.get("restart") or "no"))
+        state = c.state()
+        if not restart_policy.wants_restart(policy, state, c.exit_code, restart_policy.load(path),
+                                            at_daemon_start=at_daemon_start):
+            return False
+        # counted before it runs: a stop by hand as soon as it is up must not be overwritten
+        restart_policy.note_restart(path)
     _start(store, name, detached=True)
+    return True
 
 
 def _force_down(c: Container) -> None:

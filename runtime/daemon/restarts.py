@@ -32,8 +32,10 @@ def due(store: Store, *, at_daemon_start: bool) -> list[str]:
             continue
         if policy.kind == "no":
             continue
-        st = restart_policy.load(store.paths.container_restarts(c.name))
+        # the state first: a stop by hand is marked before the container goes down, so a
+        # container seen down here has its mark, if any, in what is read next
         state = c.state()
+        st = restart_policy.load(store.paths.container_restarts(c.name))
         if not restart_policy.wants_restart(policy, state, c.exit_code, st,
                                             at_daemon_start=at_daemon_start):
             continue
@@ -43,7 +45,8 @@ def due(store: Store, *, at_daemon_start: bool) -> list[str]:
 
 
 def keep_policies(home: str, stop: threading.Event, restart_one) -> None:
-    """Until `stop` is set: restart what is due (`restart_one(name)` does one restart)."""
+    """Until `stop` is set: restart what is due (`restart_one(name, at_daemon_start)` does one
+    restart, True if it happened)."""
     at_start = True
     while not stop.is_set():
         try:
@@ -53,7 +56,9 @@ def keep_policies(home: str, stop: threading.Event, restart_one) -> None:
             names = []
         for name in names:
             try:
-                restart_one(name)
+                if restart_one(name, at_start):
+                    print(f"cocker daemon: restarted {name} (its --restart policy)",
+                          file=sys.stderr, flush=True)
             except (CockerError, OSError) as e:
                 print(f"cocker daemon: restarting {name}: {e}", file=sys.stderr)
         at_start = False

@@ -134,7 +134,12 @@ class UnixServer(_Mixin, socketserver.ThreadingMixIn, socketserver.UnixStreamSer
 
 
 class TcpServer(_Mixin, ThreadingHTTPServer):
-    pass
+    def server_bind(self) -> None:
+        # HTTPServer's own server_bind asks DNS for the host's name between bind and listen:
+        # with a slow resolver the door is bound yet refuses connections for seconds
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
 
 def read_token(path: str) -> str:
@@ -218,11 +223,13 @@ def serve(home: str, socket_path: str = DEFAULT_SOCKET, listen: str | None = Non
             started.append(s)
         stop = threading.Event()
 
-        def restart_one(name: str) -> None:
+        def restart_one(name: str, at_daemon_start: bool) -> bool:
             try:
-                routes.worker(home, "container_restart_policy", {"name": name})
+                out = routes.worker(home, "container_restart_policy",
+                                    {"name": name, "at_daemon_start": at_daemon_start})
             except (routes.HttpError, subprocess.SubprocessError) as e:
                 raise RuntimeFailure(str(e)) from None
+            return bool(out.get("restarted"))
         policies = threading.Thread(target=restarts.keep_policies, args=(home, stop, restart_one),
                                     daemon=True)
         policies.start()

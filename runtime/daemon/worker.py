@@ -59,8 +59,9 @@ def container_start(store: Store, a: dict) -> dict:
 
 def container_restart_policy(store: Store, a: dict) -> dict:
     """The daemon restarting a container as its --restart policy says."""
-    lifecycle.restart_by_policy(store, a["name"])
-    return {"name": a["name"], "restarted": True}
+    done = lifecycle.restart_by_policy(store, a["name"],
+                                       at_daemon_start=bool(a.get("at_daemon_start")))
+    return {"name": a["name"], "restarted": done}
 
 
 def container_stop(store: Store, a: dict) -> dict:
