@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 
 import click
@@ -17,7 +16,7 @@ import click
 from cocker.commands.image import image
 from cocker.complete import image_refs
 from cocker.output import dropped_devices_notice, human_size, print_json, print_table
-from common.errors import CockerError, NotARepository, NotFound, UsageError
+from common.errors import CockerError, NotARepository, NotFound
 from registry import transfer
 from registry.oci import digest as digestmod
 from registry.repo.repository import RefRecord
@@ -292,11 +291,6 @@ def _legacy_push(ctx, repo_spec, recs, force, kw) -> None:
 
 
 def _export_cockerimage(ctx, rec: RefRecord, dest: str) -> None:
-    # Flattening layers is the image exporter's job (builder); run it as the CLI does.
-    import subprocess  # only here: every push and pull would pay its import otherwise
-    p = subprocess.run([sys.executable, "-m", "cocker.main", "--home", ctx.store.home, "-q",
-                        "image", "export", f"{rec.name}:{rec.version}", dest,
-                        "--format", "cockerimage"], capture_output=True, text=True)
-    if p.returncode != 0 or not os.path.exists(dest):
-        msg = (p.stderr.strip().splitlines() or ["image export failed"])[-1]
-        raise UsageError(f"cannot make a .cockerimage of {rec}: {msg.removeprefix('cocker: error: ')}")
+    """Flatten the image into one gzip tar: builder's exporter, in this process."""
+    from builder import exporters  # only here: pushes that are not --legacy never load it
+    exporters.export_image(ctx.store, f"{rec.name}:{rec.version}", dest, "cockerimage")
