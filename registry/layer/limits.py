@@ -24,6 +24,7 @@ MAX_PATH_DEPTH = "COCKER_MAX_PATH_DEPTH"
 MAX_NAME_BYTES = "COCKER_MAX_NAME_BYTES"
 MAX_PATH_BYTES = "COCKER_MAX_PATH_BYTES"
 
+FREE_SPACE = "the free space on"
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -102,7 +103,7 @@ class LayerLimits:
             free = free_bytes(dest)
             room = max(0, free - self.disk_reserve)
             if best is None or room < best[0]:
-                best = (room, f"the free space on {dest}'s filesystem ({free} bytes) minus "
+                best = (room, f"{FREE_SPACE} {dest}'s filesystem ({free} bytes) minus "
                               f"{DISK_RESERVE}={self.disk_reserve}")
         return best if best is not None else (1 << 62, "no limit")
 
@@ -130,6 +131,15 @@ class LayerLimits:
         if total > self.max_path:
             raise UnsafeArchive(f"entry {shorten(entry)}: path of {total} bytes exceeds "
                                 f"{MAX_PATH_BYTES}={self.max_path}")
+
+
+def too_big(what: str, limit: int, why: str) -> UnsafeArchive:
+    """The refusal for `what` (a layer, an entry) going past a byte budget: a bomb when a
+    limit was set, a full disk when the free space was the bound."""
+    if why.startswith(FREE_SPACE):
+        return UnsafeArchive(f"{what} past {limit} bytes, {why}; refused: free some space, or "
+                             f"lower {DISK_RESERVE}")
+    return UnsafeArchive(f"{what} past {limit} bytes ({why}); refused as a size bomb")
 
 
 def shorten(name: str, keep: int = 100) -> str:

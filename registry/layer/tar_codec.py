@@ -32,7 +32,7 @@ import zstandard
 
 from common.errors import CockerError, CorruptImage, UnsafeArchive
 from common.fsutil import EarlyWriteback, disk_error
-from registry.layer.limits import LayerLimits, shorten
+from registry.layer.limits import LayerLimits, shorten, too_big
 from registry.oci import manifest as oci
 
 CHUNK = 1 << 20
@@ -297,8 +297,7 @@ class _Bounded(io.RawIOBase):
         self.n += len(data)
         self.limits.check_ratio(self.n, self.counted.n)
         if self.budget is not None and self.n > self.budget[0]:
-            raise UnsafeArchive(f"expands past {self.budget[0]} bytes ({self.budget[1]}); "
-                                "refused as a size bomb")
+            raise too_big("expands", *self.budget)
         b[:len(data)] = data
         return len(data)
 
@@ -692,8 +691,7 @@ class _CappedReader(io.RawIOBase):
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         self.pos += len(data)
         if self.pos > self.limit:
-            raise UnsafeArchive(f"layer expands past {self.limit} bytes ({self.why}); "
-                                "refused as a size bomb")
+            raise too_big("layer expands", self.limit, self.why)
         self.limits.check_ratio(self.pos, self.compressed.n)
         self.h.update(data)
         return data
@@ -1093,8 +1091,7 @@ def unpack_layer(stream: BinaryIO, dest: str, *, whiteouts: str = "overlay",
                 # terabytes (or a sparse file a huge real size) with little data behind.
                 data += ti.size
                 if data > limit:
-                    raise UnsafeArchive(f"entry {shorten(ti.name)}: layer content exceeds "
-                                        f"{limit} bytes ({why}); refused as a size bomb")
+                    raise too_big(f"entry {shorten(ti.name)}: layer content goes", limit, why)
             u.entry(tf, ti)
             if progress is not None and ti.isreg():
                 progress.update(ti.size)
