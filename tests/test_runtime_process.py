@@ -335,3 +335,28 @@ def test_foreground_stdio_are_pipes_not_the_callers_terminal(rt, cname):
         os.close(master)
         if slave >= 0:
             os.close(slave)
+
+
+def test_exec_stdio_are_pipes_not_the_callers_terminal(rt, cname):
+    import subprocess
+    import sys
+    _, cli = rt
+    cli("container", "run", "-d", "--name", cname, "--net", "none", "busybox:1.0", "sleep", "100")
+    master, slave = os.openpty()
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "cocker.main", "container", "exec", "-i", cname, "sh", "-c",
+             "echo to-the-tty; for f in 0 1 2; do readlink /proc/self/fd/$f >&2; done; "
+             "read line; echo got:$line >&2; exit 3"],
+            stdout=slave, stderr=subprocess.PIPE, input=b"hello\n", timeout=60)
+        os.close(slave)
+        slave = -1
+        assert p.returncode == 3, p.stderr
+        links = p.stderr.decode().split()
+        assert all(link.startswith("pipe:[") for link in links[:3]), links
+        assert links[3] == "got:hello"
+        assert b"to-the-tty" in os.read(master, 4096)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)

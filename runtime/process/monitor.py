@@ -19,7 +19,6 @@ live only in the container's mount namespace, so they vanish with it.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import selectors
@@ -27,9 +26,7 @@ import signal
 import socket
 import struct
 import termios
-import threading
 import time
-from typing import NamedTuple
 
 from common.errors import RuntimeFailure
 from common.fsutil import write_all
@@ -43,6 +40,7 @@ from runtime.process import userns
 from runtime.process.child import ChildPipes, start_workload
 from runtime.process.plan import Launched, Plan
 from runtime.process.startup import FORWARDED, describe, say
+from runtime.tty import stdio_relay
 from runtime.tty.frames import T_DATA, T_EXIT, T_WINSIZE, FrameReader, bind_unix, frame
 
 
@@ -198,7 +196,7 @@ def _monitor(plan: Plan, stdio: tuple[int, int, int] | None, info_w: int, go_r: 
     elif stdio is not None:
         # in the foreground the caller's stdio stays with the monitor and the container gets
         # pipes (as under conmon): no terminal or file of the caller is open inside
-        child_stdio, relay = _stdio_pipes(stdio)
+        child_stdio, relay = stdio_relay.pipes_for(stdio)
     else:
         # the workload writes into a pipe, the monitor into the log: no host file is open in
         # the container, not even its own log
@@ -255,7 +253,7 @@ def _monitor(plan: Plan, stdio: tuple[int, int, int] | None, info_w: int, go_r: 
         pass                                    # PID 1 failed already: its message is on err_w
     os.close(start_w)
     if relay is not None:
-        _stdio_loop(S, relay)
+        S.status = stdio_relay.run(relay, S.child)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)       # the caller's pipes see EOF now, not when the teardown ends
@@ -269,88 +267,6 @@ def _monitor(plan: Plan, stdio: tuple[int, int, int] | None, info_w: int, go_r: 
     code = _exit_code(S.status)
     _finish(S, code)
     os._exit(code)
-
-
-class StdioRelay(NamedTuple):
-    """What the monitor copies for a foreground container: the caller's stdin into the
-    container's pipe (None: the container has its own /dev/null), each (container's pipe,
-    caller's fd) of its output."""
-    stdin: tuple[int, int] | None
-    outputs: list[tuple[int, int]]
-
-
-def _stdio_pipes(stdio: tuple[int, int, int]) -> tuple[tuple[int, int, int], StdioRelay]:
-    """Pipes for the container's stdin (when the caller gives one: -1 is the container's own
-    /dev/null), stdout and stderr (one pipe when the caller gives one fd for both, so their
-    order is kept)."""
-    caller_in, caller_out, caller_err = stdio
-    stdin = None
-    child_in = -1
-    if caller_in >= 0:
-        child_in, w = os.pipe()
-        stdin = (caller_in, w)
-    r, child_out = os.pipe()
-    outputs = [(r, caller_out)]
-    child_err = child_out
-    if caller_err != caller_out:
-        r, child_err = os.pipe()
-        outputs.append((r, caller_err))
-    return (child_in, child_out, child_err), StdioRelay(stdin, outputs)
-
-
-def _stdio_loop(S: _Sup, relay: StdioRelay) -> None:
-    """Copy the caller's stdin to the container (in a thread: a container that does not read
-    must not hold up its output) and its output to the caller, until PID 1 ended and its
-    pipes are drained."""
-    if relay.stdin is not None:
-        threading.Thread(target=_copy_stdin, args=relay.stdin, daemon=True).start()
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    os.set_blocking(wake_r, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda s, f: None)
-    sel = selectors.DefaultSelector()
-    sel.register(wake_r, selectors.EVENT_READ, None)
-    for src, dst in relay.outputs:
-        sel.register(src, selectors.EVENT_READ, dst)
-    left = len(relay.outputs)
-    while left or S.status is None:
-        _reap_all(S, block=False)
-        if S.status is not None and not left:
-            break
-        for key, _ in sel.select(timeout=1.0):
-            if key.data is None:
-                with contextlib.suppress(OSError):
-                    os.read(wake_r, 512)
-                continue
-            try:
-                data = os.read(key.fd, 65536)
-            except OSError:
-                data = b""
-            if not data:
-                sel.unregister(key.fd)
-                os.close(key.fd)
-                left -= 1
-                continue
-            with contextlib.suppress(OSError):      # a caller gone away: drain, discard
-                write_all(key.data, data)
-    signal.set_wakeup_fd(-1)
-    sel.close()
-    os.close(wake_r)
-    os.close(wake_w)
-
-
-def _copy_stdin(src: int, dst: int) -> None:
-    try:
-        while True:
-            data = os.read(src, 65536)
-            if not data:
-                break
-            write_all(dst, data)
-    except OSError:
-        pass
-    finally:
-        os.close(dst)                   # the container reads EOF
 
 
 def _receive_master(sock: socket.socket) -> int:

@@ -24,6 +24,7 @@ from runtime.cgroup.join import open_join_fd
 from runtime.process import confinement, users
 from runtime.process.confinement import Confinement
 from runtime.process.startup import FORWARDED, StartFailed, describe, say
+from runtime.tty import stdio_relay
 from runtime.tty.attach import copy_winsize, relay_pty
 
 NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
@@ -63,11 +64,20 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
     # with a tty, the helper opens the pty on the container's own devpts (so `tty` inside
     # names it) and hands the master back over this socket
     pty_parent, pty_child = socket.socketpair() if tty else (None, None)
+    relay = None
+    stdio = (-1, -1, -1)
+    if not tty:
+        # the command writes into pipes this process copies to its own fds (it cannot be the
+        # helper: a process that joined a PID namespace may not start threads): no terminal
+        # or file of the caller is open inside the container
+        stdio, relay = stdio_relay.pipes_for((0 if interactive else -1, 1, 2))
     pid = sc.fork()
     if pid == 0:
-        _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user,
+        _helper(nsfds, rootfd, argv, env, workdir, tty, stdio, cg_fds, user,
                 pty_child, err_w, confine)
     os.close(err_w)
+    for fd in {*stdio} - {-1}:
+        os.close(fd)
     for fd in cg_fds:
         os.close(fd)
     for _, fd in nsfds:
@@ -94,7 +104,7 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
         except ValueError:
             pass
     try:
-        code = _waitpid(pid)
+        code = _exit_status(stdio_relay.run(relay, pid)) if relay is not None else _waitpid(pid)
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
@@ -108,6 +118,12 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _exit_status(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
 
 
 def _waitpid(pid: int) -> int:
@@ -140,7 +156,7 @@ def _open_container_pty(pty_sock: socket.socket) -> int:
     return slave
 
 
-def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, pty_sock,
+def _helper(nsfds, rootfd, argv, env, workdir, tty, stdio, cg_fds, user, pty_sock,
             err_w, confine) -> None:
     try:
         sc.set_dumpable(False)
@@ -156,13 +172,15 @@ def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, p
         slave = _open_container_pty(pty_sock) if pty_sock is not None else -1
         child = sc.fork()
         if child == 0:
-            _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, cg_ns,
+            _command(argv, env, workdir, tty, slave, stdio, user, err_w, cg_fds, cg_ns,
                      mapped, confine)
         os.close(err_w)
         for fd in cg_fds:
             os.close(fd)
         if slave >= 0:
             os.close(slave)
+        for fd in {*stdio} - {-1}:
+            os.close(fd)
         for sig in FORWARDED:
             signal.signal(sig, lambda s, f: _kill(child, s))
         os._exit(_waitpid(child))
@@ -171,7 +189,7 @@ def _helper(nsfds, rootfd, argv, env, workdir, tty, interactive, cg_fds, user, p
         os._exit(126)
 
 
-def _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, cg_ns,
+def _command(argv, env, workdir, tty, slave, stdio, user, err_w, cg_fds, cg_ns,
              mapped: bool, confine: Confinement | None) -> None:
     try:
         sc.set_dumpable(False)
@@ -182,9 +200,11 @@ def _command(argv, env, workdir, tty, interactive, user, slave, err_w, cg_fds, c
             for i in range(3):
                 os.dup2(slave, i)
             sc.set_ctty(0)
-        elif not interactive:
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
+        else:
+            for i, fd in enumerate(stdio):
+                if fd < 0:              # the container's own /dev/null (we are in its root)
+                    fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                os.dup2(fd, i)
         envd = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
         who = users.resolve_in_root(user)
         envd.setdefault("HOME", who.home)
