@@ -15,7 +15,7 @@ from selenium.webdriver.common.by import By
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.repo.layout import LayoutRepo
-from tests.support.browser import browser  # fixture
+from tests.support.browser import browser, browser_without_js  # fixtures
 from tests.support.http_servers import TOKEN, SrepoHttp, request
 
 HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
@@ -206,3 +206,17 @@ def test_a_layer_bomb_stops_the_listing(tmp_path):
         server.stop()
     assert status == 200
     assert b"the layer cannot be listed" in page and b"compression bomb" in page
+
+
+@pytest.mark.timeout(180)
+def test_web_page_works_with_javascript_off(door, browser_without_js):
+    b = browser_without_js
+    # the browser really runs no script
+    b.get("data:text/html,<title>off</title><script>document.title='on'</script>")
+    assert b.title == "off"
+    b.get(_url(door))
+    b.find_element(By.LINK_TEXT, "team/app").click()
+    b.find_element(By.LINK_TEXT, "1.9.0").click()
+    assert b.current_url.endswith("/image/team/app:1.9.0")
+    b.find_elements(By.CSS_SELECTOR, 'a[href^="/layer/"]')[-1].click()
+    assert "app/version.txt" in b.find_element(By.TAG_NAME, "body").text

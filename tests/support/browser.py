@@ -12,7 +12,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
-def start_browser(profile: str):
+def start_browser(profile: str, *, javascript: bool = True):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -22,6 +22,9 @@ def start_browser(profile: str):
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,900"):
         opts.add_argument(arg)
+    if not javascript:
+        opts.add_experimental_option(
+            "prefs", {"profile.managed_default_content_settings.javascript": 2})
     # The driver is given: Selenium Manager never downloads one.
     service = Service(executable_path=CHROMEDRIVER, log_output=os.path.join(profile, "driver.log"))
     return webdriver.Chrome(options=opts, service=service)
@@ -32,6 +35,17 @@ def browser(tmp_path):
     profile = str(tmp_path / "chromium-profile")
     os.makedirs(profile)
     driver = start_browser(profile)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def browser_without_js(tmp_path):
+    profile = str(tmp_path / "chromium-profile-nojs")
+    os.makedirs(profile)
+    driver = start_browser(profile, javascript=False)
     try:
         yield driver
     finally:
