@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from srepo_server import gc_schedule
 from srepo_server.http_cli import gc_command, http_options, passwd_command, run_http
 from srepo_server.ssh_cli import run_ssh, ssh_options, stdio_access
 
@@ -22,14 +23,22 @@ from srepo_server.ssh_cli import run_ssh, ssh_options, stdio_access
 @click.option("--root", type=click.Path(file_okay=False), help="Repository directory.")
 @click.option("--stdio", is_flag=True, help="Speak the smart protocol on stdin/stdout "
               "(what `ssh host srepo-server --stdio --root PATH` runs).")
+@click.option("--gc-interval", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Run gc every this many seconds while serving --ssh/--http (0: never).")
+@click.option("--gc-grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="The periodic gc spares unreferenced blobs younger than this (pushes in "
+              "flight lease what they rely on, so 0 is safe too).")
 @http_options
 @ssh_options
 @click.pass_context
-def cli(ctx: click.Context, root: str | None, stdio: bool, **http_opts) -> None:
+def cli(ctx: click.Context, root: str | None, stdio: bool, gc_interval: float, gc_grace: float,
+        **http_opts) -> None:
     """cocker's native repository server."""
     ctx.ensure_object(dict)
     ctx.obj["root"] = root
     if ctx.invoked_subcommand is None:
+        if gc_interval and root and not stdio and (http_opts.get("ssh") or http_opts.get("http")):
+            gc_schedule.start(root, gc_interval, gc_grace)
         if stdio:
             if not root:
                 raise click.UsageError("--stdio needs --root PATH")

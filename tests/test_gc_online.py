@@ -173,3 +173,23 @@ def test_gc_keeps_a_manifest_pushed_by_digest_through_the_http_door(door, tmp_pa
     r, _ = call(c, "DELETE", f"/v2/app/manifests/{md}")
     assert r.status == 202
     assert http_store.gc(LayoutRepo(door.root), grace=0)[0] == 3
+
+
+# srepo-server --gc-interval -------------------------------------------------------------------
+def test_srepo_server_collects_garbage_on_its_own(tmp_path):
+    root = str(tmp_path / "repo")
+    repo = LayoutRepo(root, create=True)
+    digest = make_image(repo, "app", "1", [layer(3000)])
+    orphan = layer(1234)
+    od = digestmod.of_bytes(orphan)
+    repo.put_blob_bytes(od, orphan)
+    age(root, od)
+    srv = SrepoHttp(root, str(tmp_path), extra=["--gc-interval", "0.2", "--gc-grace", "60"])
+    try:
+        deadline = time.monotonic() + 20
+        while repo.has_blob(od) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not repo.has_blob(od)
+        assert repo.get_ref("app", "1") == digest and repo.fsck() == []
+    finally:
+        srv.stop()
