@@ -806,7 +806,8 @@ def serve(root: str, addr: str = "127.0.0.1:5000", *, ready: Callable[[str], Non
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         door.start()
-        msg = f"srepo-server: serving {door.app.repo.root} on {door.url}"
+        msg = (f"srepo-server: serving {door.app.repo.root} on {door.url} "
+               f"(OCI API at /v2/, web page at /)")
         door.app.log_line(msg)
         if ready:
             ready(door.url)
