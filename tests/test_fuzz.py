@@ -321,7 +321,8 @@ def _plant(repo: LayoutRepo, name: str, manifest: dict) -> None:
 
 def hostile_remote(root: str) -> tuple[LayoutRepo, list[str]]:
     """A directory repository serving each corpus layer as image `<its name>:1`, plus manifests
-    that lie: a wrong layer size, a layer listed twice, an unknown layer type."""
+    that lie (a wrong layer size, a layer listed twice) and an artifact with a layer type no
+    runtime knows."""
     repo = LayoutRepo(root, create=True)
     names = []
     manifests = []
@@ -342,7 +343,9 @@ def hostile_remote(root: str) -> tuple[LayoutRepo, list[str]]:
     m = json.loads(json.dumps(manifests[1]))
     m["layers"].append(m["layers"][0])
     _plant(repo, "layer-twice", m)
+    # An artifact (not an image config) may carry any layer type: copied, never run.
     m = json.loads(json.dumps(manifests[2]))
+    m["config"]["mediaType"] = "application/vnd.example.evil.config"
     m["layers"][0]["mediaType"] = "application/x-evil"
     _plant(repo, "unknown-type", m)
     # The liars first: once the honest image's blob is stored, a lie about it is moot.

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.errors import UnsafeArchive, UsageError
+from common.errors import CockerError, UnsafeArchive, UsageError
 
 MAX_LAYER_BYTES = "COCKER_MAX_LAYER_BYTES"
 DISK_RESERVE = "COCKER_DISK_RESERVE"
@@ -133,11 +133,12 @@ class LayerLimits:
                                 f"{MAX_PATH_BYTES}={self.max_path}")
 
 
-def too_big(what: str, limit: int, why: str) -> UnsafeArchive:
-    """The refusal for `what` (a layer, an entry) going past a byte budget: a bomb when a
-    limit was set, a full disk when the free space was the bound."""
+def too_big(what: str, limit: int, why: str) -> CockerError:
+    """The refusal for `what` (a layer, an entry) going past a byte budget: a bomb
+    (UnsafeArchive) when a limit was set, a full disk (a plain error, like ENOSPC) when the
+    free space was the bound."""
     if why.startswith(FREE_SPACE):
-        return UnsafeArchive(f"{what} past {limit} bytes, {why}; refused: free some space, or "
+        return CockerError(f"{what} past {limit} bytes, {why}; refused: free some space, or "
                              f"lower {DISK_RESERVE}")
     return UnsafeArchive(f"{what} past {limit} bytes ({why}); refused as a size bomb")
 
