@@ -50,13 +50,6 @@ class Reference:
             return f"{self.name}@{self.digest}"
         return f"{self.name}:{self.version}" if self.version is not None else self.name
 
-    def with_version(self, version: str) -> Reference:
-        return Reference(self.name, validate_version(version))
-
-    @property
-    def is_exact(self) -> bool:
-        return self.version is not None or self.digest is not None
-
 
 def parse(text: str, *, default_version: str | None = None) -> Reference:
     """Parse `name`, `name:version` or `name@sha256:<hex>`."""
