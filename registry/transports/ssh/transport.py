@@ -9,7 +9,7 @@ import os
 
 import paramiko
 
-from common.errors import CockerError, NotARepository, NotFound, TransportError, UsageError
+from common.errors import CockerError, NotARepository, TransportError, UsageError
 from registry.repo.repository import Repository
 from registry.transports.options import RepoOptions
 from registry.transports.smart.client import SmartRepo
@@ -86,11 +86,11 @@ def open_smart(client: paramiko.SSHClient, root: str, command: str, url: str, *,
                                      "(exit status 127)") from None
             return None
         if msg:
+            # The server died before it could answer with an error frame (whose class the
+            # client would raise): its last word, as a transport failure.
             text = msg[-1]
             for prefix in ("srepo-server: error: ", "error: "):
                 if text.startswith(prefix):
                     text = text[len(prefix):]
-            cls = NotFound if "not" in text and ("repositor" in text or "exist" in text) \
-                else TransportError
-            raise cls(f"{url}: {text}") from None
+            raise TransportError(f"{url}: {text}") from None
         raise TransportError(f"{url}: the remote srepo-server failed ({e})") from None
