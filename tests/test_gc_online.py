@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import pytest
 
@@ -17,7 +17,7 @@ from registry.oci.reference import parse
 from registry.repo.copy import copy
 from registry.repo.image import publish
 from registry.repo.layout import LayoutRepo
-from registry.repo.repository import Repository
+from registry.repo.repository import LEASES, Repository
 from registry.transports.remotes import open_repo
 from srepo_server import http_store
 from tests.support.http_calls import call, conn, push_blob
@@ -193,3 +193,28 @@ def test_srepo_server_collects_garbage_on_its_own(tmp_path):
         assert repo.get_ref("app", "1") == digest and repo.fsck() == []
     finally:
         srv.stop()
+
+
+def test_a_push_to_a_repository_without_leases_resends_what_a_gc_took(tmp_path):
+    """Where no lease protects a push (a registry whose gc runs on its own host), the blob
+    it was told exists can vanish before the manifest lands: the push sends it again and
+    publishes, instead of failing with NotFound."""
+    root = str(tmp_path / "remote")
+    src = LayoutRepo(str(tmp_path / "src"), create=True)
+    base, new = layer(300_000), layer(5000)
+    digest = make_image(src, "app", "2", [base, new])
+    server = LayoutRepo(root, create=True)
+    server.put_blob_bytes(digestmod.of_bytes(base), base)
+    age(root, digestmod.of_bytes(base))
+
+    class Unleased(LayoutRepo):
+        def capabilities(self) -> frozenset[str]:
+            return super().capabilities() - {LEASES}
+
+        def lease(self, digests):
+            return nullcontext()
+
+    res = copy(parse("app:2"), src, Unleased(root),
+               on_blob=lambda _d: LayoutRepo(root).gc(grace=0))
+    assert res.published and server.get_ref("app", "2") == digest
+    assert server.fsck() == []

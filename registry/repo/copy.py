@@ -12,12 +12,12 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from common.errors import Conflict, CorruptImage, DigestMismatch
+from common.errors import Conflict, CorruptImage, DigestMismatch, NotFound
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci.reference import Reference
 from registry.repo.progress import Progress
-from registry.repo.repository import ANY, RefRecord, Repository
+from registry.repo.repository import ANY, LEASES, RefRecord, Repository
 
 CHUNK = 1 << 20
 PARALLEL_MIN = 4 << 20
@@ -177,8 +177,23 @@ def _transfer(rec: RefRecord, target: RefRecord, src: Repository, dst: Repositor
         raise Conflict(f"{target} already exists in {dst.describe()} with digest "
                        f"{digestmod.short(current)}; use --force to replace it")
     try:
-        dst.put_ref(target.name, target.version, rec.digest,
-                    expect=current if not force else ANY)
+        try:
+            dst.put_ref(target.name, target.version, rec.digest,
+                        expect=current if not force else ANY)
+        except NotFound:
+            # A blob it was told exists went away (a gc where no lease protects a push):
+            # send what is missing now, and publish once more.
+            again = dst.missing_blobs([d for d, _ in blobs] + [rec.digest])
+            if not again or LEASES in dst.capabilities():
+                raise
+            for d in again:
+                if d == rec.digest:
+                    dst.put_blob_bytes(d, src.read_blob(d))
+                else:
+                    result.bytes_sent += copy_blob(src, dst, d, sizes[d], progress)
+                result.blobs_sent += 1
+            dst.put_ref(target.name, target.version, rec.digest,
+                        expect=current if not force else ANY)
     except Conflict:
         # Someone else published meanwhile: the same content is a success, not a race lost.
         if dst.get_ref(target.name, target.version) != rec.digest:
