@@ -405,3 +405,20 @@ def test_container_restart(daemon, dhome):
         assert p.returncode != 0 and p.stderr.count("\n") == 1 and "nosuch" in p.stderr
     finally:
         run_cocker("container", "rm", "-f", name, check=False, env=env)
+
+
+def test_image_rm_route_refuses_a_version_in_use(daemon, dhome):
+    env = {"COCKER_HOME": dhome}
+    name = unique_name("pin")
+    run_cocker("image", "tag", "web:1.0", f"{name}:1", env=env)
+    try:
+        run_cocker("container", "create", "--name", name, f"{name}:1", "true", env=env)
+        status, out = daemon.call("DELETE", f"/api/v2/images/{name}%3A1")
+        assert status == 409 and out["type"] == "Conflict" and name in out["error"], out
+        status, out = daemon.call("DELETE", "/api/v2/images/nosuch%3A1")
+        assert status == 404, out
+        status, out = daemon.call("DELETE", f"/api/v2/images/{name}%3A1?force=1")
+        assert status == 200 and out["removed"] == [f"{name}:1"], out
+    finally:
+        run_cocker("container", "rm", "-f", name, check=False, env=env)
+        run_cocker("image", "rm", "--force", f"{name}:1", check=False, env=env)
