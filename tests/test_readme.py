@@ -7,7 +7,8 @@ ports (8080, 2222, 5000) become free ones, /srv and /etc paths become temporary 
 `deploy@build-host` is the test sshd (an ssh config entry named build-host), the default bridge
 and the network's subnet are private to the test. Commands that need a person at a terminal run
 in tmux and are typed into; servers the tour starts run in the background until the end of
-their block. A command whose comment starts with "refused" must fail with a one-line error naming what
+their block. A few commands must also print what the README says (CLAIMS). A command whose comment starts
+with "refused" must fail with a one-line error naming what
 the comment names; every other command must exit 0.
 """
 
@@ -257,6 +258,16 @@ INTERACTIVE: dict[str, Callable[[Tour, TourCommand], None]] = {
 }
 
 
+# what some commands print, as the README says (the rest must succeed)
+CLAIMS: dict[str, Callable[[str], bool]] = {
+    "cocker image ls": lambda out: re.search(r"^demo/busybox\s+1\.0\.0\s", out, re.M) is not None,
+    "cocker container run --rm demo/busybox:1.0.0 cat /etc/motd":
+        lambda out: out == "--- Welcome to a cocker container ---\n",
+    "cocker container ls": lambda out: re.search(r"^web\s.*\brunning", out, re.M) is not None,
+    "curl http://127.0.0.1:8080/": lambda out: re.fullmatch(r"web-\d+\n", out) is not None,
+}
+
+
 def background_ready(tour: Tour, cmd: str) -> Callable[[], bool] | None:
     """For a server the tour starts: how to tell it is serving (None: not a server)."""
     if cmd.startswith("srepo-server") and "--ssh 127.0.0.1:2222" in cmd:
@@ -272,6 +283,9 @@ def test_readme_tour_runs(tmp_path, sshd):
     readme = README.read_text()
     commands = tour_commands(readme)
     assert len(commands) > 40, "the tour lost its commands"
+    plain = {tc.command for tc in commands}
+    assert set(CLAIMS) <= plain and set(INTERACTIVE) <= plain, \
+        f"checked commands no longer in the README: {(set(CLAIMS) | set(INTERACTIVE)) - plain}"
     tour = Tour(tmp_path, sshd)
     tour.prepare(readme)
     block = 0
@@ -287,7 +301,10 @@ def test_readme_tour_runs(tmp_path, sshd):
             if ready is not None:
                 tour.start_background(tc, ready)
                 continue
-            tour.run(tc)
+            p = tour.run(tc)
+            claim = CLAIMS.get(tc.command)
+            assert claim is None or claim(p.stdout), \
+                f"README line {tc.line}: `{tc.text}` printed {p.stdout!r}"
     finally:
         tour.cleanup()
     tour.assert_nothing_left()
