@@ -27,6 +27,7 @@ from common.errors import AlreadyExists, CockerError, NotFound, TransportError, 
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci import reference as refmod
+from registry.repo import image as imagemod
 from registry.transports.legacy import names
 from registry.transports.ssh.sftp_repo import finish_pipelined, open_sftp
 
@@ -208,7 +209,6 @@ def import_file(repo, path: str, name: str, version: str, *, created: float | No
                 force: bool = False, diff_id: str | None = None):
     """Make `name:version` in `repo` (a LayoutRepo) from a downloaded .cockerimage without
     devices (`diff_id`: from a scan already made)."""
-    from registry.repo import image as imagemod
     diff_id = diff_id or check_layer_tar(path)
     layer_digest, size = digestmod.of_file(path)
     repo.ingest(path, layer_digest)
