@@ -27,14 +27,16 @@ pytestmark = [pytest.mark.root,
 
 
 class Daemon:
-    def __init__(self, home: str, sock: str, port: int | None, token_file: str | None = None):
+    def __init__(self, home: str, sock: str, port: int | None, token_file: str | None = None,
+                 host: str = "127.0.0.1"):
         self.home, self.sock, self.port, self.token_file = home, sock, port, token_file
+        self.host = host
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Daemon:
         argv = [sys.executable, "-m", "cocker.main", "daemon", "--socket", self.sock]
         if self.port:
-            argv += ["--listen", f"127.0.0.1:{self.port}"]
+            argv += ["--listen", f"[{self.host}]:{self.port}"]
         if self.token_file:
             argv += ["--token-file", self.token_file]
         env = dict(os.environ, COCKER_HOME=self.home)
@@ -50,7 +52,7 @@ class Daemon:
                     with socket.socket(socket.AF_UNIX) as s:
                         s.connect(self.sock)
                     if self.port:           # the TCP door is made just after the socket
-                        socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                        socket.create_connection((self.host, self.port), timeout=1).close()
                     return self
                 except OSError:
                     pass
@@ -422,3 +424,19 @@ def test_image_rm_route_refuses_a_version_in_use(daemon, dhome):
     finally:
         run_cocker("container", "rm", "-f", name, check=False, env=env)
         run_cocker("image", "rm", "--force", f"{name}:1", check=False, env=env)
+
+
+def test_tcp_door_on_ipv6_loopback_serves_root_only(dhome, tmp_path):
+    """brocker's client dials localhost, which may be ::1: the door listens there too, and the
+    owner of the client's socket is found in /proc/net/tcp6."""
+    d = Daemon(dhome, str(tmp_path / "six.sock"), free_port(), host="::1").start()
+    try:
+        url = f"http://[::1]:{d.port}/_ping"
+        p = subprocess.run(["curl", "-s", "-g", url], capture_output=True, text=True, timeout=60)
+        assert json.loads(p.stdout)["api"] == [1, 2]
+        p = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            "--", "curl", "-s", "-g", url], capture_output=True, text=True,
+                           timeout=60)
+        assert json.loads(p.stdout)["type"] == "PermissionDenied"
+    finally:
+        d.stop()

@@ -142,6 +142,10 @@ class TcpServer(_Mixin, ThreadingHTTPServer):
         self.server_name, self.server_port = str(host), int(port)
 
 
+class TcpServer6(TcpServer):
+    address_family = socket.AF_INET6     # --listen [::1]:PORT (brocker's client may use ::1)
+
+
 def read_token(path: str) -> str:
     try:
         st = os.stat(path)
@@ -206,7 +210,7 @@ def serve(home: str, socket_path: str = DEFAULT_SOCKET, listen: str | None = Non
         servers.append(us)
         if tcp_addr:
             try:
-                ts = TcpServer(tcp_addr, Handler)
+                ts = (TcpServer6 if ":" in tcp_addr[0] else TcpServer)(tcp_addr, Handler)
             except OSError as e:
                 raise AlreadyExists(f"cannot listen on {listen}: {e.strerror}") from None
             ts.home, ts.verbose, ts.token = home, verbose, token
