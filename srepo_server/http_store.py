@@ -22,6 +22,7 @@ from registry.oci import manifest as oci
 from registry.oci import reference as refmod
 from registry.repo import gc as gcmod
 from registry.repo import layout_paths as lp
+from registry.repo import manifests
 from registry.repo.layout import LayoutRepo
 from registry.repo.repository import ANY
 
@@ -131,26 +132,18 @@ def put_manifest(repo: LayoutRepo, name: str, reference: str, data: bytes,
     if missing:
         raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", "manifest references blobs that are not "
                        "in the repository", {"missing": missing[:20]})
-    repo.put_blob_bytes(digest, data)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_marker(repo, "deleted", name, digest))
     subject = m.get("subject", {}).get("digest") if m.get("subject") else None
-    if subject:
-        desc = oci.descriptor(mt, digest, len(data), m.get("annotations") or None)
-        art = m.get("artifactType") or (m.get("config") or {}).get("mediaType")
-        if art:
-            desc["artifactType"] = art
-        repo.write_file(_meta(repo, "referrers", digestmod.hex_of(subject), digestmod.hex_of(digest)),
-                     oci.canonical_json(desc))
     try:
         if is_digest:
-            # Under the repo lock, so gc sees the root or the blob check fails here.
-            with repo.lock():
-                still = repo.missing_blobs(oci.referenced_blobs(m) + [digest])
-                if still:
-                    raise NotFound(f"blob {still[0]} vanished")
-                repo.write_file(_marker(repo, "digests", name, digest), digest.encode() + b"\n")
+            # The layout's own keeping of a manifest without a tag (pin, referrer).
+            manifests.put(repo, repo.fs, repo.lock, name, data, mt)
         else:
+            repo.put_blob_bytes(digest, data)
+            if subject:
+                repo.fs.write_atomic(manifests.referrer_rel(subject, digest), oci.canonical_json(
+                    manifests.referrer_descriptor(m, data, mt)))
             repo.put_ref(name, reference, digest, expect=expect)
     except NotFound as e:
         raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", str(e)) from None
@@ -217,24 +210,7 @@ def delete_manifest(repo: LayoutRepo, name: str, reference: str) -> None:
 
 
 def referrers(repo: LayoutRepo, subject: str, artifact_type: str | None) -> list[dict]:
-    d = _meta(repo, "referrers", digestmod.hex_of(subject))
-    out = []
-    try:
-        names = sorted(os.listdir(d))
-    except FileNotFoundError:
-        return []
-    for fn in names:
-        if len(fn) != 64 or not repo.has_blob("sha256:" + fn):
-            continue
-        try:
-            with open(os.path.join(d, fn), "rb") as f:
-                desc = json.loads(f.read())
-        except (OSError, ValueError):
-            continue
-        if artifact_type and desc.get("artifactType") != artifact_type:
-            continue
-        out.append(desc)
-    return out
+    return manifests.referrers(repo, repo.fs, subject, artifact_type)
 
 
 def digests_dir(repo: LayoutRepo, name: str) -> str:

@@ -24,7 +24,7 @@ from registry.oci.reference import Reference, parse
 from registry.repo.copy import copy
 from registry.repo.image import publish
 from registry.repo.layout import LayoutRepo
-from registry.repo.repository import LEASES, RESUME, SERVER_GC, Repository
+from registry.repo.repository import LEASES, REFERRERS, RESUME, SERVER_GC, Repository
 from registry.repo.store import Store
 from registry.transports.http.repo import HttpRepo
 from registry.transports.remotes import open_repo
@@ -338,3 +338,37 @@ def test_kill9_mid_transfer_then_retry(peer, src):
             assert res.bytes_sent < len(big)
     if peer.root:
         assert LayoutRepo(peer.root).fsck() == []
+
+
+def test_digest_only_manifests_and_referrers(peer, src, request):
+    """A signature pushed by digest (OCI 1.1 `subject`) is listed as a referrer of its image
+    and kept by gc, tag or no tag."""
+    d = make_image(src, "signed", "1")
+    with client(peer) as r:
+        copy(parse("signed:1"), src, r)
+        r = r.for_name("signed")
+        if REFERRERS not in r.capabilities():
+            assert peer.kind in ("smart", "srepo-ssh")  # the smart protocol has no such op yet
+            return
+        if peer.kind == "docker-registry":
+            # distribution 2.8 predates OCI 1.1: it stores the manifest, lists no referrers.
+            request.applymarker(pytest.mark.xfail(strict=True, reason="no referrers API"))
+        sig = b'{"payload": "signed"}'
+        r.put_blob_bytes(digestmod.of_bytes(sig), sig)
+        empty = b"{}"
+        r.put_blob_bytes(digestmod.of_bytes(empty), empty)
+        art = json.dumps({
+            "schemaVersion": 2, "mediaType": oci.MANIFEST,
+            "artifactType": "application/vnd.example.signature",
+            "config": oci.descriptor("application/vnd.oci.empty.v1+json", empty),
+            "layers": [oci.descriptor("application/vnd.example.sig", sig)],
+            "subject": oci.descriptor(oci.MANIFEST, d, r.blob_size(d)),
+            "annotations": {"org.example": "kept"}}, indent=2).encode()
+        ad = r.put_manifest("signed", art, oci.MANIFEST)
+        assert ad == digestmod.of_bytes(art) and r.get_manifest(ad) == (art, oci.MANIFEST)
+        (desc,) = r.referrers(d)
+        assert desc["digest"] == ad and desc["artifactType"] == "application/vnd.example.signature"
+        assert r.referrers(d, "application/vnd.other") == []
+        if SERVER_GC in r.capabilities():
+            r.gc(grace=0)
+            assert r.missing_blobs([ad, digestmod.of_bytes(sig)]) == []

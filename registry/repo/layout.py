@@ -29,12 +29,14 @@ from registry.oci import manifest as oci
 from registry.oci import reference as refmod
 from registry.repo import gc as gcmod
 from registry.repo import layout_paths as lp
+from registry.repo import manifests
 from registry.repo.fs import LocalFs
 from registry.repo.layout_refs import VERSION_PREFIX, LayoutRefs
 from registry.repo.repository import (
     ANY,
     LEASES,
     MOUNT,
+    REFERRERS,
     RESUME,
     SERVER_GC,
     BlobWriter,
@@ -170,6 +172,13 @@ class LayoutRepo(Repository):
 
     blob_digests = all_blobs
 
+    # manifests beyond refs (registry.repo.manifests) --------------------------------------
+    def put_manifest(self, name: str, data: bytes, media_type: str | None = None) -> str:
+        return manifests.put(self, self.fs, self.lock, name, data, media_type)
+
+    def referrers(self, subject: str, artifact_type: str | None = None) -> list[dict]:
+        return manifests.referrers(self, self.fs, subject, artifact_type)
+
     # maintenance ---------------------------------------------------------------------
     def fsck(self, fix: bool = False) -> list[str]:
         """The interface's checks, and permissions (repaired first when `fix`)."""
@@ -200,7 +209,7 @@ class LayoutRepo(Repository):
         return out
 
     def capabilities(self) -> frozenset[str]:
-        return frozenset({RESUME, SERVER_GC, LEASES, MOUNT})
+        return frozenset({RESUME, SERVER_GC, LEASES, MOUNT, REFERRERS})
 
     @contextlib.contextmanager
     def lease(self, digests: Iterable[str]) -> Iterator[BlobLease]:

@@ -156,6 +156,22 @@ class Repository(abc.ABC):
     @abc.abstractmethod
     def upload(self, digest: str, size: int | None = None) -> BlobWriter: ...
 
+    # manifests -----------------------------------------------------------------------
+    def get_manifest(self, digest: str) -> tuple[bytes, str]:
+        """A manifest's bytes (verified) and its media type."""
+        data = self.read_blob(digest, limit=oci.MAX_MANIFEST_BYTES)
+        return data, oci.manifest_media_type(data)
+
+    def put_manifest(self, name: str, data: bytes, media_type: str | None = None) -> str:
+        """Store a manifest byte for byte under its digest without a tag (a multi-arch child,
+        a signature with a `subject`), kept from gc as long as the repository says; returns
+        the digest. Its blobs must be there already."""
+        raise UsageError(f"{self.describe()} cannot keep a manifest without a tag")
+
+    def referrers(self, subject: str, artifact_type: str | None = None) -> list[dict]:
+        """Descriptors of the manifests whose `subject` is `subject` (OCI 1.1)."""
+        raise UsageError(f"{self.describe()} does not list referrers")
+
     def put_blob_bytes(self, digest: str, data: bytes) -> None:
         if self.has_blob(digest):
             return

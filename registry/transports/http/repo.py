@@ -47,7 +47,14 @@ from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci import reference as refmod
 from registry.oci.reference import Reference
-from registry.repo.repository import ANY, BlobWriter, RefRecord, Repository
+from registry.repo.repository import (
+    ANY,
+    MOUNT,
+    REFERRERS,
+    BlobWriter,
+    RefRecord,
+    Repository,
+)
 from registry.transports.http.upload_journal import UploadJournal, UploadRecord
 
 CHUNK = 1 << 20
@@ -575,6 +582,29 @@ class HttpRepo(Repository):
             raise Conflict(f"{remote}:{ref} changed in {self.describe()} while we pushed")
         if resp.status not in (200, 201, 202):
             self._fail(resp, body, f"PUT manifest {remote}:{ref}")
+
+    def capabilities(self) -> frozenset[str]:
+        # The registry runs its own gc. Resume is chunk-granular (what the registry
+        # acknowledged, through the store's journal), not at any byte: not claimed here.
+        return frozenset({REFERRERS, MOUNT})
+
+    def put_manifest(self, name: str, data: bytes, media_type: str | None = None) -> str:
+        digest = digestmod.of_bytes(data)
+        self._put_manifest(self._remote(name), digest, data,
+                           media_type or oci.manifest_media_type(data))
+        return digest
+
+    def referrers(self, subject: str, artifact_type: str | None = None) -> list[dict]:
+        """GET /v2/<name>/referrers/<digest> of the name this view is bound to."""
+        remote = self._bound()
+        q = f"?artifactType={urllib.parse.quote(artifact_type)}" if artifact_type else ""
+        resp, body = self._request("GET", f"/v2/{remote}/referrers/{digestmod.validate(subject)}{q}",
+                                   name=remote, headers={"Accept": oci.INDEX})
+        if resp.status != 200:
+            self._fail(resp, body, f"GET referrers of {digestmod.short(subject)}")
+        found = oci.parse_json(body, "referrers index").get("manifests") or []
+        return [d for d in found if isinstance(d, dict)
+                and (not artifact_type or d.get("artifactType") == artifact_type)]
 
     def delete_ref(self, name: str, version: str, expect: object = ANY) -> None:
         refmod.validate_version(version)

@@ -49,12 +49,14 @@ from registry.oci import manifest as oci
 from registry.oci import reference as refmod
 from registry.repo import gc as gcmod
 from registry.repo import layout_paths as lp
+from registry.repo import manifests
 from registry.repo.layout import DIR_MODE, FILE_MODE, GC_GRACE, LAYOUT_VERSION
 from registry.repo.layout_refs import VERSION_PREFIX, LayoutRefs
 from registry.repo.repository import (
     ANY,
     LEASES,
     MOUNT,
+    REFERRERS,
     RESUME,
     SERVER_GC,
     BlobWriter,
@@ -401,9 +403,18 @@ class SftpRepo(Repository):
                 out.append((d, a))
         return sorted(out, key=lambda x: x[0])
 
+    # manifests beyond refs (registry.repo.manifests) --------------------------------------
+    @_remote_errors
+    def put_manifest(self, name: str, data: bytes, media_type: str | None = None) -> str:
+        return manifests.put(self, self.fs, self.lock, name, data, media_type)
+
+    @_remote_errors
+    def referrers(self, subject: str, artifact_type: str | None = None) -> list[dict]:
+        return manifests.referrers(self, self.fs, subject, artifact_type)
+
     # maintenance ---------------------------------------------------------------------
     def capabilities(self) -> frozenset[str]:
-        return frozenset({RESUME, SERVER_GC, LEASES, MOUNT})
+        return frozenset({RESUME, SERVER_GC, LEASES, MOUNT, REFERRERS})
 
     @contextlib.contextmanager
     def lease(self, digests: Iterable[str]) -> Iterator[None]:
