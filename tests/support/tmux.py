@@ -87,8 +87,10 @@ class TmuxTerminal:
         while True:
             out = self._tmux("display-message", "-p", "#{pane_dead} #{pane_dead_status}").stdout
             dead, _, status = out.strip().partition(" ")
-            if dead == "1":
-                return int(status or 0)
+            # tmux marks the pane dead when its pty closes and learns the status only when it
+            # reaps the process: an empty status means "not yet", not 0
+            if dead == "1" and status:
+                return int(status)
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.command!r} still runs:\n{self.screen()}")
             time.sleep(0.1)
