@@ -45,7 +45,9 @@ Operations (request fields -> reply fields)
     get-ref     name, version                    -> digest | null
     resolve     ref ("name", "name:ver", "name@sha256:...")
                                                  -> name, version, digest, mtime (newest for a bare name)
-    missing     digests: [...] (batch)           -> missing: [...]  (in request order, deduplicated)
+    missing     digests: [...] (batch)           -> missing: [...]  (in request order, deduplicated;
+                                                    a writer's connection leases all of them
+                                                    until it closes, and every blob it sends)
     blob-size   digest                           -> size | null
     get-blob    digest, [offset], [length]       -> size, offset, length; then `length` raw bytes
     put-blob    digest, [size]                   -> offset (bytes the server already holds, for a
@@ -56,8 +58,9 @@ Operations (request fields -> reply fields)
                   ref must hold it now (compare-and-swap, Conflict otherwise). Refused
                   (NotFound) when the manifest or any blob it names is missing.
     delete-ref  name, version, [expect]          -> (nothing)
-    gc          [grace], [dry_run]               -> removed, freed  (the server enforces a
-                                                    minimum grace so pushes in flight survive)
+    gc          [grace], [dry_run]               -> removed, freed, grace  (the grace asked
+                                                    is honoured: pushes in flight survive by
+                                                    their leases, see below)
 
 Names in requests and replies are relative to the connection's namespace (the `/prefix` of a
 `srepo://host/prefix` URL); the server validates every name and digest before it builds a
