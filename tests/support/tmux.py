@@ -25,6 +25,7 @@ class TmuxTerminal:
         self.command, self.env, self.cwd = command, dict(env or os.environ), cwd
         self.rows, self.cols = rows, cols
         self.server_pid: int | None = None
+        self.status_file = self.socket + ".status"
 
     def _tmux(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([TMUX, "-S", self.socket, *args], capture_output=True, text=True,
@@ -35,8 +36,13 @@ class TmuxTerminal:
         conf = self.socket + ".conf"
         with open(conf, "w") as f:
             f.write("set -g remain-on-exit on\nset -g history-limit 5000\n")
+        # bash runs the command and writes its status to a file: tmux's own pane_dead_status
+        # is not reliable here (tmux 3.3a at times leaves the exited pane process a zombie it
+        # never reaps, so the status never arrives)
         self._tmux("-f", conf, "new-session", "-d", "-x", str(self.cols), "-y", str(self.rows),
-                   "-c", self.cwd or os.getcwd(), "bash", "--norc", "-c", f"exec {self.command}")
+                   "-c", self.cwd or os.getcwd(), "bash", "--norc", "-c",
+                   f"{self.command}; echo $? > {self.status_file}.tmp && "
+                   f"mv {self.status_file}.tmp {self.status_file}")
         self.server_pid = int(self._tmux("display-message", "-p", "#{pid}").stdout.strip())
         return self
 
@@ -47,7 +53,7 @@ class TmuxTerminal:
                 os.kill(self.server_pid, 9)
             except ProcessLookupError:
                 pass
-        for path in (self.socket, self.socket + ".conf"):
+        for path in (self.socket, self.socket + ".conf", self.status_file):
             if os.path.exists(path):
                 os.unlink(path)
 
@@ -85,12 +91,11 @@ class TmuxTerminal:
         """The command's exit status once it has ended."""
         deadline = time.monotonic() + timeout
         while True:
-            out = self._tmux("display-message", "-p", "#{pane_dead} #{pane_dead_status}").stdout
-            dead, _, status = out.strip().partition(" ")
-            # tmux marks the pane dead when its pty closes and learns the status only when it
-            # reaps the process: an empty status means "not yet", not 0
-            if dead == "1" and status:
-                return int(status)
+            try:
+                with open(self.status_file) as f:
+                    return int(f.read())
+            except FileNotFoundError:
+                pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.command!r} still runs:\n{self.screen()}")
             time.sleep(0.1)
