@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as root: installs what is missing first, then runs pytest.
+# The whole test suite, as root: installs what is missing first, runs ruff and mypy
+# (scripts/check.sh), then pytest.
 # Any skip is printed with its reason (-rs) and fails the run: install.sh provides every dependency.
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k layout`).
 set -uo pipefail
@@ -7,6 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh || exit 1
 venv="${COCKER_VENV:-/opt/cocker}"
 export PATH="$venv/bin:$PATH"
+# static checks first: a lint or type error fails the run before the slow part
+bash scripts/check.sh || exit 1
 "$venv/bin/python" -m pytest -p no:cacheprovider --timeout=600 -q -rs --fail-on-skip "$@" tests
 rc=$?
 if [ "$rc" -eq 5 ]; then
