@@ -22,7 +22,7 @@ from runtime import syscalls as sc
 from runtime.cgroup.join import join_cgroup, open_join_fd
 from runtime.process import confinement, rootfs, userns, users
 from runtime.process.plan import Plan
-from runtime.process.startup import FORWARDED, describe, say
+from runtime.process.startup import FORWARDED, describe, exec_or_report, say
 
 
 class ChildPipes(NamedTuple):
@@ -78,7 +78,7 @@ def start_workload(plan: Plan, pipes: ChildPipes) -> NoReturn:
             confinement.enter(plan.confinement, user.uid, user.gid, list(user.groups))
         else:
             users.switch_to(user)
-        _exec(plan.argv, env, pipes.err_w)
+        exec_or_report(plan.argv, env, pipes.err_w, "the image")
     except BaseException as e:                  # noqa: BLE001 - must never return into the caller
         say(pipes.err_w, f"cannot start the container: {describe(e)}")
         os._exit(125)
@@ -119,12 +119,3 @@ def _chdir(workdir: str) -> None:
         raise OSError(2, f"working directory {workdir} is outside the container")
 
 
-def _exec(argv: list[str], env: dict[str, str], err_w: int) -> NoReturn:
-    try:
-        os.execvpe(argv[0], argv, env)
-    except FileNotFoundError:
-        say(err_w, f"{argv[0]}: command not found in the image")
-        os._exit(127)
-    except PermissionError:
-        say(err_w, f"{argv[0]}: permission denied (not executable?)")
-        os._exit(126)

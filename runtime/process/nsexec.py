@@ -23,7 +23,7 @@ from runtime import syscalls as sc
 from runtime.cgroup.join import open_join_fd
 from runtime.process import confinement, users
 from runtime.process.confinement import Confinement
-from runtime.process.startup import FORWARDED, StartFailed, describe, say
+from runtime.process.startup import FORWARDED, StartFailed, describe, exec_or_report, say
 from runtime.tty import stdio_relay
 from runtime.tty.attach import copy_winsize, relay_pty
 
@@ -224,14 +224,7 @@ def _command(argv, env, workdir, tty, slave, stdio, user, err_w, cg_fds, cg_ns,
             confinement.enter(confine, who.uid, who.gid, list(who.groups))
         elif user or mapped:
             users.switch_to(who)
-        try:
-            os.execvpe(argv[0], argv, envd)
-        except FileNotFoundError:
-            say(err_w, f"{argv[0]}: command not found in the container")
-            os._exit(127)
-        except PermissionError:
-            say(err_w, f"{argv[0]}: permission denied")
-            os._exit(126)
+        exec_or_report(argv, envd, err_w, "the container")
     except BaseException as e:          # noqa: BLE001
         say(err_w, f"exec: {describe(e)}")
         os._exit(126)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import NoReturn
 
 from common.errors import RuntimeFailure
 
@@ -33,3 +34,16 @@ def describe(e: BaseException) -> str:
     if isinstance(e, OSError):
         return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
     return str(e) or type(e).__name__
+
+
+def exec_or_report(argv: list[str], env: dict[str, str], err_w: int, where: str) -> NoReturn:
+    """Become `argv`; if it cannot be run, say why on the error pipe and exit as docker does
+    (127 not found, 126 not executable). `where` names the place searched ("the image")."""
+    try:
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        say(err_w, f"{argv[0]}: command not found in {where}")
+        os._exit(127)
+    except PermissionError:
+        say(err_w, f"{argv[0]}: permission denied (not executable?)")
+        os._exit(126)
