@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from tests.support.tools import tool
+
 BUSYBOX = shutil.which("busybox")
 
 
@@ -38,8 +40,7 @@ def store(home):
 
 def make_busybox_rootfs(dest: str) -> str:
     """A minimal rootfs: busybox-static and its applet links, /etc basics."""
-    if not BUSYBOX:
-        pytest.skip("busybox-static is not installed")
+    tool("busybox")
     from builder.testimage import make_busybox_rootfs as make
     return make(dest)
 

@@ -20,10 +20,10 @@ import pytest
 from tests.conftest import run_cocker
 from tests.support.net import free_port, unique_subnet
 from tests.support.services import force_cleanup, get, leftovers, make_home, unique_name, wait_for
+from tests.support.tools import tool
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
-                                 reason="nginx is not installed")]
+NGINX = tool("nginx", "/usr/sbin/nginx")
+pytestmark = [pytest.mark.root]
 
 
 class Daemon:

@@ -17,8 +17,9 @@ from registry.oci import manifest as oci
 from registry.repo import image as imagemod
 from registry.repo.store import Store
 from tests.support.http_servers import tar_gz
+from tests.support.tools import tool
 
-SKOPEO = shutil.which("skopeo")
+SKOPEO = tool("skopeo")
 
 
 def _run(*cmd: str) -> str:

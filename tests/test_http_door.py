@@ -30,8 +30,9 @@ from tests.support.http_servers import (
     make_image,
     request,
 )
+from tests.support.tools import tool
 
-SKOPEO = shutil.which("skopeo")
+SKOPEO = tool("skopeo")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -75,7 +76,6 @@ def push_blob(c, name: str, data: bytes) -> str:
 
 
 # interop --------------------------------------------------------------------------------------
-@pytest.mark.skipif(not SKOPEO, reason="skopeo not installed")
 def test_skopeo_copies_to_and_from_the_door(door, src, tmp_path):
     d = make_image(src, "app", "1", extra_layers=[os.urandom(2 << 20)])
     dest = f"docker://{door.hostport}/team/skopeo:1"
@@ -102,8 +102,6 @@ def test_skopeo_copies_to_and_from_the_door(door, src, tmp_path):
 @pytest.mark.parametrize("kind", ["door", "docker-registry"])
 def test_httprepo_push_pull_list_delete(kind, door, src, tmp_path):
     if kind == "docker-registry":
-        if not DOCKER_REGISTRY:
-            pytest.skip("docker-registry not installed")
         server = DockerRegistry(str(tmp_path))
         remote = HttpRepo(server.url + "/mirror")
     else:
@@ -687,7 +685,6 @@ def test_cocker_cli_push_and_pull_over_http(door, store, cocker, tmp_path):
     assert p.returncode != 0 and "Traceback" not in p.stderr
 
 
-@pytest.mark.skipif(not DOCKER_REGISTRY, reason="docker-registry not installed")
 def test_httprepo_bearer_token_flow_against_docker_registry(src, tmp_path):
     from tests.support.http_servers import TokenRegistry
     reg = TokenRegistry(str(tmp_path))

@@ -20,10 +20,11 @@ from registry.repo import image as imagemod
 from registry.repo.store import Store
 from tests.conftest import make_busybox_rootfs, run_cocker
 from tests.support.codec import snapshot
+from tests.support.tools import tool
 
-SKOPEO = shutil.which("skopeo")
-UMOCI = shutil.which("umoci")
-PODMAN = shutil.which("podman")
+SKOPEO = tool("skopeo")
+UMOCI = tool("umoci")
+PODMAN = tool("podman")
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +245,6 @@ def _run(*cmd: str) -> str:
     return p.stdout
 
 
-@pytest.mark.skipif(not SKOPEO, reason="skopeo not installed")
 def test_skopeo_reads_cocker_exports(world, tmp_path):
     layout = exporters.export_image(world.store, "bb:1.0", str(tmp_path / "l"), "oci")
     info = json.loads(_run("skopeo", "inspect", f"oci:{layout}:1.0"))
@@ -263,7 +263,6 @@ def test_skopeo_reads_cocker_exports(world, tmp_path):
     assert info["Layers"] == imagemod.load(world.store, "bb:1.0").diff_ids  # uncompressed
 
 
-@pytest.mark.skipif(not SKOPEO, reason="skopeo not installed")
 def test_cocker_imports_what_skopeo_writes(world, tmp_path):
     layout = exporters.export_image(world.store, "bb:1.0", str(tmp_path / "l"), "oci",
                                     compression="gzip")
@@ -279,7 +278,6 @@ def test_cocker_imports_what_skopeo_writes(world, tmp_path):
 
 
 @pytest.mark.root
-@pytest.mark.skipif(not UMOCI, reason="umoci not installed")
 def test_umoci_round_trip(world, tmp_path):
     # umoci 0.4 cannot read zstd layers: export them as gzip for it.
     layout = exporters.export_image(world.store, "bb:1.0", str(tmp_path / "l"), "oci",
@@ -303,7 +301,6 @@ def test_umoci_round_trip(world, tmp_path):
 
 
 @pytest.mark.root
-@pytest.mark.skipif(not PODMAN, reason="podman not installed")
 def test_podman_load_and_save(world, tmp_path):
     dock = exporters.export_image(world.store, "bb:1.0", str(tmp_path / "d.tar"),
                                   "docker-archive")

@@ -12,9 +12,10 @@ from builder import archive_formats as af
 from builder import exporters, importers
 from common.errors import UsageError
 from registry.repo.store import Store
+from tests.support.tools import tool
 from tests.test_import_export import _flat, world
 
-SKOPEO = shutil.which("skopeo")
+SKOPEO = tool("skopeo")
 
 
 @pytest.fixture
@@ -26,7 +27,6 @@ def skopeo_dir(world, tmp_path):
     return str(out)
 
 
-@pytest.mark.skipif(not SKOPEO, reason="skopeo not installed")
 def test_import_a_skopeo_dir(world, skopeo_dir, tmp_path):
     assert af.detect(skopeo_dir) == af.SKOPEO_DIR
     store = Store(str(tmp_path / "home"))
@@ -35,7 +35,6 @@ def test_import_a_skopeo_dir(world, skopeo_dir, tmp_path):
     assert _flat(store, "from-dir:1", str(tmp_path / "flat")) == world.expected
 
 
-@pytest.mark.skipif(not SKOPEO, reason="skopeo not installed")
 def test_skopeo_dir_with_a_tampered_layer_is_refused(world, skopeo_dir, tmp_path):
     store = Store(str(tmp_path / "home"))
     biggest = max((os.path.join(skopeo_dir, n) for n in os.listdir(skopeo_dir)),

@@ -21,6 +21,7 @@ from common.errors import AlreadyExists, Conflict, NotFound, UsageError
 from runtime.net import ipam
 from runtime.net import network as net
 from tests.support.net import free_port, iptables_dump, links, netenv, netns_list, unique
+from tests.support.runtime import build_busybox
 
 pytestmark = pytest.mark.root
 
@@ -360,8 +361,7 @@ def test_reconnect_after_the_namespace_died(netenv):
 @pytest.fixture
 def ctr_env(netenv, cocker):
     """netenv plus a busybox image in its store; every container is removed afterwards."""
-    rt = pytest.importorskip("tests.support.runtime")
-    rt.build_busybox(netenv.store, "nbox", "1.0")
+    build_busybox(netenv.store, "nbox", "1.0")
     names: list[str] = []
 
     def run(*args: str, name: str | None = None) -> str:

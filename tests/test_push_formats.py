@@ -17,8 +17,9 @@ from registry.repo.layout import LayoutRepo
 from registry.repo.store import Store
 from tests.support.codec import snapshot
 from tests.support.http_servers import DockerRegistry
+from tests.support.tools import tool
 
-SKOPEO = shutil.which("skopeo")
+SKOPEO = tool("skopeo")
 
 
 @pytest.fixture
@@ -89,8 +90,6 @@ def test_push_docker_schema2_and_back(local, cocker, tmp_path):
     assert [d["mediaType"] for d in back["layers"]] == [oci.LAYER_GZIP]
 
 
-@pytest.mark.skipif(not SKOPEO or not shutil.which("docker-registry"),
-                    reason="skopeo or docker-registry not installed")
 def test_schema2_push_to_a_distribution_registry(local, cocker, tmp_path):
     reg = DockerRegistry(str(tmp_path))
     try:

@@ -29,10 +29,10 @@ from tests.support.services import (
     unique_name,
     wait_for,
 )
+from tests.support.tools import tool
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
-                                 reason="nginx is not installed")]
+NGINX = tool("nginx", "/usr/sbin/nginx")
+pytestmark = [pytest.mark.root]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import urllib.request
 
 from registry.oci import manifest as oci
 from registry.repo.layout import LayoutRepo
+from tests.support.tools import tool
 
 TOKEN = "test-token-rw-0123456789"
 RO_TOKEN = "test-token-ro-0123456789"
@@ -121,7 +122,7 @@ class SrepoHttp:
         return self.proc.returncode if self.proc else None
 
 
-DOCKER_REGISTRY = shutil.which("docker-registry")
+DOCKER_REGISTRY = tool("docker-registry")
 
 
 class DockerRegistry:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.support.tools import tool
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 # internal-sftp: no login shell per session (root's ~/.bashrc may be slow to source).
 SFTP_SERVER = "internal-sftp"
@@ -110,8 +112,7 @@ def start_sshd(base: str, *, path_env: str | None = None, extra_config: str = ""
     """Start sshd in `base` (created); the caller must call .stop()."""
     if os.geteuid() != 0:
         pytest.skip("the test sshd needs root")
-    if not os.path.exists(SSHD):
-        pytest.skip("openssh-server is not installed")
+    tool("sshd", SSHD)
     os.makedirs(base, exist_ok=True)
     os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
     s = Sshd(dir=base, port=free_port())
