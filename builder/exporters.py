@@ -21,6 +21,7 @@ from common.fsutil import atomic_write
 from registry.layer import tar_codec as layer_tar
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
+from registry.repo import convert
 from registry.repo import copy as copymod
 from registry.repo import image as imagemod
 from registry.repo.image import Image
@@ -157,19 +158,7 @@ def _recompressed(store: Store, img: Image, repo: LayoutRepo, compression: str) 
             descs.append({**desc, "mediaType": oci.OCI_LAYER_FOR_DOCKER.get(
                 desc["mediaType"], desc["mediaType"])})
             continue
-        tmp = repo.new_tmp_path("recompress")
-        try:
-            with store.open_blob(desc["digest"]) as src, open(tmp, "wb") as out:
-                packed = layer_tar.pack_tar_stream(src, out, compression=compression)
-            if packed.diff_id != diff:
-                raise CorruptImage(f"{img.ref}: layer {digestmod.short(desc['digest'])} "
-                                   f"decompresses to {digestmod.short(packed.diff_id)}, "
-                                   f"not {digestmod.short(diff)}")
-            repo.ingest(tmp, packed.digest)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        descs.append(packed.descriptor())
+        descs.append(convert.recompress(store, repo, desc, diff, compression).descriptor())
     published = imagemod.publish(repo, img.name, img.version,
                                  store.read_blob(img.config_digest), descs, force=True,
                                  annotations=img.manifest.get("annotations") or None)

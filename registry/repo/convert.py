@@ -18,7 +18,7 @@ from registry.layer import tar_codec
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.repo.layout import LayoutRepo
-from registry.repo.repository import RefRecord
+from registry.repo.repository import RefRecord, Repository
 
 COMPRESSIONS = ("gzip", "zstd")
 OCI = "oci"
@@ -51,20 +51,23 @@ def _layer_type(desc: dict, fmt: str, compression: str, recompressed: bool) -> s
     return _LAYER_TYPE[(fmt, compression)]
 
 
-def _recompress(repo: LayoutRepo, desc: dict, diff_id: str, compression: str) -> dict:
-    tmp = repo.new_tmp_path("recompress")
+def recompress(src: Repository, dest: LayoutRepo, desc: dict, diff_id: str,
+               compression: str) -> tar_codec.PackedLayer:
+    """Layer `desc` of `src` recompressed into `dest` (the same tar bytes, so the same
+    diff_id, which is checked against the config's)."""
+    tmp = dest.new_tmp_path("recompress")
     try:
-        with repo.open_blob(desc["digest"]) as src, open(tmp, "wb") as out:
-            packed = tar_codec.pack_tar_stream(src, out, compression=compression)
+        with src.open_blob(desc["digest"]) as f, open(tmp, "wb") as out:
+            packed = tar_codec.pack_tar_stream(f, out, compression=compression)
         if packed.diff_id != diff_id:
             raise CorruptImage(f"layer {digestmod.short(desc['digest'])} decompresses to "
                                f"{digestmod.short(packed.diff_id)}, not "
                                f"{digestmod.short(diff_id)} as its config says")
-        repo.ingest(tmp, packed.digest)
+        dest.ingest(tmp, packed.digest)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    return {"mediaType": desc["mediaType"], "digest": packed.digest, "size": packed.size}
+    return packed
 
 
 def convert(repo: LayoutRepo, rec: RefRecord, *, compression: str | None = None,
@@ -98,7 +101,11 @@ def convert(repo: LayoutRepo, rec: RefRecord, *, compression: str | None = None,
         want = compression or have
         if want_fmt == V2S2 and want == "zstd":
             want = "gzip"  # the format has no zstd type: gzip is what its readers take
-        new = desc if want == have else _recompress(repo, desc, diff_id, want)
+        if want == have:
+            new = desc
+        else:
+            packed = recompress(repo, repo, desc, diff_id, want)
+            new = {"mediaType": desc["mediaType"], "digest": packed.digest, "size": packed.size}
         changed = changed or new is not desc
         out = {**new, "mediaType": _layer_type(desc, want_fmt, want, new is not desc)}
         if want_fmt == V2S2:
