@@ -1,6 +1,6 @@
 """scripts/install.sh installs every system package whose programs the code, the tests and the
 benches run, so `bash scripts/test.sh` on a fresh Debian machine skips nothing. Programs are
-found in the sources (shutil.which("x"), subprocess argv[0], /usr/bin/x literals), mapped to
+found in the sources (shutil.which("x"), tool("x"), subprocess argv[0], /usr/bin/x literals), mapped to
 their Debian package with dpkg, and each package must be in install.sh's list unless Debian
 always has it (Essential or priority required/important)."""
 
@@ -18,6 +18,7 @@ SOURCES = ("cocker", "builder", "runtime", "registry", "srepo_server", "common",
 OWN_PROGRAMS = {"cocker", "srepo-server"}
 PROGRAM_PATTERNS = [
     re.compile(r"""shutil\.which\(\s*["']([\w.+-]+)["']"""),
+    re.compile(r"""\btool\(\s*["']([\w.+-]+)["']"""),   # tests/support/tools.py
     re.compile(r"""subprocess\.(?:run|Popen|check_output|check_call|call)\(\s*\[\s*["']([\w./+-]+)["']"""),
     re.compile(r"""["'](/usr/s?bin/[\w.+-]+)["']"""),
 ]
