@@ -65,9 +65,11 @@ def run(relay: StdioRelay, pid: int) -> int:
     left = len(relay.outputs)
     status: int | None = None
     try:
-        while left or status is None:
+        while True:
             if status is None:
                 status = _reaped(pid)
+            if status is not None and not left:
+                break
             events = sel.select(timeout=poll if status is None else LINGER)
             if status is not None and not events:
                 break
