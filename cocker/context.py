@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from registry.repo.progress import Progress
+if TYPE_CHECKING:
+    from registry.repo.progress import Progress
 
 
-@dataclass
 class Context:
-    home: str | None = None
-    daemon_url: str | None = None
-    quiet: bool = False
-    _store: Any = field(default=None, repr=False)
+    # a plain class and lazy imports: every command, `container run` included, builds one
+    def __init__(self, home: str | None = None, daemon_url: str | None = None,
+                 quiet: bool = False) -> None:
+        self.home = home
+        self.daemon_url = daemon_url
+        self.quiet = quiet
+        self._store: Any = None
 
     @property
     def store(self):
@@ -23,4 +25,5 @@ class Context:
         return self._store
 
     def progress(self) -> Progress:
+        from registry.repo.progress import Progress
         return Progress(enabled=False if self.quiet else None)

@@ -132,13 +132,13 @@ def run_cmd(ctx, image: str | None, command: tuple[str, ...], rm: bool, interact
         from runtime.brocker import files as brocker_json
         spec, _service = brocker_json.container_spec_from_file(spec_file, ctx.store)
         if tty:
-            spec.tty = True
+            spec = spec._replace(tty=True)
     else:
         if not image:
             raise UsageError("run needs an IMAGE (or -f FILE)")
         spec = _make_spec(image, command, tty, kw)
     if detach and not spec.name:
-        spec.name = record.new_name(ctx.store)
+        spec = spec._replace(name=record.new_name(ctx.store))
     code = lifecycle.run(ctx.store, spec, rm=rm, detach=detach, interactive=interactive or tty,
                          detach_keys=keys)
     if detach:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from common.errors import CockerError, UnsafeArchive, UsageError
 
@@ -59,8 +59,7 @@ def free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-@dataclass(frozen=True)
-class LayerLimits:
+class LayerLimits(NamedTuple):
     """The bounds one unpack (or import check) works within."""
 
     max_bytes: int | None = None  # explicit cap on decompressed bytes; None: free space only

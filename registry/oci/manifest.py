@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import platform
+import os
 import re
 from typing import Any
 
@@ -68,7 +68,7 @@ def descriptor(media_type: str, data_or_digest: bytes | str, size: int | None = 
 
 
 def go_arch() -> str:
-    m = platform.machine().lower()
+    m = os.uname().machine.lower()
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
             "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(m, m)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from common.errors import InvalidReference
 from registry.oci import digest as digestmod
@@ -37,8 +37,7 @@ def validate_version(version: str) -> str:
     return version
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(NamedTuple):
     """`name` plus an exact `version`, an exact manifest `digest`, or neither (the newest)."""
 
     name: str

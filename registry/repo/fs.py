@@ -13,14 +13,13 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from common.fsutil import atomic_write
 from registry.repo import layout_paths as lp
 
 
-@dataclass(frozen=True)
-class FileStat:
+class FileStat(NamedTuple):
     size: int
     mtime: float
     is_dir: bool

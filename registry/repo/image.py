@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from common.errors import CorruptImage, NotFound
 from registry.oci import digest as digestmod
@@ -13,8 +12,7 @@ from registry.oci.reference import Reference
 from registry.repo.repository import ANY, RefRecord, Repository
 
 
-@dataclass
-class Image:
+class Image(NamedTuple):
     name: str
     version: str
     digest: str
@@ -22,7 +20,6 @@ class Image:
     config: dict
     manifest_size: int = 0
     config_digest: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def ref(self) -> Reference:

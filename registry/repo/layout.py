@@ -7,7 +7,9 @@
     tmp/                       uploads in progress (resumable) and packer output
     .lock                      flock taken for ref changes and gc
 
-The same code serves the local store, `file://` repos and the server's storage.
+The same code serves the local store, `file://` repos and the server's storage. The gc
+module is imported by the two methods that use it: every `cocker` start (a container's
+boot, timed against runc) opens the store, few collect garbage or lease blobs.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from common.fsutil import EarlyWriteback, atomic_write, disk_error, flock, fsync
 from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
 from registry.oci import reference as refmod
-from registry.repo import gc as gcmod
 from registry.repo import layout_paths as lp
 from registry.repo import manifests
 from registry.repo.fs import LocalFs
@@ -224,6 +225,7 @@ class LayoutRepo(Repository):
            extra_roots: list[str] | None = None) -> tuple[int, int]:
         """The one gc (registry.repo.gc) plus stale partial uploads; blobs younger than
         `grace` seconds are spared, as are those a live push leases."""
+        from registry.repo import gc as gcmod  # start-up time: see the module's docstring
         now = time.time()
         with self.lock():
             r = gcmod.collect(self, self.fs, grace=grace, dry_run=dry_run,
@@ -365,6 +367,7 @@ class BlobLease:
         new = [d for d in dict.fromkeys(digests) if d not in self.digests]
         if not new:
             return
+        from registry.repo import gc as gcmod  # start-up time: see the module's docstring
         self.digests += new
         with self.repo.lock():
             os.ftruncate(self.fd, 0)

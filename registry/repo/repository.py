@@ -9,8 +9,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from common.errors import CockerError, Conflict, NotFound, UsageError
 from registry.oci import digest as digestmod
@@ -28,8 +27,7 @@ REFERRERS = "referrers"    # OCI 1.1 subject/referrers are kept and listed
 MOUNT = "mount"            # a blob known under one name is usable under any other
 
 
-@dataclass(frozen=True)
-class RefRecord:
+class RefRecord(NamedTuple):
     name: str
     version: str
     digest: str

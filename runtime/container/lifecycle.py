@@ -1,6 +1,11 @@
 """A container's life: create (the record pinned to an image digest), start (the monitor and
 the container's processes), run, wait, stop, kill, pause and remove, and the clean-up of what a
-crash leaves behind."""
+crash leaves behind.
+
+Bridge networking (runtime.net.network and its iptables/socket/ipaddress dependencies) and the
+terminal side of attach are imported only by the paths that use them: `run --net none` without
+a tty is timed against runc.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, replace
 from typing import Any
 
 from common.errors import AlreadyExists, CockerError, Conflict, RuntimeFailure, UsageError
@@ -37,12 +41,11 @@ from runtime.container.spec import ContainerSpec, check_net, merge_env
 from runtime.fs import layers, mounts
 from runtime.fs.rmtree import rmtree, rmtree_detached
 from runtime.fs.state_file import write_json
-from runtime.net import names, network
 from runtime.process import kernel_views, monitor, userns
 from runtime.process.plan import INIT_PATH, Plan
 from runtime.process.startup import StartFailed
 from runtime.syscalls import process_start_time
-from runtime.tty import attach as attachmod
+from runtime.tty.detach_keys import DETACH_KEYS
 
 
 def create(store: Store, spec: ContainerSpec, *, durable: bool = True) -> Container:
@@ -79,7 +82,7 @@ def create(store: Store, spec: ContainerSpec, *, durable: bool = True) -> Contai
         raise UsageError(f"--network-alias needs a bridge network, not --net {net}")
     restart_policy.parse(spec.restart)
     if spec.userns == "host":
-        spec = replace(spec, userns="")
+        spec = spec._replace(userns="")
     if spec.userns not in ("", "auto"):
         raise UsageError(f"--userns {spec.userns!r}: host or auto")
     if spec.userns == "auto":
@@ -108,7 +111,7 @@ def create(store: Store, spec: ContainerSpec, *, durable: bool = True) -> Contai
         "cpus": spec.cpus, "cpu_quota": spec.cpu_quota, "memory": spec.memory,
         "pids_limit": spec.pids_limit,
         "tty": bool(spec.tty), "labels": labels, "restart": spec.restart,
-        "spec": asdict(spec),
+        "spec": spec._asdict(),
         **opt_ins,
     }
     try:
@@ -150,6 +153,7 @@ def plan_for(c: Container, detached: bool) -> tuple[Plan, Cgroup]:
     hostname = r.get("hostname") or c.name[:63]
     if net not in HOST_NETS:
         # its /etc/hosts: the others on its network by name, kept in step (net/names.py)
+        from runtime.net import names  # bridge networks only (start-up time)
         hosts = c.store.paths.container_hosts(c.name)
         names.prepare(hosts, hostname)
         volumes.append((hosts, "/etc/hosts", False))
@@ -167,7 +171,7 @@ def plan_for(c: Container, detached: bool) -> tuple[Plan, Cgroup]:
         network=None if net in HOST_NETS else net, published=bool(r.get("ports")),
         confinement=security.confinement_for(c.store.paths, r),
         privileged=bool(r.get("privileged")), read_only=bool(r.get("read_only")),
-        init_binary=init, devices=security.devices_for(r), idmap=userns.from_record(r)), cg
+        init_binary=init, devices=tuple(security.devices_for(r)), idmap=userns.from_record(r)), cg
 
 
 def _start(store, name: str, *, detached: bool, stdio=None, before_go=None,
@@ -183,8 +187,7 @@ def _start(store, name: str, *, detached: bool, stdio=None, before_go=None,
         if current == "dead":
             _cleanup_leftovers(c)
         plan, cg = plan_for(c, detached)
-        plan.volatile = volatile or autoremove
-        plan.autoremove = autoremove
+        plan = plan._replace(volatile=volatile or autoremove, autoremove=autoremove)
         r = c.record
         cg.create(cpus=r.get("cpus"), cpu_quota=r.get("cpu_quota"), memory=r.get("memory"),
                   pids_limit=r.get("pids_limit"))
@@ -207,6 +210,7 @@ def _start(store, name: str, *, detached: bool, stdio=None, before_go=None,
             "network": plan.network}
         try:
             if plan.network:
+                from runtime.net import network  # start-up time
                 ep = network.connect(store, plan.network, c.name,
                                      f"/proc/{launched.init_pid}/ns/net",
                                      ip=r.get("ip"), aliases=[plan.hostname,
@@ -264,9 +268,10 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def start(store, name: str, *, attach: bool = False,
-          detach_keys: bytes = attachmod.DETACH_KEYS) -> int | None:
+          detach_keys: bytes = DETACH_KEYS) -> int | None:
     """Start a created or stopped container in the background. With `attach`, stay connected
     (pty when it has one, else its log) and return its exit code (0 when detached)."""
+    from runtime.tty import attach as attachmod  # attached starts only (start-up time)
     c = load(store, name)
     restart_policy.started_by_hand(store.paths.container_restarts(name))
     if attach and c.record.get("tty"):
@@ -282,9 +287,10 @@ def start(store, name: str, *, attach: bool = False,
 
 
 def _run_tty(store, name: str, autoremove: bool = False,
-             keys: bytes = attachmod.DETACH_KEYS) -> int | None:
+             keys: bytes = DETACH_KEYS) -> int | None:
     """Start it on this terminal; its exit code, or None when the user detached (it keeps
     running, and with `autoremove` its monitor removes it when it ends)."""
+    from runtime.tty import attach as attachmod  # tty runs only (start-up time)
     holder: dict = {}
 
     def connect_first(c: Container) -> None:
@@ -302,7 +308,7 @@ def _run_tty(store, name: str, autoremove: bool = False,
 
 
 def run(store, spec: ContainerSpec, *, rm: bool = False, detach: bool = False,
-        interactive: bool = False, detach_keys: bytes = attachmod.DETACH_KEYS) -> int:
+        interactive: bool = False, detach_keys: bytes = DETACH_KEYS) -> int:
     """create + start; in the foreground, return the command's exit code."""
     c = create(store, spec, durable=not rm)
     name = c.name
@@ -359,7 +365,7 @@ def _foreground(store, name: str, stdio: tuple[int, int, int], volatile: bool = 
 
 def run_captured(store, spec: ContainerSpec, *, rm: bool = True) -> tuple[int, bytes]:
     """Run non-interactively with stdout and stderr captured together (build steps)."""
-    spec = ContainerSpec(**{**asdict(spec), "tty": False})
+    spec = spec._replace(tty=False)
     c = create(store, spec)
     r, w = os.pipe()
     chunks: list[bytes] = []
@@ -529,6 +535,7 @@ def _cleanup_leftovers(c: Container) -> None:
             cg.kill_all(signal.SIGKILL)
             cg.remove()
     if c.net not in HOST_NETS:
+        from runtime.net import network  # start-up time
         network.cleanup_owner(c.store, c.name)
     mounts.unmount_all(c.rootfs)
     st = c.runtime_state()

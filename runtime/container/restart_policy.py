@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from common.errors import UsageError
 from common.fsutil import atomic_write
@@ -28,8 +28,7 @@ KINDS = ("no", "always", "on-failure", "unless-stopped")
 MAX_BACKOFF = 30.0
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
     kind: str
     max_retries: int | None = None      # on-failure:N
 
@@ -41,11 +40,14 @@ def parse(text: str) -> Policy:
     return Policy(m.group(1), int(m.group(2)) if m.group(2) is not None else None)
 
 
-@dataclass
 class RestartState:
-    stopped_by_hand: bool = False
-    count: int = 0                       # restarts since the last start by hand
-    last: float = 0.0                    # when the daemon last restarted it
+    # a plain class, not a dataclass: this module is imported on every container start
+    __slots__ = ("stopped_by_hand", "count", "last")
+
+    def __init__(self, stopped_by_hand: bool = False, count: int = 0, last: float = 0.0) -> None:
+        self.stopped_by_hand = stopped_by_hand
+        self.count = count                  # restarts since the last start by hand
+        self.last = last                    # when the daemon last restarted it
 
 
 def load(path: str) -> RestartState:

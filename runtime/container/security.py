@@ -5,7 +5,6 @@ and devices at each start (and each exec)."""
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from typing import Any
 
@@ -112,6 +111,7 @@ def devices_for(record: dict[str, Any]) -> list[Device]:
 
 def init_binary() -> str:
     """The host's tini or catatonit (scripts/install.sh installs both)."""
+    import shutil  # --init only: shutil pulls in bz2/lzma, a cost on every start
     for name in INIT_BINARIES:
         path = shutil.which(name)
         if path:

@@ -9,6 +9,7 @@ from runtime.container.record import load, require_root
 from runtime.container.spec import merge_env
 from runtime.process import nsexec
 from runtime.tty import attach as attachmod
+from runtime.tty.detach_keys import DETACH_KEYS
 
 
 def exec_(store: Store, name: str, argv: list[str], *, tty: bool = False,
@@ -31,7 +32,7 @@ def exec_(store: Store, name: str, argv: list[str], *, tty: bool = False,
                          confine=security.confinement_for(store.paths, c.record))
 
 
-def attach(store: Store, name: str, keys: bytes = attachmod.DETACH_KEYS) -> int | None:
+def attach(store: Store, name: str, keys: bytes = DETACH_KEYS) -> int | None:
     """Its terminal, or without one its output, until it exits (its code) or the user
     detaches (None)."""
     c = load(store, name)

@@ -1,21 +1,23 @@
 """What a container is made from: the options given at create, checked, and the environment the
-container's processes get."""
+container's processes get.
+
+The bridge-network checks import runtime.net only for a bridge network: `run --net none`
+is timed against runc.
+"""
 
 from __future__ import annotations
 
-import ipaddress
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from common.errors import UsageError
 from registry.repo.store import Store
 from runtime.container.record import DEFAULT_PATH, HOST_NETS
-from runtime.net import ipam, portmap
-from runtime.net.network import DEFAULT_NETWORK, get_network
 
 
-@dataclass
-class ContainerSpec:
+class ContainerSpec(NamedTuple):
+    # a NamedTuple (changed with _replace): cheaper to define than a dataclass on every start
     image: str
     name: str | None = None
     command: list[str] | None = None
@@ -23,31 +25,31 @@ class ContainerSpec:
     hostname: str | None = None
     net: str = "bridge"
     ip: str | None = None
-    ports: list[str] = field(default_factory=list)
-    volumes: list[str] = field(default_factory=list)
-    env: list[str] = field(default_factory=list)
+    ports: Sequence[str] = ()
+    volumes: Sequence[str] = ()
+    env: Sequence[str] = ()
     workdir: str | None = None
     cpus: str | None = None
     cpu_quota: int | None = None
     memory: str | None = None
     pids_limit: int | None = None
     tty: bool = False
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = {}
     restart: str = "no"
     user: str | None = None
     userns: str = ""            # "auto": container root maps to a slice of cocker's subuids
-    aliases: list[str] = field(default_factory=list)   # more names on its network (names.py)
+    aliases: Sequence[str] = ()   # more names on its network (names.py)
     # opt-ins out of the default confinement (runtime.container.security)
     privileged: bool = False
-    cap_add: list[str] = field(default_factory=list)
-    cap_drop: list[str] = field(default_factory=list)
-    security_opt: list[str] = field(default_factory=list)
+    cap_add: Sequence[str] = ()
+    cap_drop: Sequence[str] = ()
+    security_opt: Sequence[str] = ()
     read_only: bool = False
-    devices: list[str] = field(default_factory=list)
+    devices: Sequence[str] = ()
     init: bool = False
 
 
-def merge_env(image_env: list[str], extra: list[str], tty: bool,
+def merge_env(image_env: list[str], extra: Sequence[str], tty: bool,
               hostname: str | None = None) -> list[str]:
     """The environment of the container's processes: the image's Env, then -e values, then
     what the runtime adds when they lack it: PATH, HOSTNAME, TERM (with a tty) and
@@ -74,13 +76,17 @@ def merge_env(image_env: list[str], extra: list[str], tty: bool,
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def check_net(store: Store, net: str, ip: str | None, ports: list[str]) -> None:
+def check_net(store: Store, net: str, ip: str | None, ports: Sequence[str]) -> None:
     if net in HOST_NETS:
         if ip:
             raise UsageError(f"--ip needs a bridge network, not --net {net}")
         if ports:
             raise UsageError(f"-p needs a bridge network, not --net {net}")
         return
+    import ipaddress
+
+    from runtime.net import ipam, portmap
+    from runtime.net.network import DEFAULT_NETWORK, get_network
     ipam.validate_network_name(net)
     if net != DEFAULT_NETWORK:
         get_network(store, net)          # NotFound for an unknown network

@@ -14,7 +14,6 @@ import json
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 from common.errors import CockerError, UsageError
@@ -27,7 +26,7 @@ from runtime.services.state import ServiceSpec
 
 
 def _container_spec(args: dict):
-    allowed = set(ContainerSpec.__dataclass_fields__)
+    allowed = set(ContainerSpec._fields)
     unknown = set(args) - allowed
     if unknown:
         raise UsageError(f"unknown container field(s): {', '.join(sorted(unknown))}")
@@ -99,7 +98,7 @@ def brocker_container_run(store: Store, a: dict) -> dict:
 
 
 def _spec_dict(spec) -> dict:
-    return asdict(spec)
+    return spec._asdict()
 
 
 def service_create(store: Store, a: dict) -> dict:

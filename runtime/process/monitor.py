@@ -35,7 +35,6 @@ from runtime import syscalls as sc
 from runtime.cgroup.group import Cgroup
 from runtime.fs.rmtree import rmtree
 from runtime.fs.state_file import read_json, write_json
-from runtime.net import network
 from runtime.process import userns
 from runtime.process.child import ChildPipes, start_workload
 from runtime.process.plan import Launched, Plan
@@ -51,7 +50,7 @@ def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
     if plan.idmap is not None and plan.userns_fd < 0:
         # made here, by host root in the host's namespaces: PID 1 idmaps the layers with it and
         # joins it once its root is in place
-        plan.userns_fd = userns.make_userns(plan.idmap)
+        plan = plan._replace(userns_fd=userns.make_userns(plan.idmap))
     info_r, info_w = os.pipe()
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -63,7 +62,6 @@ def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
             _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w)
         if plan.userns_fd >= 0:
             os.close(plan.userns_fd)
-            plan.userns_fd = -1
         os.close(info_w)
         os.close(go_r)
         os.close(err_w)
@@ -464,6 +462,7 @@ def _finish(S: _Sup, code: int) -> None:
         except Exception as e:  # noqa: BLE001 - record it, keep tearing down
             errors.append(str(e))
     if plan.network:
+        from runtime.net import network  # bridge networks only (start-up time)
         try:
             store = Store(plan.home)
             if plan.published:

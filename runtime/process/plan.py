@@ -4,7 +4,6 @@ files or compile anything of their own once inside the container)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from runtime.process.confinement import Confinement
@@ -24,8 +23,7 @@ class Device(NamedTuple):
         return f"{self.kind} {self.major}:{self.minor} rwm"
 
 
-@dataclass
-class Plan:
+class Plan(NamedTuple):
     name: str
     cdir: str
     argv: list[str]
@@ -48,7 +46,7 @@ class Plan:
     privileged: bool = False    # no masked or read-only kernel paths, /sys writable
     read_only: bool = False     # the rootfs mounted read-only
     init_binary: str | None = None   # host path of tini/catatonit, bound at INIT_PATH
-    devices: list[Device] = field(default_factory=list)
+    devices: tuple[Device, ...] = ()
     idmap: IdMap | None = None  # --userns auto: container ids 0.. are these host ids
     userns_fd: int = -1         # the user namespace with that map, made before fork
 
@@ -58,8 +56,7 @@ class Plan:
 INIT_PATH = "/dev/init"
 
 
-@dataclass
-class Launched:
+class Launched(NamedTuple):
     pid: int          # the monitor's pid on the host
     init_pid: int     # the container's PID 1, as the host sees it
     go_w: int         # write b"g" to let the workload start

@@ -492,11 +492,8 @@ def join(store, name: str, spec, port: int | None = None) -> dict:
     a member of the service (on its network, in nginx's rotation, watched by its monitor)."""
     with st.service_lock(store, name):
         rec = _loaded_running(store, name)
-        spec.net = rec["network"]
-        spec.labels = {**(spec.labels or {}), "service": name}
-        spec.restart = "no"
-        if not spec.hostname:
-            spec.hostname = spec.name
+        spec = spec._replace(net=rec["network"], labels={**(spec.labels or {}), "service": name},
+                             restart="no", hostname=spec.hostname or spec.name)
         c = lifecycle.create(store, spec)
         cname = c.name
         port = port or rec["spec"]["port"]

@@ -21,9 +21,8 @@ from collections.abc import Iterator
 from common.errors import Conflict
 from common.fsutil import write_all
 from runtime.tty import detach_keys
+from runtime.tty.detach_keys import DETACH_KEYS
 from runtime.tty.frames import T_DATA, T_EXIT, T_WINSIZE, FrameReader, connect_unix, frame
-
-DETACH_KEYS = detach_keys.parse(detach_keys.DEFAULT)    # ctrl-p ctrl-q, as docker
 
 
 def connect(c) -> socket.socket:

@@ -64,3 +64,6 @@ class DetachMatcher:
             else:
                 out.append(b)
         return bytes(out), False
+
+
+DETACH_KEYS = parse(DEFAULT)      # ctrl-p ctrl-q, as docker
