@@ -37,7 +37,6 @@ UMOUNT_NOFOLLOW = 8
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
-PR_SET_CHILD_SUBREAPER = 36
 
 NS_FLAGS = {"mnt": CLONE_NEWNS, "pid": CLONE_NEWPID, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC,
             "net": CLONE_NEWNET, "cgroup": CLONE_NEWCGROUP}
@@ -132,10 +131,6 @@ def cloexec_from(first: int) -> None:
 
 def set_pdeathsig(sig: int) -> None:
     prctl(PR_SET_PDEATHSIG, sig)
-
-
-def set_child_subreaper(on: bool = True) -> None:
-    prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0)
 
 
 def set_name(name: str) -> None:

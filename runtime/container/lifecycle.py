@@ -199,7 +199,7 @@ def _start(store, name: str, *, detached: bool, stdio=None, before_go=None,
             cg.remove()
             raise
         try:
-            launched = monitor.spawn(plan, stdio, reparent_to_caller=foreground)
+            launched = monitor.spawn(plan, stdio, child_of_caller=foreground)
         except BaseException:
             cg.remove()
             raise

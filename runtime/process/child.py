@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-from typing import NamedTuple, NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from runtime import syscalls as sc
 from runtime.cgroup.join import join_cgroup, open_join_fd
 from runtime.process import confinement, rootfs, userns, users
 from runtime.process.plan import Plan
 from runtime.process.startup import FORWARDED, describe, exec_or_report, say
+
+if TYPE_CHECKING:
+    import socket
 
 
 class ChildPipes(NamedTuple):
@@ -50,9 +52,11 @@ def start_workload(plan: Plan, pipes: ChildPipes) -> NoReturn:
         os.setsid()
         if plan.own_netns:
             sc.loopback_up()
+        if pipes.console is not None:
+            from runtime.tty import console  # with a tty only, and before the root changes
         pty = rootfs.assemble(plan)
         if pty is not None and pipes.console is not None:
-            socket.send_fds(pipes.console, [b"m"], [pty[0]])
+            console.send_master(pipes.console, pty[0])
             os.close(pty[0])
         if pipes.console is not None:
             pipes.console.close()

@@ -10,6 +10,8 @@ a process of the container can see leads back to it.
                                  command (or of --init, which runs the command)
 
 Everything is fork(): no second interpreter starts, which keeps `run` close to runc's time.
+A caller that waits for the monitor itself (a foreground `run`) forks it directly: the
+intermediate only serves to leave a detached monitor parentless.
 The monitor holds an flock on `running.lock` for its whole life (so `ls` can tell a live
 container from one whose monitor was killed), forwards signals, relays the pty or the output
 to the log, serves `attach` on `attach.sock` (when the container has a tty), and tears down the
@@ -23,10 +25,10 @@ import fcntl
 import os
 import selectors
 import signal
-import socket
 import struct
 import termios
 import time
+from typing import TYPE_CHECKING
 
 from common.errors import RuntimeFailure
 from common.fsutil import write_all
@@ -40,13 +42,17 @@ from runtime.process.child import ChildPipes, start_workload
 from runtime.process.plan import Launched, Plan
 from runtime.process.startup import FORWARDED, describe, say
 from runtime.tty import stdio_relay
-from runtime.tty.frames import T_DATA, T_EXIT, T_WINSIZE, FrameReader, bind_unix, frame
+from runtime.tty.frames import T_DATA, T_EXIT, T_WINSIZE, FrameReader, frame
+
+if TYPE_CHECKING:
+    import socket
 
 
 def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
-          reparent_to_caller: bool = False) -> Launched:
+          child_of_caller: bool = False) -> Launched:
     """Fork the monitor and the container's PID 1 (which waits, in its namespaces, until
-    released through `go_w`)."""
+    released through `go_w`). `child_of_caller`: the monitor is the caller's child, which
+    reaps it (a foreground run); otherwise it is left without a parent."""
     if plan.idmap is not None and plan.userns_fd < 0:
         # made here, by host root in the host's namespaces: PID 1 idmaps the layers with it and
         # joins it once its root is in place
@@ -54,21 +60,17 @@ def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
     info_r, info_w = os.pipe()
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe()
-    if reparent_to_caller:
-        sc.set_child_subreaper(True)
-    try:
-        pid = sc.fork()
-        if pid == 0:
-            _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w)
-        if plan.userns_fd >= 0:
-            os.close(plan.userns_fd)
-        os.close(info_w)
-        os.close(go_r)
-        os.close(err_w)
-        os.waitpid(pid, 0)
-    finally:
-        if reparent_to_caller:
-            sc.set_child_subreaper(False)
+    pid = sc.fork()
+    if pid == 0:
+        _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w,
+                      direct=child_of_caller)
+    if plan.userns_fd >= 0:
+        os.close(plan.userns_fd)
+    os.close(info_w)
+    os.close(go_r)
+    os.close(err_w)
+    if not child_of_caller:
+        os.waitpid(pid, 0)              # the intermediate, gone once the monitor is forked
     mon_pid, init_pid, msg = 0, 0, ""
     with os.fdopen(info_r, "rb") as f:
         # "P<pid>" (from the intermediate) and "R<pid>" (from the monitor) come in either order
@@ -88,10 +90,11 @@ def spawn(plan: Plan, stdio: tuple[int, int, int] | None = None, *,
     if msg or not mon_pid or not init_pid:
         os.close(go_w)
         os.close(err_r)
-        if mon_pid:
+        if child_of_caller:
+            _kill_quietly(pid, signal.SIGKILL)
+            _reap(pid)
+        elif mon_pid:
             _kill_quietly(mon_pid, signal.SIGKILL)
-            if reparent_to_caller:
-                _reap(mon_pid)
         raise RuntimeFailure(msg or "could not start the container's monitor")
     return Launched(mon_pid, init_pid, go_w, err_r)
 
@@ -110,7 +113,9 @@ def _reap(pid: int) -> int | None:
         return None
 
 
-def _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w) -> None:
+def _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w, *,
+                  direct: bool) -> None:
+    """Close what is not passed on, then become the monitor (`direct`) or fork it and exit."""
     try:
         os.close(info_r)
         os.close(go_w)
@@ -119,8 +124,10 @@ def _intermediate(plan, stdio, info_r, info_w, go_r, go_w, err_r, err_w) -> None
         # (the container lock held around start), which a long-lived supervisor would keep held
         keep = {0, 1, 2, info_w, go_r, err_w, *(stdio or ()), plan.userns_fd}
         _close_fds_except(keep)
-        pid = sc.fork()
+        pid = 0 if direct else sc.fork()
         if pid == 0:
+            if direct:
+                say(info_w, f"P{os.getpid()}\n")
             try:
                 _monitor(plan, stdio, info_w, go_r, err_w)
             except BaseException as e:           # noqa: BLE001 - must never return into the CLI
@@ -175,16 +182,9 @@ def _monitor(plan: Plan, stdio: tuple[int, int, int] | None, info_w: int, go_r: 
     console_mon = console_child = None
     out_w = -1
     if plan.tty:
-        console_mon, console_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        path = os.path.join(plan.cdir, "attach.sock")
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        S.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        bind_unix(S.listener, path)
-        os.chmod(path, 0o600)
-        S.listener.listen(8)
+        from runtime.tty import console  # with a tty only (start-up time: see the module)
+        console_mon, console_child = console.pair()
+        S.listener = console.listen(os.path.join(plan.cdir, "attach.sock"))
     if plan.detached or plan.tty:
         S.log_fd = os.open(os.path.join(plan.cdir, "log"),
                            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -238,7 +238,7 @@ def _monitor(plan: Plan, stdio: tuple[int, int, int] | None, info_w: int, go_r: 
         _reap(S.child)
         os._exit(125)
     if console_mon is not None:
-        S.master = _receive_master(console_mon)
+        S.master = console.receive_master(console_mon)
         console_mon.close()
     if S.listener is not None:                  # a client that connected before "go"
         S.listener.setblocking(False)
@@ -265,18 +265,6 @@ def _monitor(plan: Plan, stdio: tuple[int, int, int] | None, info_w: int, go_r: 
     code = _exit_code(S.status)
     _finish(S, code)
     os._exit(code)
-
-
-def _receive_master(sock: socket.socket) -> int:
-    """The pty master PID 1 opened on the container's devpts; -1 when it failed before."""
-    try:
-        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
-    except OSError:
-        return -1
-    if not fds:
-        return -1
-    os.set_inheritable(fds[0], False)
-    return fds[0]
 
 
 def _exit_code(status: int | None) -> int:

@@ -7,8 +7,11 @@ A frame is type (1 byte) + length (4, big endian) + payload, in both directions.
 from __future__ import annotations
 
 import os
-import socket
 import struct
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
 
 T_DATA, T_WINSIZE, T_EXIT = b"d", b"w", b"x"
 
