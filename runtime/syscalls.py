@@ -7,6 +7,7 @@ time matters, so it pulls in nothing but ctypes, fcntl and socket.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -46,7 +47,6 @@ def fork() -> int:
     """os.fork() for a caller that may have threads (zstd worker pools, a daemon): the child
     never garbage-collects objects it inherited, whose finalizers could wait for threads that
     do not exist in it (a zstd compressor's dealloc joins its pool: the child hangs for ever)."""
-    import gc
     enabled = gc.isenabled()
     gc.disable()
     try:
