@@ -14,7 +14,6 @@ import click
 
 from cocker.context import Context
 from common import exit_codes
-from registry.layer import limits
 
 GROUPS = {
     "image": ("cocker.commands.image", "image", "Versioned images: ls, inspect, import, export, tag, rm, gc, push, pull..."),
@@ -70,6 +69,7 @@ def cli(ctx: click.Context, home: str | None, daemon_url: str | None, quiet: boo
     """cocker: versioned container images over SSH repositories, and a runtime to boot them."""
     if allow_ratio:
         # read where layers are unpacked, however deep below this command that happens
+        from registry.layer import limits  # only then: every command starts here
         os.environ[limits.ALLOW_RATIO] = "1"
     ctx.obj = Context(home=home, daemon_url=daemon_url, quiet=quiet)
 
