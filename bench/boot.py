@@ -9,6 +9,16 @@ and also through the one of the real install (scripts/install.sh's venv, $COCKER
 /opt/cocker) when that is another interpreter: both are reported, each with its bare
 interpreter start. Needs root, runc and busybox-static. Both sides get a new network
 namespace (cocker --net none, runc's default spec), so the work compared is the same.
+
+`--baseline VENV:HOME` adds another build of cocker to the same interleaved run (the
+`cocker` script of VENV, with COCKER_HOME=HOME holding a `busybox:1.0` it can boot), to
+tell a change's effect from the machine's noise. For example, for the tree at REV:
+
+    git worktree add /tmp/base REV && python3 -m venv /tmp/venv-base
+    /tmp/venv-base/bin/pip install -e /tmp/base
+    cd /tmp/base && /tmp/venv-base/bin/python -c 'import sys; sys.path[:0] = ["bench", "."];
+        import boot; boot.build_images("/tmp/base-home", 2)'
+    python3 bench/boot.py --baseline /tmp/venv-base:/tmp/base-home
 """
 
 from __future__ import annotations
@@ -113,6 +123,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=50)
     ap.add_argument("--install", default=os.environ.get("COCKER_VENV", "/opt/cocker"),
                     help="venv of the real install, measured too when present")
+    ap.add_argument("--baseline", metavar="VENV:HOME",
+                    help="another build of cocker, interleaved in the same run (see above)")
     args = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("runc"):
         raise SystemExit("needs root and runc")
@@ -134,12 +146,18 @@ def main() -> None:
         timed(["runc", "run", "bootbench-warm"], env, cwd=bundle)
         sides = {label: cocker_argv(py) for label, py in pythons.items()}
         sides["this interpreter, -S"] = cocker_plain_argv()
+        envs = {label: env for label in sides}
+        if args.baseline:
+            venv, _, base_home = args.baseline.partition(":")
+            sides["baseline"] = [os.path.join(venv, "bin", "cocker")]
+            envs["baseline"] = dict(env, COCKER_HOME=base_home)
+            timed(sides["baseline"] + BOOT, envs["baseline"])       # warm-up
         times: dict[str, list[float]] = {label: [] for label in sides}
         runc_t, layered_t = [], []
         for i in range(args.runs):
             runc_t.append(timed(["runc", "run", f"bootbench-{os.getpid()}-{i}"], env, cwd=bundle))
             for label, argv in sides.items():
-                times[label].append(timed(argv + BOOT, env))
+                times[label].append(timed(argv + BOOT, envs[label]))
             layered_t.append(timed(ck + LAYERED, env))
         py_t = {label: statistics.median(timed([py, "-c", "pass"], env) for _ in range(7))
                 for label, py in pythons.items()}
@@ -158,6 +176,9 @@ def report(args, mr: float, times: dict, ml: float, first_layered: float, py_t: 
         m = statistics.median(ts)
         print(f"cocker run --rm /bin/true ({label + ')':24} median {m * 1000:7.1f} ms"
               f"  ratio {m / mr:.2f}x")
+    if "baseline" in times:
+        ratio = statistics.median(times["this interpreter"]) / statistics.median(times["baseline"])
+        print(f"this interpreter's cocker vs the baseline: {ratio:.3f}x ({(ratio - 1) * 100:+.1f}%)")
     print(f"cocker, {args.layers}-layer image (this interpreter)       median {ml * 1000:7.1f} ms"
           f"  (first boot incl. unpack {first_layered * 1000:.0f} ms)")
     for label, t in py_t.items():
