@@ -1,7 +1,7 @@
 """The HTTP door: the OCI Distribution API over the server's LayoutRepo.
 
     GET  /v2/                                   API version check (401 + challenge when needed)
-    HEAD|GET /v2/<name>/blobs/<digest>          Range -> 206; sendfile on plain HTTP
+    HEAD|GET /v2/<name>/blobs/<digest>          Range -> 206
     POST /v2/<name>/blobs/uploads/              202 session | ?digest= monolithic | ?mount=&from=
     PATCH|PUT|GET|DELETE /v2/<name>/blobs/uploads/<uuid>
     HEAD|GET|PUT|DELETE /v2/<name>/manifests/<tag|digest>
@@ -42,6 +42,7 @@ from registry.repo.layout import LayoutRepo
 from registry.repo.repository import ANY
 from srepo_server import http_store as hs
 from srepo_server.blob_links import BlobLinks
+from srepo_server.blob_send import send_range
 from srepo_server.http_auth import Authenticator, Grant
 from srepo_server.http_server import BadBody, Body, ClientGone, Server, parse_addr, tls_context
 from srepo_server.http_store import ApiError
@@ -72,7 +73,7 @@ class App:
 
     def __init__(self, root: str, auth: Authenticator, *, access_log: TextIO | None = None,
                  idle_timeout: float = 60.0, manifest_limit: int = hs.MANIFEST_LIMIT,
-                 sendfile: bool = True, upload_limits: Limits | None = None) -> None:
+                 upload_limits: Limits | None = None) -> None:
         self.repo = LayoutRepo(root, create=True)
         self.uploads = Uploads(self.repo, upload_limits)
         self.links = BlobLinks(self.repo)
@@ -80,7 +81,6 @@ class App:
         self.access_log = access_log if access_log is not None else sys.stderr
         self.idle_timeout = idle_timeout
         self.manifest_limit = manifest_limit
-        self.sendfile = sendfile
         self._log_lock = threading.Lock()
 
     def log_line(self, line: str) -> None:
@@ -440,9 +440,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send_file(self, f, offset: int, count: int) -> None:
         sock = self.connection
-        if self.app.sendfile and self.server.tls is None:
-            self._sent += _blocking_sendfile(sock, f.fileno(), offset, count,
-                                             self.app.idle_timeout)
+        if self.server.tls is None:
+            self._sent += send_range(sock, f.fileno(), offset, count, self.app.idle_timeout)
             return
         f.seek(offset)
         left = count
@@ -678,35 +677,6 @@ def _lingering_close(sock, seconds: float = 2.0, limit: int = 64 << 20) -> None:
             got += len(chunk)
     except OSError:
         pass
-
-
-def _blocking_sendfile(sock, fd: int, offset: int, count: int, timeout: float) -> int:
-    """Zero-copy send in as few system calls as possible.
-
-    The socket is made blocking for the transfer, with a kernel send timeout (SO_SNDTIMEO)
-    instead of Python's, so the thread is not woken each time the send buffer drains (on a
-    busy machine those wake-ups cost more than the copy); a stalled client still times out.
-    """
-    import socket
-    import struct
-    sec = int(timeout)
-    sock.settimeout(None)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                    struct.pack("ll", sec, int((timeout - sec) * 1e6)))
-    sent = 0
-    try:
-        while sent < count:
-            try:
-                n = os.sendfile(sock.fileno(), fd, offset + sent, count - sent)
-            except BlockingIOError:
-                raise ClientGone("client stopped reading") from None
-            if n == 0:
-                raise ClientGone("blob shrank while being sent")
-            sent += n
-    finally:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
-        sock.settimeout(timeout)
-    return sent
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:

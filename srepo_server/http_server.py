@@ -1,6 +1,6 @@
 """The HTTP plumbing under the door: a thread per connection, TLS, limits, request bodies.
 
-Why threads: blob transfers are long, blocking file and socket I/O (sendfile, fsync), so a
+Why threads: blob transfers are long, blocking file and socket I/O (reads, sends, fsync), so a
 thread per connection keeps a slow client from stalling others without an event loop's
 care; idle connections cost a parked thread and end at the idle timeout.
 """
