@@ -1,16 +1,24 @@
 """The HTTP door's answers to odd and hostile requests (issue 13 item 5, issue 14 item 2):
-manifest references no tag can have, manifests nested or sized to hurt, Nagle on keep-alive."""
+manifest references no tag can have, manifests nested or sized to hurt, Nagle on keep-alive,
+a client that stops reading a blob."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import hashlib
 import http.client
+import os
 import socket
 import threading
+import time
 
 import pytest
 
+from registry.oci import digest as digestmod
 from registry.oci import manifest as oci
+from registry.repo.layout import LayoutRepo
+from srepo_server.blob_links import BlobLinks
 from srepo_server.http_door import Door
 from srepo_server.manifest_shape import json_depth_exceeds
 from tests.support.http_calls import call, conn, error_code, error_message, push_blob
@@ -120,3 +128,46 @@ def test_a_descriptor_whose_size_lies_is_invalid(door):
     assert f"says {len(layer) + 1000} bytes, the blob has {len(layer)}" in error_message(answer)
     r, _ = call(c, "GET", "/v2/shape/manifests/liar")
     assert r.status == 404
+
+
+def test_a_client_that_stops_reading_a_blob_is_let_go(tmp_path):
+    """A download whose client stops reading ends at the idle timeout (the kernel's send
+    timeout, not a wake-up per drained buffer): its thread and connection are freed, and the
+    blob is still served whole to the next client."""
+    root = str(tmp_path / "repo")
+    repo = LayoutRepo(root, create=True)
+    data = os.urandom(24 << 20)  # far more than the two socket buffers hold
+    d = digestmod.of_bytes(data)
+    repo.put_blob_bytes(d, data)
+    BlobLinks(repo).link("big", [d])
+    log = open(tmp_path / "log", "w")  # the door writes to it until stopped
+    door = Door(root, f"127.0.0.1:{free_port()}", anonymous_read=True, access_log=log,
+                idle_timeout=1.0).start()
+    stalled = socket.socket()
+    try:
+        host, port = door.address
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        stalled.connect((host, port))
+        stalled.sendall(f"GET /v2/big/blobs/{d} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        deadline = time.monotonic() + 30
+        while not door.server.busy and time.monotonic() < deadline:
+            time.sleep(0.01)  # the request is being answered
+        while door.server.connections and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert door.server.connections == 0, "the stalled download still holds its connection"
+
+        got = 0
+        stalled.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := stalled.recv(1 << 20):
+                got += len(chunk)
+        assert got < len(data), "the stalled client was sent the whole blob"
+
+        c = http.client.HTTPConnection(host, port, timeout=30)
+        r, body = call(c, "GET", f"/v2/big/blobs/{d}", token=None)
+        assert r.status == 200 and hashlib.sha256(body).hexdigest() == digestmod.hex_of(d)
+        c.close()
+    finally:
+        stalled.close()
+        door.stop()
+        log.close()
