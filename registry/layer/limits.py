@@ -6,8 +6,6 @@ that sets it), and every refusal names that variable, so a user with a legitimat
 layer knows what to raise.
 """
 
-from __future__ import annotations
-
 import os
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -74,7 +72,7 @@ class LayerLimits(NamedTuple):
     max_path: int = 4096
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> LayerLimits:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "LayerLimits":
         e = os.environ if env is None else env
         d = cls()
         explicit = e.get(MAX_LAYER_BYTES, "").strip()

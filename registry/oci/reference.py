@@ -5,8 +5,6 @@ numeric parts numerically (1.9.1 < 1.10.0), a pre-release before its release
 (2.0.0-rc1 < 2.0.0), and cocker's `_` ("no version") below everything else.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Iterable
 from typing import NamedTuple

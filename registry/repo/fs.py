@@ -5,8 +5,6 @@ digest pins) speak this interface; `registry.transports.ssh.sftp_fs` implements 
 Paths are relative to the repository root, `/`-separated.
 """
 
-from __future__ import annotations
-
 import abc
 import contextlib
 import fcntl

@@ -1,7 +1,5 @@
 """Images as users see them: a resolved ref with its manifest and config."""
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 from common.errors import CorruptImage, NotFound

@@ -4,8 +4,6 @@ The copy routine (`registry.copy`) speaks only this interface, so push, pull,
 export, import and mirror are the same code whatever the transport.
 """
 
-from __future__ import annotations
-
 import abc
 import contextlib
 from collections.abc import Iterable
@@ -57,7 +55,7 @@ class BlobWriter(abc.ABC):
     def abort(self) -> None:
         """Stop; what was written may be kept for a later resume."""
 
-    def __enter__(self) -> BlobWriter:
+    def __enter__(self) -> "BlobWriter":
         return self
 
     def __exit__(self, et, ev, tb) -> None:
@@ -268,7 +266,7 @@ class Repository(abc.ABC):
         raise UsageError(f"{self.describe()} cannot be garbage-collected from here")
 
     # misc --------------------------------------------------------------------------
-    def for_name(self, name: str) -> Repository:
+    def for_name(self, name: str) -> "Repository":
         """A view whose blob operations happen under image `name`. Repositories with one
         blob pool return themselves; OCI registries scope blobs by repository name."""
         return self
@@ -280,7 +278,7 @@ class Repository(abc.ABC):
         """Release connections; a repository that holds none has nothing to do."""
         return None
 
-    def __enter__(self) -> Repository:
+    def __enter__(self) -> "Repository":
         return self
 
     def __exit__(self, *exc) -> None:

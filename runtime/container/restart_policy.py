@@ -12,8 +12,6 @@ starts (after its own restart or the host's) it brings back those whose policy w
 A start by hand (`container start`/`restart`) clears "stopped by hand" and the count.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os

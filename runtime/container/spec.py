@@ -5,8 +5,6 @@ The bridge-network checks import runtime.net only for a bridge network: `run --n
 is timed against runc.
 """
 
-from __future__ import annotations
-
 import os
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple

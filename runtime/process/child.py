@@ -11,8 +11,6 @@ files (exe is the host's python, environ the host's environment). The exec runs 
 image's environment only.
 """
 
-from __future__ import annotations
-
 import os
 import signal
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
@@ -30,7 +28,7 @@ if TYPE_CHECKING:
 class ChildPipes(NamedTuple):
     sync_w: int                 # "N" once the namespaces exist
     go_r: int                   # "g" from the monitor: start
-    console: socket.socket | None   # the pty master goes back to the monitor through it
+    console: "socket.socket | None"   # the pty master goes back to the monitor through it
     err_w: int                  # one line when the start fails; EOF (close-on-exec) when it worked
     stdio: tuple[int, int, int]     # -1: /dev/null of the container
 

@@ -6,8 +6,6 @@ child as the last step before exec, in runc's order:
     with no_new_privs:    bounding set -> user -> caps -> no_new_privs -> seccomp
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 from common.home import Home

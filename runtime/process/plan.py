@@ -2,8 +2,6 @@
 lifecycle from its record on the host side, read by the forked processes (which must not read
 files or compile anything of their own once inside the container)."""
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 from runtime.process.confinement import Confinement

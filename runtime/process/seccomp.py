@@ -7,8 +7,6 @@ Loading a filter without no_new_privs needs CAP_SYS_ADMIN: the child installs it
 its capabilities (as runc does), or last of all when no_new_privs is set.
 """
 
-from __future__ import annotations
-
 import ctypes
 import hashlib
 import json
@@ -69,7 +67,7 @@ class Target(NamedTuple):
     caps: frozenset[str]      # the container's capabilities, without CAP_ prefix
 
     @classmethod
-    def here(cls, caps: frozenset[str]) -> Target:
+    def here(cls, caps: frozenset[str]) -> "Target":
         u = os.uname()
         return cls(u.machine, kernel_version(u.release), caps)
 

@@ -14,8 +14,6 @@
 Self-contained (ctypes only) for the part that runs in the forked child.
 """
 
-from __future__ import annotations
-
 import contextlib
 import ctypes
 import json

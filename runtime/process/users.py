@@ -6,8 +6,6 @@ libnss_*.so into a root process (CVE-2019-14271). The files are read from the cu
 callers resolve after pivot_root/chroot, where an absolute symlink cannot lead to the host's files.
 """
 
-from __future__ import annotations
-
 import os
 from typing import NamedTuple
 

@@ -3,8 +3,6 @@ copied by a process outside the container (its monitor, or the helper of an exec
 terminal or file of the caller is ever open inside the container, where it could be reopened
 through /proc/N/fd or driven by ioctls. conmon does the same for podman."""
 
-from __future__ import annotations
-
 import contextlib
 import os
 import selectors
