@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Boot time: `cocker container run --rm IMAGE /bin/true` against `runc run` on the same busybox
-rootfs, interleaved in one run; medians and the ratio. Also the boot of a 50-layer image.
+rootfs, interleaved in one run (the order rotating); medians and the ratio. Also the boot of a
+50-layer image.
 
     python3 bench/boot.py [--runs 20] [--layers 50] [--install /opt/cocker]
 
@@ -153,12 +154,20 @@ def main() -> None:
             envs["baseline"] = dict(env, COCKER_HOME=base_home)
             timed(sides["baseline"] + BOOT, envs["baseline"])       # warm-up
         times: dict[str, list[float]] = {label: [] for label in sides}
-        runc_t, layered_t = [], []
+        runc_t: list[float] = []
+        layered_t: list[float] = []
+        steps = ["runc", *sides, "layered"]
         for i in range(args.runs):
-            runc_t.append(timed(["runc", "run", f"bootbench-{os.getpid()}-{i}"], env, cwd=bundle))
-            for label, argv in sides.items():
-                times[label].append(timed(argv + BOOT, envs[label]))
-            layered_t.append(timed(ck + LAYERED, env))
+            # the order rotates: whatever a boot leaves to the kernel (a network namespace is
+            # torn down after its last process is gone) falls on each side in turn
+            for step in steps[i % len(steps):] + steps[:i % len(steps)]:
+                if step == "runc":
+                    runc_t.append(timed(["runc", "run", f"bootbench-{os.getpid()}-{i}"], env,
+                                        cwd=bundle))
+                elif step == "layered":
+                    layered_t.append(timed(ck + LAYERED, env))
+                else:
+                    times[step].append(timed(sides[step] + BOOT, envs[step]))
         py_t = {label: statistics.median(timed([py, "-c", "pass"], env) for _ in range(7))
                 for label, py in pythons.items()}
         report(args, statistics.median(runc_t), times, statistics.median(layered_t),
