@@ -43,7 +43,7 @@ from runtime.fs.rmtree import rmtree, rmtree_detached
 from runtime.fs.state_file import write_json
 from runtime.process import kernel_views, monitor, userns
 from runtime.process.plan import INIT_PATH, Plan
-from runtime.process.startup import StartFailed
+from runtime.process.startup import StartFailed, exit_code
 from runtime.syscalls import process_start_time
 from runtime.tty.detach_keys import DETACH_KEYS
 
@@ -257,9 +257,7 @@ def _waitpid(pid: int) -> int | None:
             return None
         except InterruptedError:
             continue
-        if os.WIFSIGNALED(status):
-            return 128 + os.WTERMSIG(status)
-        return os.WEXITSTATUS(status)
+        return exit_code(status)
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -40,7 +40,7 @@ from runtime.fs.state_file import read_json, write_json
 from runtime.process import userns
 from runtime.process.child import ChildPipes, start_workload
 from runtime.process.plan import Launched, Plan
-from runtime.process.startup import FORWARDED, describe, say
+from runtime.process.startup import FORWARDED, describe, exit_code, say
 from runtime.tty import stdio_relay
 from runtime.tty.frames import T_DATA, T_EXIT, T_WINSIZE, FrameReader, frame
 
@@ -262,17 +262,9 @@ def _monitor(plan: Plan, stdio: tuple[int, int, int] | None, info_w: int, go_r: 
         _relay_loop(S)
     elif relay is None:
         _wait_loop(S)
-    code = _exit_code(S.status)
+    code = exit_code(S.status)
     _finish(S, code)
     os._exit(code)
-
-
-def _exit_code(status: int | None) -> int:
-    if status is None:
-        return 255
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
 
 
 def _reap_all(S: _Sup, block: bool) -> None:

@@ -23,7 +23,14 @@ from runtime import syscalls as sc
 from runtime.cgroup.join import open_join_fd
 from runtime.process import confinement, users
 from runtime.process.confinement import Confinement
-from runtime.process.startup import FORWARDED, StartFailed, describe, exec_or_report, say
+from runtime.process.startup import (
+    FORWARDED,
+    StartFailed,
+    describe,
+    exec_or_report,
+    exit_code,
+    say,
+)
 from runtime.tty import stdio_relay
 from runtime.tty.attach import copy_winsize, relay_pty
 
@@ -104,7 +111,7 @@ def run_in(wpid: int, argv: list[str], *, env: list[str], workdir: str, tty: boo
         except ValueError:
             pass
     try:
-        code = _exit_status(stdio_relay.run(relay, pid)) if relay is not None else _waitpid(pid)
+        code = exit_code(stdio_relay.run(relay, pid)) if relay is not None else _waitpid(pid)
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
@@ -120,12 +127,6 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
-def _exit_status(status: int) -> int:
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
-
-
 def _waitpid(pid: int) -> int:
     while True:
         try:
@@ -134,9 +135,7 @@ def _waitpid(pid: int) -> int:
             continue
         except ChildProcessError:
             return 255
-        if os.WIFSIGNALED(status):
-            return 128 + os.WTERMSIG(status)
-        return os.WEXITSTATUS(status)
+        return exit_code(status)
 
 
 def _open_container_pty(pty_sock: socket.socket) -> int:

@@ -30,6 +30,16 @@ def say(fd: int, text: str) -> None:
         pass
 
 
+def exit_code(status: int | None) -> int:
+    """A shell's exit code for a wait status: 128+N for signal N; 255 when there is none
+    (the process was reaped elsewhere)."""
+    if status is None:
+        return 255
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
 def describe(e: BaseException) -> str:
     if isinstance(e, OSError):
         return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
