@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -310,53 +312,43 @@ def test_daemon_api_spec_takes_the_same_keys(rt, cname):
     assert sec["read_only"] and sec["init"]
 
 
+def _on_a_terminal(args: list[str]) -> tuple[subprocess.CompletedProcess, list[str], bytes]:
+    """Run `cocker ARGS` with stdout on a new terminal, stdin "hello", stderr captured: the
+    process, the words of its stderr, and what reached the terminal."""
+    master, slave = os.openpty()
+    try:
+        p = subprocess.run([sys.executable, "-m", "cocker.main", *args], stdout=slave,
+                           stderr=subprocess.PIPE, input=b"hello\n", timeout=60)
+        os.close(slave)
+        slave = -1
+        return p, p.stderr.decode().split(), os.read(master, 4096)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
 def test_foreground_stdio_are_pipes_not_the_callers_terminal(rt, cname):
     """`run` from a terminal: the container writes into pipes its monitor relays, so no
     terminal of the host is open inside (it could be reopened or driven through ioctls)."""
-    import subprocess
-    import sys
-    master, slave = os.openpty()
-    try:
-        p = subprocess.run(
-            [sys.executable, "-m", "cocker.main", "container", "run", "--rm", "-i", "--name",
-             cname, "--net", "none", "busybox:1.0", "sh", "-c",
-             "echo to-the-tty; for f in 0 1 2; do readlink /proc/1/fd/$f >&2; done; "
-             "read line; echo got:$line >&2"],
-            stdout=slave, stderr=subprocess.PIPE, input=b"hello\n",
-            timeout=60)
-        os.close(slave)
-        slave = -1
-        assert p.returncode == 0, p.stderr
-        links = p.stderr.decode().split()
-        assert all(link.startswith("pipe:[") for link in links[:3]), links
-        assert links[3] == "got:hello"
-        assert b"to-the-tty" in os.read(master, 4096)
-    finally:
-        os.close(master)
-        if slave >= 0:
-            os.close(slave)
+    p, links, tty = _on_a_terminal(
+        ["container", "run", "--rm", "-i", "--name", cname, "--net", "none", "busybox:1.0",
+         "sh", "-c", "echo to-the-tty; for f in 0 1 2; do readlink /proc/1/fd/$f >&2; done; "
+         "read line; echo got:$line >&2"])
+    assert p.returncode == 0, p.stderr
+    assert all(link.startswith("pipe:[") for link in links[:3]), links
+    assert links[3] == "got:hello"
+    assert b"to-the-tty" in tty
 
 
 def test_exec_stdio_are_pipes_not_the_callers_terminal(rt, cname):
-    import subprocess
-    import sys
     _, cli = rt
     cli("container", "run", "-d", "--name", cname, "--net", "none", "busybox:1.0", "sleep", "100")
-    master, slave = os.openpty()
-    try:
-        p = subprocess.run(
-            [sys.executable, "-m", "cocker.main", "container", "exec", "-i", cname, "sh", "-c",
-             "echo to-the-tty; for f in 0 1 2; do readlink /proc/self/fd/$f >&2; done; "
-             "read line; echo got:$line >&2; exit 3"],
-            stdout=slave, stderr=subprocess.PIPE, input=b"hello\n", timeout=60)
-        os.close(slave)
-        slave = -1
-        assert p.returncode == 3, p.stderr
-        links = p.stderr.decode().split()
-        assert all(link.startswith("pipe:[") for link in links[:3]), links
-        assert links[3] == "got:hello"
-        assert b"to-the-tty" in os.read(master, 4096)
-    finally:
-        os.close(master)
-        if slave >= 0:
-            os.close(slave)
+    p, links, tty = _on_a_terminal(
+        ["container", "exec", "-i", cname, "sh", "-c",
+         "echo to-the-tty; for f in 0 1 2; do readlink /proc/self/fd/$f >&2; done; "
+         "read line; echo got:$line >&2; exit 3"])
+    assert p.returncode == 3, p.stderr
+    assert all(link.startswith("pipe:[") for link in links[:3]), links
+    assert links[3] == "got:hello"
+    assert b"to-the-tty" in tty
